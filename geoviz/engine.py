@@ -1,0 +1,369 @@
+"""The step solver and the path iterator.
+
+Each exact step solves (METHOD.md)
+
+    theta* = argmin_theta  theta^T G theta - beta v^T theta   s.t. |theta| <= eps
+
+whose solution is theta* = (beta/2) (G + mu I)^-1 v with mu > 0 the multiplier that
+makes |theta*| = eps. We fix the damping mu = rho * lambda_max(G) instead of beta,
+solve (G + mu I) u = v by conjugate gradients on G v products, step
+theta = eps u / |u|, and report the beta this corresponds to: beta = 2 eps / |u|.
+
+The ``penalty`` mode is the authors' later practical variant: plain Adam steps on
+D(f(w), f(w0)) + lambda L2(w). It is labelled as such everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from geoviz.errors import ConfigError, DivergedError
+from geoviz.metric import METRIC_KINDS, FlatParams, functional_distance, make_metric_product, top_eigenvalue
+
+__all__ = [
+    "MODES",
+    "SolverConfig",
+    "CGInfo",
+    "conjugate_gradient",
+    "solve_step",
+    "StepRecord",
+    "Path",
+]
+
+MODES = ("exact", "penalty")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Every knob of a step. Saved whole in each run record."""
+
+    mode: str = "exact"
+    # Euclidean length of one step. 0.05 is the paper's scale; larger steps bend less.
+    eps: float = 0.05
+    # rho: mu = rho * lambda_max(G). Small rho follows the null directions of G
+    # closely; large rho tends to plain gradient descent on the objective.
+    damping: float = 1e-3
+    metric: str = "output"
+    # CG needs about sqrt(1/rho) iterations to converge fully; a partial solve
+    # already removes the stiff directions, which is what matters.
+    cg_iterations: int = 20
+    cg_tolerance: float = 1e-4  # on |r| / |v|
+    power_iterations: int = 10
+    eigen_refresh: int = 20  # steps between lambda_max refreshes (warm-started)
+    metric_batch: int = 256
+    # penalty mode: Adam on D(f(w), f(w0)) + weight * L2(w)
+    penalty_lr: float = 1e-3
+    penalty_weight: float = 1.0
+    # a step whose objective grows beyond this factor of the start is a divergence
+    explode_factor: float = 1e6
+
+    def validate(self) -> None:
+        """Raise ConfigError with one sentence for the first bad setting."""
+        if self.mode not in MODES:
+            raise ConfigError(f"Unknown mode '{self.mode}'; choose exact or penalty.")
+        if self.metric not in METRIC_KINDS:
+            raise ConfigError(f"Unknown metric '{self.metric}'; choose output or fisher.")
+        if not (self.eps > 0 and math.isfinite(self.eps)):
+            raise ConfigError(f"eps must be a positive number, got {self.eps}.")
+        if not (self.damping > 0 and math.isfinite(self.damping)):
+            raise ConfigError(f"damping must be a positive number (rho in mu = rho * lambda_max), got {self.damping}.")
+        if self.cg_iterations < 1:
+            raise ConfigError(f"cg_iterations must be at least 1, got {self.cg_iterations}.")
+        if self.metric_batch < 1:
+            raise ConfigError(f"metric_batch must be at least 1, got {self.metric_batch}.")
+        if not self.penalty_lr > 0 or not self.penalty_weight > 0:
+            raise ConfigError("penalty_lr and penalty_weight must be positive numbers.")
+
+
+@dataclass(frozen=True)
+class CGInfo:
+    iterations: int
+    relative_residual: float
+
+
+def conjugate_gradient(
+    apply_a: Callable[[torch.Tensor], torch.Tensor],
+    b: torch.Tensor,
+    max_iterations: int,
+    tolerance: float,
+) -> tuple[torch.Tensor, torch.Tensor, CGInfo]:
+    """Solve A x = b for symmetric positive definite A, from x = 0.
+
+    Returns:
+        (x, r, info) with r = b - A x the (recursively updated) residual.
+    """
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = torch.dot(r, r)
+    b_norm = b.norm().clamp_min(1e-30)
+    # on a GPU, checking the residual is a host sync: do it every few iterations
+    check_every = 1 if b.device.type == "cpu" else 5
+    iterations = 0
+    for iterations in range(1, max_iterations + 1):
+        ap = apply_a(p)
+        alpha = rr / torch.dot(p, ap)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = torch.dot(r, r)
+        if iterations % check_every == 0 and rr_new.sqrt() <= tolerance * b_norm:
+            break
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    rel = float(r.norm() / b_norm)
+    return x, r, CGInfo(iterations, rel)
+
+
+def solve_step(
+    product: Callable[[torch.Tensor], torch.Tensor],
+    v: torch.Tensor,
+    mu: float | torch.Tensor,
+    eps: float,
+    max_iterations: int,
+    tolerance: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One constrained step: theta = eps * u / |u| with (G + mu I) u = v.
+
+    Returns:
+        theta (P,) and a record with the CG iterations, relative residual, the
+        equivalent beta (2 eps / |u|) and the step's functional length theta^T G theta.
+    """
+    u, r, info = conjugate_gradient(lambda p: product(p) + mu * p, v, max_iterations, tolerance)
+    u_norm = u.norm().clamp_min(1e-30)
+    theta = (eps / u_norm) * u
+    # theta^T G theta without another product: G u = (b - r) - mu u
+    ugu = torch.dot(u, v - r) - mu * torch.dot(u, u)
+    functional = (eps / u_norm) ** 2 * ugu.clamp_min(0.0)
+    return theta, {
+        "cg_iterations": info.iterations,
+        "cg_residual": info.relative_residual,
+        "beta": float(2.0 * eps / u_norm),
+        "functional_sq": float(functional),
+    }
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one step of a path did. ``metrics`` is empty on steps not evaluated.
+
+    ``objective`` is L2 at the point the step started from (it comes free with the
+    gradient); lengths are cumulative up to and including this step.
+    """
+
+    step: int
+    objective: float
+    eps_length: float
+    functional_sq: float
+    path_length: float
+    functional_length: float
+    cg_iterations: int
+    cg_residual: float
+    damping_mu: float
+    lambda_max: float
+    beta: float
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def row(self) -> dict[str, float]:
+        """A flat table row (metrics merged in)."""
+        out = asdict(self)
+        out.update(out.pop("metrics"))
+        return out
+
+
+class Path:
+    """A path through weight space, one step per ``next()``.
+
+    Args:
+        model: the module (used through ``functional_call`` in eval mode).
+        buffers: its buffers (BatchNorm statistics), fixed along the path.
+        w0: start weights, flat (P,).
+        objective: the second goal L2 (see ``geoviz.objectives``).
+        metric_pool: inputs the metric batches are drawn from, (N, ...); for
+            continual learning this is the memory of task-1 inputs.
+        config: the solver settings.
+        evaluate: flat weights -> application figures (loss/accuracy per task, ...).
+        max_steps: the path stops here at the latest.
+        eval_every: evaluate every this many steps (and at the first and last).
+        seed: for the metric batches and the power iteration's start vector.
+        resample: draw a fresh metric batch from the pool each step (else the
+            first ``metric_batch`` rows are the batch throughout).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        buffers: dict[str, torch.Tensor],
+        w0: torch.Tensor,
+        objective,
+        metric_pool: torch.Tensor,
+        config: SolverConfig,
+        evaluate: Callable[[torch.Tensor], dict[str, float]],
+        max_steps: int,
+        eval_every: int = 1,
+        seed: int = 0,
+        resample: bool = True,
+    ) -> None:
+        config.validate()
+        if max_steps < 1:
+            raise ConfigError(f"steps must be at least 1, got {max_steps}.")
+        self.model = model.eval()
+        self.layout = FlatParams.of(model)
+        self.buffers = buffers
+        self.w = w0.detach().clone()
+        self.w0 = w0.detach().clone()
+        self.objective = objective
+        self.metric_pool = metric_pool
+        self.resample = resample and metric_pool.shape[0] > config.metric_batch
+        self._batch_gen = torch.Generator(device="cpu").manual_seed(seed)
+        self._reference: torch.Tensor | None = None
+        self.config = config
+        self.evaluate = evaluate
+        self.max_steps = max_steps
+        self.eval_every = max(1, eval_every)
+        self.seed = seed
+        self.step = 0
+        self.done = False
+        self.end_reason = ""
+        self._path_length = 0.0
+        self._functional_length = 0.0
+        self._lambda = 0.0
+        self._eigvec: torch.Tensor | None = None
+        self._adam: torch.optim.Optimizer | None = None
+        self._w_param: torch.Tensor | None = None
+        self._start_value: float | None = None
+        self._t0 = time.perf_counter()
+        self._elapsed = 0.0
+
+    # -- the two kinds of step -------------------------------------------------
+    def _exact_step(self, inputs: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        product, _ = make_metric_product(
+            self.model, self.layout, self.buffers, inputs, self.w, cfg.metric
+        )
+        if self._eigvec is None or (self.step - 1) % cfg.eigen_refresh == 0:
+            start = self._eigvec
+            if start is None:
+                gen = torch.Generator(device="cpu").manual_seed(self.seed)
+                start = torch.randn(self.w.shape, generator=gen, dtype=self.w.dtype).to(self.w.device)
+            lam, self._eigvec = top_eigenvalue(product, start, cfg.power_iterations)
+            self._lambda = float(lam)
+        mu = cfg.damping * max(self._lambda, 1e-12)
+        theta, info = solve_step(product, -grad, mu, cfg.eps, cfg.cg_iterations, cfg.cg_tolerance)
+        info["damping_mu"] = mu
+        return theta, info
+
+    def _penalty_step(self, inputs: torch.Tensor, reference: torch.Tensor, grad_fn) -> tuple[torch.Tensor, dict]:
+        cfg = self.config
+        if self._adam is None:
+            self._w_param = self.w.clone().requires_grad_(True)
+            self._adam = torch.optim.Adam([self._w_param], lr=cfg.penalty_lr)
+        w = self._w_param
+        out = self._outputs(w, inputs)
+        distance = functional_distance(out, reference, cfg.metric)
+        (g_dist,) = torch.autograd.grad(distance, w)
+        g = g_dist + cfg.penalty_weight * grad_fn
+        before = self.w.clone()
+        w.grad = g
+        self._adam.step()
+        theta = w.detach() - before
+        return theta, {
+            "cg_iterations": 0,
+            "cg_residual": float("nan"),
+            "beta": float("nan"),
+            "functional_sq": float("nan"),
+            "damping_mu": float("nan"),
+            "outputs": out.detach(),
+        }
+
+    # -- iteration -------------------------------------------------------------
+    def __iter__(self) -> Iterator[StepRecord]:
+        return self
+
+    def __next__(self) -> StepRecord:
+        if self.done:
+            raise StopIteration
+        t_start = time.perf_counter()
+        self.step += 1
+        value, grad = self.objective.value_and_grad(self.w)
+        if self._start_value is None:
+            self._start_value = float(value)
+        if not torch.isfinite(grad).all() or not math.isfinite(float(value)):
+            raise DivergedError(f"The path diverged at step {self.step}: the objective or its gradient is not finite.")
+        index = self._metric_index()
+        inputs = self.metric_pool[index]
+        if self.config.mode == "exact":
+            theta, info = self._exact_step(inputs, grad)
+        else:
+            theta, info = self._penalty_step(inputs, self._reference_outputs()[index], grad)
+        if not torch.isfinite(theta).all():
+            raise DivergedError(f"The path diverged at step {self.step}: the step contains NaN or inf (try a smaller eps).")
+        self.w = self.w + theta
+        if self._adam is not None:
+            with torch.no_grad():
+                self._w_param.copy_(self.w)
+        eps_length = float(theta.norm())
+        if self.config.mode == "penalty":
+            # the functional length of a free step: the finite distance on the
+            # batch, which agrees with theta^T G theta to leading order (one forward)
+            with torch.no_grad():
+                info["functional_sq"] = float(
+                    functional_distance(self._outputs(self.w, inputs), info.pop("outputs"), self.config.metric)
+                )
+        self._path_length += eps_length
+        self._functional_length += math.sqrt(max(info["functional_sq"], 0.0))
+        value = float(value)
+        if value > self.config.explode_factor * max(self._start_value, 1e-12):
+            raise DivergedError(f"The path diverged at step {self.step}: the objective exploded to {value:.3g}.")
+        finished, reason = self.objective.finished(self.w)
+        if finished or self.step >= self.max_steps:
+            self.done = True
+            self.end_reason = reason if finished else "step budget reached"
+            self.w = self.objective.finish(self.w) if finished else self.w
+        metrics = {}
+        if self.done or self.step == 1 or self.step % self.eval_every == 0:
+            metrics = self.evaluate(self.w)
+        self._elapsed += time.perf_counter() - t_start
+        return StepRecord(
+            step=self.step,
+            objective=value,
+            eps_length=eps_length,
+            functional_sq=info["functional_sq"],
+            path_length=self._path_length,
+            functional_length=self._functional_length,
+            cg_iterations=info["cg_iterations"],
+            cg_residual=info["cg_residual"],
+            damping_mu=info["damping_mu"],
+            lambda_max=self._lambda,
+            beta=info["beta"],
+            seconds=self._elapsed,
+            metrics=metrics,
+        )
+
+    def _metric_index(self) -> torch.Tensor:
+        n = self.metric_pool.shape[0]
+        if self.resample:
+            index = torch.randperm(n, generator=self._batch_gen)[: self.config.metric_batch]
+        else:
+            index = torch.arange(min(n, self.config.metric_batch))
+        return index.to(self.metric_pool.device)
+
+    def _outputs(self, w: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        out = functional_call(self.model, ({**self.layout.unflatten(w), **self.buffers},), (inputs,))
+        return out.reshape(out.shape[0], -1)
+
+    def _reference_outputs(self) -> torch.Tensor:
+        """f(pool; w0) for the whole metric pool, computed once (penalty mode)."""
+        if self._reference is None:
+            with torch.no_grad():
+                self._reference = torch.cat(
+                    [self._outputs(self.w0, chunk) for chunk in torch.split(self.metric_pool, 2048)]
+                )
+        return self._reference

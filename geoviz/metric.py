@@ -1,0 +1,222 @@
+"""Metric products G v on weight space, matrix-free.
+
+G(w) = (1/B) sum_b J_b^T H_b J_b with J_b = d f(x_b; w) / d w. A product G v is one
+forward-mode product (J v, torch.func.jvp) and one reverse-mode product
+(J^T u, torch.func.vjp); neither J nor G is ever built.
+
+Two choices of H_b:
+- ``output``: H = I (the paper's). v^T G v is the mean squared change of the outputs.
+- ``fisher``: H = diag(p) - p p^T with p = softmax(f). v^T G v is twice the mean KL
+  divergence between the predictive distributions, to second order.
+
+The engine works on one flat parameter vector; :class:`FlatParams` maps it to the
+module's parameter dict (views, no copies), so any ``nn.Module`` works through
+``functional_call``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp, vjp
+
+from geoviz.errors import ConfigError
+
+__all__ = [
+    "METRIC_KINDS",
+    "FlatParams",
+    "make_metric_product",
+    "metric_vector_product",
+    "top_eigenvalue",
+    "functional_distance",
+]
+
+METRIC_KINDS = ("output", "fisher")
+
+
+@dataclass(frozen=True)
+class FlatParams:
+    """The layout of a module's parameters as one flat vector.
+
+    The order is that of ``model.named_parameters()``, which is also the order of
+    ``torch.nn.utils.parameters_to_vector(model.parameters())``.
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> FlatParams:
+        named = list(model.named_parameters())
+        return cls(tuple(n for n, _ in named), tuple(p.shape for _, p in named))
+
+    @property
+    def sizes(self) -> list[int]:
+        return [s.numel() for s in self.shapes]
+
+    @property
+    def size(self) -> int:
+        return sum(self.sizes)
+
+    def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Views of ``w`` (shape (P,)) as a parameter dict; differentiable."""
+        if w.ndim != 1 or w.numel() != self.size:
+            raise ValueError(
+                f"expected a flat vector of {self.size} numbers, got shape {tuple(w.shape)}"
+            )
+        parts = torch.split(w, self.sizes)
+        return {n: p.view(s) for n, p, s in zip(self.names, parts, self.shapes)}
+
+    def flatten(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One flat vector (P,) from a parameter dict, in this layout's order."""
+        missing = [n for n in self.names if n not in params]
+        if missing:
+            raise KeyError(f"parameter dict lacks {missing[:3]}")
+        return torch.cat([params[n].reshape(-1) for n in self.names])
+
+    def mask(self, names: list[str], like: torch.Tensor) -> torch.Tensor:
+        """A flat 0/1 vector that is 1 on the named parameters."""
+        chosen = set(names)
+        return torch.cat(
+            [
+                torch.full((s.numel(),), float(n in chosen), dtype=like.dtype, device=like.device)
+                for n, s in zip(self.names, self.shapes)
+            ]
+        )
+
+
+def _apply_output_hessian(kind: str, logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """H_b u_b for every row b, divided by B. logits, u: (B, K)."""
+    batch = logits.shape[0]
+    if kind == "output":
+        return u / batch
+    probs = torch.softmax(logits, dim=-1)  # (B, K)
+    # (diag(p) - p p^T) u = p * u - p (p . u)
+    return (probs * u - probs * (probs * u).sum(-1, keepdim=True)) / batch
+
+
+def make_metric_product(
+    model: nn.Module,
+    layout: FlatParams,
+    buffers: dict[str, torch.Tensor],
+    inputs: torch.Tensor,
+    w: torch.Tensor,
+    kind: str = "output",
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """Build v -> G(w) v at a fixed point ``w`` on a fixed batch ``inputs``.
+
+    The reverse-mode linearisation (vjp) is built once here and reused for every
+    product, so a product costs one jvp (about two forwards) and one backward.
+
+    Args:
+        model: the module; used only through ``functional_call`` (eval mode).
+        layout: flat layout of the module's parameters.
+        buffers: the module's buffers (BatchNorm statistics), passed explicitly.
+        inputs: metric batch, shape (B, ...).
+        w: flat weights (P,).
+        kind: ``"output"`` or ``"fisher"``.
+
+    Returns:
+        (product, logits): product maps a flat (P,) vector to G v (P,); logits are
+        f(inputs; w), shape (B, K).
+    """
+    if kind not in METRIC_KINDS:
+        raise ConfigError(f"Unknown metric '{kind}'; choose one of {', '.join(METRIC_KINDS)}.")
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, ({**layout.unflatten(flat), **buffers},), (inputs,))
+        return out.reshape(out.shape[0], -1)  # (B, K)
+
+    logits, pullback = vjp(f, w)
+    logits = logits.detach()
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        _, jv = jvp(f, (w,), (v,))  # v -> J v: (B, K)
+        hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B: (B, K)
+        (gv,) = pullback(hjv)  # -> J^T H J v / B: (P,)
+        return gv
+
+    return product, logits
+
+
+def metric_vector_product(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    vector: torch.Tensor,
+    kind: str = "output",
+) -> torch.Tensor:
+    """G(w) v at the model's current weights, for a flat vector.
+
+    Args:
+        model: any ``nn.Module``; BatchNorm is used in eval mode (running statistics).
+        inputs: a batch of inputs, shape (B, ...), on the model's device.
+        vector: flat (P,) tensor in the order of
+            ``torch.nn.utils.parameters_to_vector(model.parameters())``.
+        kind: ``"output"`` (H = I) or ``"fisher"`` (softmax Fisher).
+
+    Returns:
+        G v as a flat (P,) tensor of the same dtype and device as ``vector``.
+    """
+    layout = FlatParams.of(model)
+    if vector.shape != (layout.size,):
+        raise ValueError(
+            f"vector must have shape ({layout.size},) to match the model's parameters, "
+            f"got {tuple(vector.shape)}"
+        )
+    first = next(model.parameters())
+    if vector.device != first.device or vector.dtype != first.dtype:
+        raise ValueError(
+            f"vector is {vector.dtype} on {vector.device} but the model is {first.dtype} "
+            f"on {first.device}; move one to match the other"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        w = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+        buffers = {n: b for n, b in model.named_buffers()}
+        product, _ = make_metric_product(model, layout, buffers, inputs, w, kind)
+        return product(vector).detach()
+    finally:
+        model.train(was_training)
+
+
+def top_eigenvalue(
+    product: Callable[[torch.Tensor], torch.Tensor],
+    start: torch.Tensor,
+    iterations: int = 8,
+) -> tuple[float, torch.Tensor]:
+    """Largest eigenvalue of a PSD operator by power iteration.
+
+    Args:
+        product: v -> G v.
+        start: starting vector (P,); a previous eigenvector warm-starts well.
+        iterations: number of products.
+
+    Returns:
+        (lambda_max estimate as a 0-d tensor's float, the unit vector reached).
+    """
+    v = start / start.norm().clamp_min(1e-30)
+    value = torch.zeros((), dtype=start.dtype, device=start.device)
+    for _ in range(iterations):
+        gv = product(v)
+        value = torch.dot(v, gv)  # Rayleigh quotient, a lower bound that rises
+        v = gv / gv.norm().clamp_min(1e-30)
+    return value, v
+
+
+def functional_distance(
+    outputs: torch.Tensor, reference: torch.Tensor, kind: str = "output"
+) -> torch.Tensor:
+    """The finite version of the metric between two sets of outputs on one batch.
+
+    ``output``: mean over the batch of |f - f0|^2. ``fisher``: twice the mean
+    KL(p0 || p), which agrees with v^T G v to second order.
+    """
+    if kind == "output":
+        return ((outputs - reference) ** 2).sum(-1).mean()
+    log_p = torch.log_softmax(outputs, -1)
+    log_p0 = torch.log_softmax(reference, -1)
+    return 2.0 * (log_p0.exp() * (log_p0 - log_p)).sum(-1).mean()

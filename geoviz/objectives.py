@@ -1,0 +1,123 @@
+"""Second objectives L2(w) of the three applications, on flat weights.
+
+Each objective gives ``value_and_grad(w)``, says when the path has reached it
+(``finished``), and how to land exactly at the end (``finish``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from geoviz.metric import FlatParams
+
+__all__ = ["SparsifyObjective", "TowardPointObjective", "TaskLossObjective", "magnitude_mask"]
+
+
+def magnitude_mask(w: torch.Tensor, prunable: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Global magnitude mask: 1 keeps, 0 prunes the smallest |w| among prunable entries.
+
+    Args:
+        w: flat weights (P,).
+        prunable: flat 0/1 vector, 1 on prunable weights (Linear/Conv weights).
+        sparsity: fraction of prunable weights to prune, in (0, 1).
+
+    Returns:
+        Flat 0/1 mask (P,), 1 on every non-prunable entry.
+    """
+    index = prunable.nonzero().squeeze(1)
+    k = int(round(sparsity * index.numel()))
+    mask = torch.ones_like(w)
+    if k > 0:
+        order = w[index].abs().argsort()
+        mask[index[order[:k]]] = 0.0
+    return mask
+
+
+class SparsifyObjective:
+    """L2(w) = 1/2 |(1 - m) * w|^2: pull the masked weights to zero.
+
+    The path ends when |(1 - m) w| <= tolerance * |(1 - m) w0|; then the mask is
+    applied exactly.
+    """
+
+    def __init__(self, mask: torch.Tensor, w0: torch.Tensor, tolerance: float = 0.02):
+        self.mask = mask
+        self.pruned = 1.0 - mask
+        self.start_norm = float((self.pruned * w0).norm())
+        self.tolerance = tolerance
+
+    def value_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        masked = self.pruned * w
+        return 0.5 * torch.dot(masked, masked), masked
+
+    def remaining(self, w: torch.Tensor) -> float:
+        """|(1 - m) w| / |(1 - m) w0|: 1 at the start, 0 when fully pruned."""
+        return float((self.pruned * w).norm()) / max(self.start_norm, 1e-30)
+
+    def finished(self, w: torch.Tensor) -> tuple[bool, str]:
+        if self.remaining(w) <= self.tolerance:
+            return True, "masked weights reached zero; mask applied"
+        return False, ""
+
+    def finish(self, w: torch.Tensor) -> torch.Tensor:
+        return w * self.mask
+
+
+class TowardPointObjective:
+    """L2(w) = 1/2 |w - w_B|^2; the path ends at w_B exactly once within ``tolerance``."""
+
+    def __init__(self, target: torch.Tensor, tolerance: float):
+        self.target = target
+        self.tolerance = tolerance
+
+    def value_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        diff = w - self.target
+        return 0.5 * torch.dot(diff, diff), diff
+
+    def finished(self, w: torch.Tensor) -> tuple[bool, str]:
+        if float((w - self.target).norm()) <= self.tolerance:
+            return True, "reached the target network"
+        return False, ""
+
+    def finish(self, w: torch.Tensor) -> torch.Tensor:
+        return self.target.clone()
+
+
+class TaskLossObjective:
+    """L2(w) = cross-entropy of a new task on a fresh minibatch each call."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        buffers: dict[str, torch.Tensor],
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int = 128,
+        seed: int = 0,
+        output_slice: slice | None = None,
+    ):
+        self.model = model
+        self.layout = FlatParams.of(model)
+        self.buffers = buffers
+        self.x, self.y = x, y
+        self.batch_size = min(batch_size, x.shape[0])
+        self.output_slice = output_slice
+        self._gen = torch.Generator(device="cpu").manual_seed(seed)
+
+    def value_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.randint(0, self.x.shape[0], (self.batch_size,), generator=self._gen).to(self.x.device)
+        w = w.detach().requires_grad_(True)
+        logits = functional_call(self.model, ({**self.layout.unflatten(w), **self.buffers},), (self.x[index],))
+        if self.output_slice is not None:
+            logits = logits[:, self.output_slice]
+        loss = torch.nn.functional.cross_entropy(logits, self.y[index])
+        (grad,) = torch.autograd.grad(loss, w)
+        return loss.detach(), grad
+
+    def finished(self, w: torch.Tensor) -> tuple[bool, str]:
+        return False, ""
+
+    def finish(self, w: torch.Tensor) -> torch.Tensor:
+        return w

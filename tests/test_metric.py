@@ -1,0 +1,136 @@
+"""G v and the step solver against dense float64 references on tiny networks."""
+
+import pytest
+import torch
+from torch import nn
+
+from geoviz.engine import solve_step
+from geoviz.metric import FlatParams, make_metric_product, metric_vector_product
+
+
+def _mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4))
+
+
+def _conv_bn():
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 3)
+    )
+
+
+CASES = [  # (name, model factory, input shape)
+    ("mlp", _mlp, (7, 6)),
+    ("conv-bn", _conv_bn, (5, 2, 4, 4)),
+]
+
+
+def _dense_metric(model, inputs, kind):
+    """G = 1/B sum_b J_b^T H_b J_b from an explicit Jacobian."""
+    layout = FlatParams.of(model)
+    w = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    buffers = dict(model.named_buffers())
+
+    def f(flat):
+        return torch.func.functional_call(model, ({**layout.unflatten(flat), **buffers},), (inputs,))
+
+    jac = torch.autograd.functional.jacobian(f, w)  # (B, K, P)
+    logits = f(w).detach()
+    batch, k = logits.shape
+    if kind == "output":
+        h = torch.eye(k, dtype=w.dtype).expand(batch, k, k)
+    else:
+        p = torch.softmax(logits, -1)
+        h = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
+    return torch.einsum("bkp,bkl,blq->pq", jac, h, jac) / batch
+
+
+def _setup(factory, shape, seed=0):
+    torch.manual_seed(seed)
+    model = factory().double().eval()
+    # non-trivial BatchNorm statistics, used in eval mode
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    return model, torch.randn(shape, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["output", "fisher"])
+@pytest.mark.parametrize("name,factory,shape", CASES)
+def test_metric_vector_product_matches_explicit_jacobian(name, factory, shape, kind):
+    model, inputs = _setup(factory, shape)
+    dense = _dense_metric(model, inputs, kind)
+    for trial in range(3):
+        v = torch.randn(dense.shape[0], dtype=torch.float64)
+        got = metric_vector_product(model, inputs, v, kind=kind)
+        want = dense @ v
+        assert (got - want).norm() / want.norm() < 1e-6, (name, kind, trial)
+
+
+def test_metric_vector_product_float32_close_to_float64():
+    model, inputs = _setup(_mlp, (7, 6))
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    want = metric_vector_product(model, inputs, v)
+    got = metric_vector_product(model.float(), inputs.float(), v.float())
+    assert (got.double() - want).norm() / want.norm() < 1e-4
+
+
+def test_metric_is_psd_and_low_rank():
+    model, inputs = _setup(_mlp, (3, 6))
+    dense = _dense_metric(model, inputs, "output")
+    eig = torch.linalg.eigvalsh(dense)
+    assert eig.min() > -1e-10
+    # rank at most B*K = 12 out of P = 59
+    assert int((eig > 1e-10 * eig.max()).sum()) <= 12
+
+
+def test_metric_rejects_wrong_shape_and_dtype():
+    model, inputs = _setup(_mlp, (3, 6))
+    with pytest.raises(ValueError, match="shape"):
+        metric_vector_product(model, inputs, torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="float32"):
+        metric_vector_product(model, inputs, torch.zeros(59, dtype=torch.float32))
+
+
+def _trust_region_dense(g, v, beta, eps):
+    """argmin theta^T G theta - beta v^T theta s.t. |theta| <= eps, by the eigendecomposition.
+
+    theta(mu) = (beta/2) (G + mu I)^-1 v; bisect on mu for |theta(mu)| = eps.
+    """
+    lam, q = torch.linalg.eigh(g)
+    c = q.T @ v
+
+    def norm(mu):
+        return float(((beta / 2) * c / (lam + mu)).norm())
+
+    lo, hi = 1e-14, 1.0
+    while norm(hi) > eps:
+        hi *= 10
+    for _ in range(200):
+        mid = (lo * hi) ** 0.5
+        lo, hi = (mid, hi) if norm(mid) > eps else (lo, mid)
+    mu = (lo * hi) ** 0.5
+    return q @ ((beta / 2) * c / (lam + mu)), mu
+
+
+@pytest.mark.parametrize("rho", [1e-3, 1e-1])
+@pytest.mark.parametrize("name,factory,shape", CASES)
+def test_step_matches_dense_trust_region_solution(name, factory, shape, rho):
+    model, inputs = _setup(factory, shape, seed=1)
+    g = _dense_metric(model, inputs, "output")
+    layout = FlatParams.of(model)
+    w = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    product, _ = make_metric_product(model, layout, dict(model.named_buffers()), inputs, w, "output")
+    v = torch.randn(w.numel(), dtype=torch.float64)
+    mu = rho * float(torch.linalg.eigvalsh(g).max())
+    eps = 0.05
+    theta, info = solve_step(product, v, mu, eps, max_iterations=500, tolerance=1e-12)
+    # (1) the damped solve itself
+    u = torch.linalg.solve(g + mu * torch.eye(len(v), dtype=v.dtype), v)
+    assert (theta - eps * u / u.norm()).norm() / eps < 1e-6
+    # (2) the constrained problem at the reported beta: same step, same multiplier
+    dense_theta, dense_mu = _trust_region_dense(g, v, info["beta"], eps)
+    assert (theta - dense_theta).norm() / eps < 1e-6
+    assert abs(dense_mu - mu) / mu < 1e-5
+    # (3) the functional length computed without a product
+    assert abs(info["functional_sq"] - float(theta @ g @ theta)) <= 1e-8 * max(float(theta @ g @ theta), 1e-12)
