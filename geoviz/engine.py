@@ -25,7 +25,7 @@ from torch import nn
 from torch.func import functional_call
 
 from geoviz.errors import ConfigError, DivergedError
-from geoviz.metric import METRIC_KINDS, FlatParams, functional_distance, make_metric_product, top_eigenvalue
+from geoviz.metric import BACKENDS, METRIC_KINDS, FlatParams, functional_distance, make_metric_product, top_eigenvalue
 
 __all__ = [
     "MODES",
@@ -51,6 +51,11 @@ class SolverConfig:
     # closely; large rho tends to plain gradient descent on the objective.
     damping: float = 1e-3
     metric: str = "output"
+    # how G v is computed: "autograd" (double backward, faster in eager) or "func"
+    backend: str = "autograd"
+    # start CG from the previous step's solution, rescaled: successive steps solve
+    # nearly the same system, so the slow (near-null) directions keep converging
+    warm_start: bool = True
     # CG needs about sqrt(1/rho) iterations to converge fully; a partial solve
     # already removes the stiff directions, which is what matters.
     cg_iterations: int = 20
@@ -61,6 +66,9 @@ class SolverConfig:
     # penalty mode: Adam on D(f(w), f(w0)) + weight * L2(w)
     penalty_lr: float = 1e-3
     penalty_weight: float = 1.0
+    # the weight grows linearly, by penalty_weight every penalty_ramp steps, so the
+    # objective wins in the end (a fixed weight stalls at a compromise)
+    penalty_ramp: int = 100
     # a step whose objective grows beyond this factor of the start is a divergence
     explode_factor: float = 1e6
 
@@ -68,6 +76,8 @@ class SolverConfig:
         """Raise ConfigError with one sentence for the first bad setting."""
         if self.mode not in MODES:
             raise ConfigError(f"Unknown mode '{self.mode}'; choose exact or penalty.")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"Unknown backend '{self.backend}'; choose autograd or func.")
         if self.metric not in METRIC_KINDS:
             raise ConfigError(f"Unknown metric '{self.metric}'; choose output or fisher.")
         if not (self.eps > 0 and math.isfinite(self.eps)):
@@ -80,6 +90,8 @@ class SolverConfig:
             raise ConfigError(f"metric_batch must be at least 1, got {self.metric_batch}.")
         if not self.penalty_lr > 0 or not self.penalty_weight > 0:
             raise ConfigError("penalty_lr and penalty_weight must be positive numbers.")
+        if self.penalty_ramp < 1:
+            raise ConfigError(f"penalty_ramp must be at least 1 step, got {self.penalty_ramp}.")
 
 
 @dataclass(frozen=True)
@@ -93,14 +105,21 @@ def conjugate_gradient(
     b: torch.Tensor,
     max_iterations: int,
     tolerance: float,
+    x0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, CGInfo]:
-    """Solve A x = b for symmetric positive definite A, from x = 0.
+    """Solve A x = b for symmetric positive definite A, from x0 (default 0).
+
+    A start costs one product more than x = 0 (its residual).
 
     Returns:
         (x, r, info) with r = b - A x the (recursively updated) residual.
     """
-    x = torch.zeros_like(b)
-    r = b.clone()
+    if x0 is None:
+        x = torch.zeros_like(b)
+        r = b.clone()
+    else:
+        x = x0.clone()
+        r = b - apply_a(x)
     p = r.clone()
     rr = torch.dot(r, r)
     b_norm = b.norm().clamp_min(1e-30)
@@ -128,14 +147,16 @@ def solve_step(
     eps: float,
     max_iterations: int,
     tolerance: float,
+    x0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One constrained step: theta = eps * u / |u| with (G + mu I) u = v.
 
     Returns:
         theta (P,) and a record with the CG iterations, relative residual, the
-        equivalent beta (2 eps / |u|) and the step's functional length theta^T G theta.
+        equivalent beta (2 eps / |u|), the step's functional length theta^T G theta,
+        and ``u`` itself (to warm-start the next solve).
     """
-    u, r, info = conjugate_gradient(lambda p: product(p) + mu * p, v, max_iterations, tolerance)
+    u, r, info = conjugate_gradient(lambda p: product(p) + mu * p, v, max_iterations, tolerance, x0)
     u_norm = u.norm().clamp_min(1e-30)
     theta = (eps / u_norm) * u
     # theta^T G theta without another product: G u = (b - r) - mu u
@@ -146,6 +167,8 @@ def solve_step(
         "cg_residual": info.relative_residual,
         "beta": float(2.0 * eps / u_norm),
         "functional_sq": float(functional),
+        "u": u,
+        "products": info.iterations + (x0 is not None),
     }
 
 
@@ -230,12 +253,15 @@ class Path:
         self.eval_every = max(1, eval_every)
         self.seed = seed
         self.step = 0
+        # G v products (exact) or gradient steps (penalty): what the baselines get too
+        self.gradient_evaluations = 0
         self.done = False
         self.end_reason = ""
         self._path_length = 0.0
         self._functional_length = 0.0
         self._lambda = 0.0
         self._eigvec: torch.Tensor | None = None
+        self._u: torch.Tensor | None = None
         self._adam: torch.optim.Optimizer | None = None
         self._w_param: torch.Tensor | None = None
         self._start_value: float | None = None
@@ -246,7 +272,7 @@ class Path:
     def _exact_step(self, inputs: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, dict]:
         cfg = self.config
         product, _ = make_metric_product(
-            self.model, self.layout, self.buffers, inputs, self.w, cfg.metric
+            self.model, self.layout, self.buffers, inputs, self.w, cfg.metric, cfg.backend
         )
         if self._eigvec is None or (self.step - 1) % cfg.eigen_refresh == 0:
             start = self._eigvec
@@ -254,10 +280,14 @@ class Path:
                 gen = torch.Generator(device="cpu").manual_seed(self.seed)
                 start = torch.randn(self.w.shape, generator=gen, dtype=self.w.dtype).to(self.w.device)
             lam, self._eigvec = top_eigenvalue(product, start, cfg.power_iterations)
+            self.gradient_evaluations += cfg.power_iterations
             self._lambda = float(lam)
         mu = cfg.damping * max(self._lambda, 1e-12)
-        theta, info = solve_step(product, -grad, mu, cfg.eps, cfg.cg_iterations, cfg.cg_tolerance)
+        x0 = self._u if cfg.warm_start else None
+        theta, info = solve_step(product, -grad, mu, cfg.eps, cfg.cg_iterations, cfg.cg_tolerance, x0)
+        self._u = info.pop("u")
         info["damping_mu"] = mu
+        self.gradient_evaluations += info.pop("products")
         return theta, info
 
     def _penalty_step(self, inputs: torch.Tensor, reference: torch.Tensor, grad_fn) -> tuple[torch.Tensor, dict]:
@@ -269,7 +299,9 @@ class Path:
         out = self._outputs(w, inputs)
         distance = functional_distance(out, reference, cfg.metric)
         (g_dist,) = torch.autograd.grad(distance, w)
-        g = g_dist + cfg.penalty_weight * grad_fn
+        weight = cfg.penalty_weight * (1.0 + self.step / cfg.penalty_ramp)
+        g = g_dist + weight * grad_fn
+        self.gradient_evaluations += 1
         before = self.w.clone()
         w.grad = g
         self._adam.step()

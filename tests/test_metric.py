@@ -55,14 +55,15 @@ def _setup(factory, shape, seed=0):
     return model, torch.randn(shape, dtype=torch.float64)
 
 
+@pytest.mark.parametrize("backend", ["func", "autograd"])
 @pytest.mark.parametrize("kind", ["output", "fisher"])
 @pytest.mark.parametrize("name,factory,shape", CASES)
-def test_metric_vector_product_matches_explicit_jacobian(name, factory, shape, kind):
+def test_metric_vector_product_matches_explicit_jacobian(name, factory, shape, kind, backend):
     model, inputs = _setup(factory, shape)
     dense = _dense_metric(model, inputs, kind)
     for trial in range(3):
         v = torch.randn(dense.shape[0], dtype=torch.float64)
-        got = metric_vector_product(model, inputs, v, kind=kind)
+        got = metric_vector_product(model, inputs, v, kind=kind, backend=backend)
         want = dense @ v
         assert (got - want).norm() / want.norm() < 1e-6, (name, kind, trial)
 

@@ -1,0 +1,219 @@
+"""`python -m geoviz ...`: every path the app draws, without a browser.
+
+Prints a progress bar on stderr, a readable summary on stdout, and with ``--json``
+one JSON object as the last line of stdout. Bad input is one sentence on stderr
+and exit status 2; a diverged path exits 3 after saying where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from geoviz.engine import MODES, SolverConfig
+from geoviz.errors import ConfigError, GeovizError
+from geoviz.metric import METRIC_KINDS
+from geoviz.problem import SetupConfig
+
+__all__ = ["main", "build_parser"]
+
+_DEFAULT_SOLVER = SolverConfig()
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--hidden takes comma-separated layer widths like 128,128, got '{text}'")
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"--hidden takes positive widths like 128,128, got '{text}'")
+    return sizes
+
+
+def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
+    from geoviz.data import DATASET_NAMES
+    from geoviz.models import MODEL_NAMES
+
+    g = parser.add_argument_group("data and network")
+    g.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASET_NAMES)}")
+    g.add_argument("--model", default="mlp", help=f"one of {', '.join(MODEL_NAMES)}")
+    g.add_argument("--hidden", type=_hidden, default=(128, 128), help="MLP hidden widths, e.g. 128,128")
+    g.add_argument("--data-dir", default=None, help="folder with the dataset's files")
+    g.add_argument("--download", action="store_true", help="download torchvision datasets into --data-dir")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    s = parser.add_argument_group("path")
+    s.add_argument("--mode", default="exact", help=f"one of {', '.join(MODES)} (penalty: Adam on output distance + lambda L2)")
+    s.add_argument("--eps", type=float, default=_DEFAULT_SOLVER.eps, help="Euclidean length of each step")
+    s.add_argument("--damping", type=float, default=_DEFAULT_SOLVER.damping, help="rho in mu = rho * lambda_max(G)")
+    s.add_argument("--metric", default="output", help=f"one of {', '.join(METRIC_KINDS)}")
+    s.add_argument("--cg-iterations", type=int, default=_DEFAULT_SOLVER.cg_iterations)
+    s.add_argument("--metric-batch", type=int, default=_DEFAULT_SOLVER.metric_batch)
+    s.add_argument("--penalty-weight", type=float, default=_DEFAULT_SOLVER.penalty_weight, help="lambda of the penalty mode")
+    s.add_argument("--penalty-lr", type=float, default=_DEFAULT_SOLVER.penalty_lr, help="Adam learning rate of the penalty mode")
+    s.add_argument("--steps", type=int, default=default_steps, help="step budget of the path")
+    o = parser.add_argument_group("output")
+    o.add_argument("--out", default=None, help="folder for run folders (default ./runs or $GEOVIZ_RUNS)")
+    o.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m geoviz", description="Walk weight-space geodesics of a neural network.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sp = sub.add_parser("sparsify", help="walk from a dense network to a sparse one")
+    _add_common(sp, default_steps=2000)
+    sp.add_argument("--sparsity", type=float, default=0.9, help="fraction of prunable weights to remove, in (0, 1)")
+    sp.add_argument("--tolerance", type=float, default=0.02, help="end when |masked weights| falls to this fraction")
+    sp.add_argument("--eval-every", type=int, default=10)
+    runs = sub.add_parser("runs", help="list the run folders")
+    runs.add_argument("--out", default=None)
+    return parser
+
+
+def setup_from(args) -> SetupConfig:
+    return SetupConfig(
+        dataset=args.dataset,
+        model=args.model,
+        hidden=tuple(args.hidden),
+        seed=args.seed,
+        device=args.device,
+        data_dir=args.data_dir,
+        download=args.download,
+    )
+
+
+def solver_from(args) -> SolverConfig:
+    solver = SolverConfig(
+        mode=args.mode,
+        eps=args.eps,
+        damping=args.damping,
+        metric=args.metric,
+        cg_iterations=args.cg_iterations,
+        metric_batch=args.metric_batch,
+        penalty_weight=args.penalty_weight,
+        penalty_lr=args.penalty_lr,
+    )
+    solver.validate()
+    return solver
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int, quiet: bool = False, label: str = "path"):
+        self.total, self.quiet, self.label = total, quiet, label
+        self.t0 = time.time()
+        self._last = 0.0
+
+    def __call__(self, row: dict) -> None:
+        now = time.time()
+        if self.quiet or (now - self._last < 0.2):
+            return
+        self._last = now
+        step = row["step"]
+        frac = min(1.0, step / max(1, self.total))
+        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+        extra = "".join(f" {k}={row[k]:.3f}" for k in ("test_accuracy", "remaining_norm", "task1_accuracy", "task2_accuracy") if isinstance(row.get(k), float))
+        rate = step / max(now - self.t0, 1e-9)
+        sys.stderr.write(f"\r{self.label} [{bar}] step {step}/{self.total} {rate:.0f} steps/s{extra}   ")
+        sys.stderr.flush()
+
+    def training(self, fraction: float) -> None:
+        if not self.quiet:
+            sys.stderr.write(f"\rtraining the start network: {100 * fraction:3.0f}%   ")
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if not self.quiet:
+            sys.stderr.write("\n")
+
+
+def run_and_report(runner, args, progress: Progress, report: Callable[[object], tuple[list[str], dict]]) -> int:
+    """Run a runner to its end in this thread, print the summary; the exit status."""
+
+    def on_term(signum, frame):  # a kill keeps the finished steps and says so
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    t0 = time.time()
+    try:
+        state = runner.run(progress)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        progress.close()
+    wall = time.time() - t0
+    run_dir = str(runner.writer.dir) if runner.writer is not None else None
+    if state != "finished":
+        print(f"The path {state} after {runner.path.step} steps: {runner.message}. Finished steps are kept in {run_dir}.", file=sys.stderr)
+        return 3 if state == "diverged" else 1
+    lines, payload = report(runner)
+    payload.update({"steps": runner.path.step, "wall_seconds": round(wall, 3), "run_dir": run_dir})
+    for line in lines:
+        print(line)
+    print(f"run folder: {run_dir}")
+    if args.json:
+        print(json.dumps(payload))
+    return 0
+
+
+def _cmd_sparsify(args) -> int:
+    from geoviz.problem import load_problem
+    from geoviz.sparsify import SparsifyConfig, sparsify_runner
+
+    config = SparsifyConfig(sparsity=args.sparsity, tolerance=args.tolerance, steps=args.steps, eval_every=args.eval_every)
+    config.validate()
+    solver = solver_from(args)
+    progress = Progress(args.steps, args.quiet, "sparsify")
+    problem = load_problem(setup_from(args), progress=progress.training)
+    runner = sparsify_runner(problem, config, solver, args.out)
+
+    def report(runner):
+        s = runner.summary
+        lines = [
+            f"dense accuracy           {s['dense_accuracy']:.4f}",
+            f"geodesic ({solver.mode:7s})       {s['accuracy']:.4f}  at sparsity {s['sparsity']:.3f}",
+            f"one-shot pruning         {s['baselines']['one_shot']:.4f}",
+            f"prune + fine-tune        {s['baselines']['finetune']:.4f}  ({s['gradient_evaluations']} gradient evaluations, uses labels)",
+            f"steps {runner.path.step} ({s['end_reason']})",
+        ]
+        payload = {
+            "dense_accuracy": s["dense_accuracy"],
+            "accuracy": s["accuracy"],
+            "sparsity": s["sparsity"],
+            "baselines": s["baselines"],
+        }
+        return lines, payload
+
+    return run_and_report(runner, args, progress, report)
+
+
+def _cmd_runs(args) -> int:
+    from geoviz.runs import list_runs
+
+    for run in list_runs(args.out):
+        print(f"{run.name}  {run.state:11s}  {len(run.table):5d} steps")
+    return 0
+
+
+_HANDLERS: dict[str, Callable] = {"sparsify": _cmd_sparsify, "runs": _cmd_runs}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed its one-line usage error
+        return int(exc.code or 0)
+    try:
+        return _HANDLERS[args.command](args)
+    except GeovizError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,101 @@
+"""What every application starts from: data, a model, a trained start network, a device."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from geoviz.data import Dataset, load_dataset
+from geoviz.metric import FlatParams
+from geoviz.models import has_batchnorm
+from geoviz.training import evaluate, recompute_batchnorm, resolve_device, train_network
+
+__all__ = ["SetupConfig", "Problem", "load_problem", "start_network"]
+
+
+@dataclass(frozen=True)
+class SetupConfig:
+    """Dataset, architecture, seed and device of a run."""
+
+    dataset: str = "digits"
+    model: str = "mlp"
+    hidden: tuple[int, ...] = (128, 128)
+    seed: int = 0
+    device: str = "auto"
+    data_dir: str | None = None
+    download: bool = False
+
+
+@dataclass
+class Problem:
+    """Data and one trained start network on a device, with flat-weight helpers."""
+
+    setup: SetupConfig
+    data: Dataset
+    device: torch.device
+    model: nn.Module
+    buffers: dict[str, torch.Tensor]
+    layout: FlatParams
+    w0: torch.Tensor
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    batchnorm: bool = field(default=False)
+
+    def params(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.layout.unflatten(w)
+
+    def buffers_at(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """BatchNorm statistics recomputed at w (METHOD.md); the start buffers otherwise."""
+        if not self.batchnorm:
+            return self.buffers
+        return recompute_batchnorm(self.model, self.params(w), self.buffers, self.x_train)
+
+    def evaluate(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor, buffers=None) -> tuple[float, float]:
+        """(loss, accuracy) of flat weights w on (x, y)."""
+        return evaluate(self.model, self.params(w), self.buffers_at(w) if buffers is None else buffers, x, y)
+
+
+def start_network(
+    setup: SetupConfig,
+    data: Dataset,
+    device: torch.device,
+    seed: int,
+    classes: Sequence[int] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> tuple[nn.Module, dict, torch.Tensor]:
+    """A trained network as (model, buffers, flat weights), cached on disk."""
+    model, params, buffers = train_network(
+        data, setup.model, seed, hidden=setup.hidden, device=device, progress=progress, classes=classes
+    )
+    layout = FlatParams.of(model)
+    return model, buffers, layout.flatten(params).detach()
+
+
+def load_problem(
+    setup: SetupConfig,
+    classes: Sequence[int] | None = None,
+    progress: Callable[[float], None] | None = None,
+) -> Problem:
+    """Load the data, train (or load) the start network, move everything to the device."""
+    device = resolve_device(setup.device)
+    data = load_dataset(setup.dataset, setup.data_dir, setup.download)
+    model, buffers, w0 = start_network(setup, data, device, setup.seed, classes, progress)
+    return Problem(
+        setup=setup,
+        data=data,
+        device=device,
+        model=model,
+        buffers=buffers,
+        layout=FlatParams.of(model),
+        w0=w0,
+        x_train=data.x_train.to(device),
+        y_train=data.y_train.to(device),
+        x_test=data.x_test.to(device),
+        y_test=data.y_test.to(device),
+        batchnorm=has_batchnorm(model),
+    )

@@ -1,0 +1,208 @@
+"""Drive a path step by step, with Pause / Step / Resume / Stop, writing its run record.
+
+The same runner serves the CLI (``run()`` in the calling thread) and the app
+(``start()`` in a background thread; the page polls ``rows()`` and the state).
+No Streamlit here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from collections.abc import Callable
+
+import torch
+
+from geoviz.engine import Path
+from geoviz.errors import DivergedError, GeovizError
+from geoviz.runs import RunWriter, SnapshotBudget
+
+__all__ = ["PathRunner"]
+
+
+class PathRunner:
+    """Runs a :class:`~geoviz.engine.Path` and records it.
+
+    Args:
+        path: the path to walk.
+        writer: the run record to write (None: keep in memory only).
+        on_finish: called once when the path has ended (finished or out of steps),
+            with this runner; returns the summary dict (baselines, final figures).
+        snapshot_budget_mb: memory budget of the in-memory trajectory (for live PCA).
+        abandon_after: seconds without a ``touch()`` after which a background run
+            stops itself (a browser tab that went away); None never.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        writer: RunWriter | None = None,
+        on_finish: Callable[[PathRunner], dict] | None = None,
+        snapshot_budget_mb: float = 32.0,
+        abandon_after: float | None = None,
+    ):
+        self.path = path
+        self.writer = writer
+        self.on_finish = on_finish
+        self.abandon_after = abandon_after
+        self.state = "ready"
+        self.message = ""
+        self.summary: dict = {}
+        self._rows: list[dict] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._paused = False
+        self._stop = False
+        self._step_tokens = 0
+        self._thread: threading.Thread | None = None
+        self._last_touch = time.time()
+        self._budget = SnapshotBudget(path.w.numel() * 4, int(snapshot_budget_mb * 2**20))
+        self._trajectory: dict[int, torch.Tensor] = {}
+        self.started_at: float | None = None
+        self.first_step_at: float | None = None
+        self._keep(0, path.w)
+
+    # -- reading (any thread) ---------------------------------------------------
+    def rows(self) -> list[dict]:
+        with self._lock:
+            return list(self._rows)
+
+    def trajectory(self) -> tuple[list[int], torch.Tensor]:
+        """(steps, stacked flat weights (S, P) on the CPU) kept so far."""
+        with self._lock:
+            steps = sorted(self._trajectory)
+            return steps, torch.stack([self._trajectory[s] for s in steps])
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("finished", "stopped", "diverged", "failed", "interrupted")
+
+    # -- control (any thread) ---------------------------------------------------
+    def touch(self) -> None:
+        """Say that someone is still watching (the page calls this when it polls)."""
+        self._last_touch = time.time()
+
+    def pause(self) -> None:
+        with self._wake:
+            self._paused = True
+            self._step_tokens = 0
+
+    def resume(self) -> None:
+        with self._wake:
+            self._paused = False
+            self._wake.notify_all()
+
+    def step(self, n: int = 1) -> None:
+        """While paused, walk ``n`` more steps and pause again."""
+        with self._wake:
+            self._paused = True
+            self._step_tokens += n
+            self._wake.notify_all()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+
+    def start(self) -> None:
+        """Run in a background (daemon) thread."""
+        self._thread = threading.Thread(target=self.run, name="geoviz-path", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # -- the loop -----------------------------------------------------------------
+    def _keep(self, step: int, w: torch.Tensor) -> None:
+        if self._budget.wants(step):
+            with self._lock:
+                self._trajectory[step] = w.detach().float().cpu()
+                for old in self._budget.add(step):
+                    self._trajectory.pop(old, None)
+        if self.writer is not None:
+            self.writer.snapshot(step, w)
+
+    def _set_state(self, state: str, message: str = "") -> None:
+        self.state, self.message = state, message
+        if self.writer is not None:
+            if state in ("running", "paused"):
+                self.writer.write_status(state, message)
+
+    def _wait_turn(self) -> bool:
+        """Block while paused; False when the run should stop."""
+        with self._wake:
+            while self._paused and self._step_tokens == 0 and not self._stop:
+                if self.state != "paused":
+                    self._set_state("paused")
+                if self._abandoned():
+                    self._stop = True
+                    break
+                self._wake.wait(timeout=1.0)
+            if self._stop:
+                return False
+            if self._paused:
+                self._step_tokens -= 1
+            if self.state != "running":
+                self._set_state("running")
+            return True
+
+    def _abandoned(self) -> bool:
+        return self.abandon_after is not None and time.time() - self._last_touch > self.abandon_after
+
+    def run(self, progress: Callable[[dict], None] | None = None) -> str:
+        """Walk the path to its end (or until stopped); returns the final state."""
+        self.started_at = time.time()
+        if self.writer is not None and self.path.step == 0:
+            self.writer.save_weights("start", self.path.layout.unflatten(self.path.w0))
+        self._set_state("running")
+        final, message = "finished", ""
+        try:
+            while not self.path.done:
+                if not self._wait_turn():
+                    final = "stopped"
+                    message = "stopped: nobody watched it" if self._abandoned() else "stopped by the user"
+                    break
+                if self._abandoned():
+                    final, message = "stopped", "stopped: nobody watched it"
+                    break
+                record = next(self.path)
+                row = record.row()
+                with self._lock:
+                    self._rows.append(row)
+                if self.first_step_at is None:
+                    self.first_step_at = time.time()
+                if self.writer is not None:
+                    self.writer.append(row)
+                self._keep(record.step, self.path.w)
+                if progress is not None:
+                    progress(row)
+            if final == "finished":
+                message = self.path.end_reason
+        except DivergedError as err:
+            final, message = "diverged", str(err)
+        except KeyboardInterrupt:
+            final, message = "interrupted", "interrupted by a signal"
+        except GeovizError as err:
+            final, message = "failed", str(err)
+        except Exception as err:  # keep what was computed, say what broke
+            final, message = "failed", f"{type(err).__name__}: {err}"
+            if self.writer is not None:
+                (self.writer.dir / "error.txt").write_text(traceback.format_exc())
+        if final == "finished" and self.on_finish is not None:
+            try:
+                self.summary = self.on_finish(self) or {}
+            except Exception as err:  # the path is kept even if a baseline fails
+                message += f"; summary failed: {type(err).__name__}: {err}"
+        if self.writer is not None:
+            self.writer.save_weights("final", self.path.layout.unflatten(self.path.w))
+            if self.summary:
+                self.writer.write_summary(self.summary)
+            self.writer.close(final, message)
+        self.state, self.message = final, message
+        return final

@@ -1,0 +1,179 @@
+"""Application 1: walk from a dense network to a sparse one, keeping its function."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from geoviz.engine import Path, SolverConfig
+from geoviz.errors import ConfigError
+from geoviz.models import prunable_names
+from geoviz.objectives import SparsifyObjective, magnitude_mask
+from geoviz.problem import Problem
+
+__all__ = ["SparsifyConfig", "SparsifyTask", "finetune_pruned"]
+
+
+@dataclass(frozen=True)
+class SparsifyConfig:
+    """The sparsification target and its path budget."""
+
+    sparsity: float = 0.9
+    # the path ends once |(1-m) w| has shrunk to this fraction of its start
+    tolerance: float = 0.02
+    steps: int = 2000  # budget; the path usually ends well before
+    eval_every: int = 10
+    finetune_lr: float = 1e-3
+    finetune_batch: int = 128
+
+    def validate(self) -> None:
+        if not 0.0 < self.sparsity < 1.0:
+            raise ConfigError(f"sparsity must be strictly between 0 and 1, got {self.sparsity}.")
+        if not 0.0 < self.tolerance < 1.0:
+            raise ConfigError(f"tolerance must be strictly between 0 and 1, got {self.tolerance}.")
+        if self.steps < 1 or self.eval_every < 1:
+            raise ConfigError("steps and eval_every must be at least 1.")
+
+
+class SparsifyTask:
+    """A sparsification problem: the mask, the path, its figures and its baselines."""
+
+    def __init__(self, problem: Problem, config: SparsifyConfig, solver: SolverConfig):
+        config.validate()
+        solver.validate()
+        self.problem, self.config, self.solver = problem, config, solver
+        self.prunable = problem.layout.mask(prunable_names(problem.model), problem.w0)
+        self.mask = magnitude_mask(problem.w0, self.prunable, config.sparsity)
+        self.objective = SparsifyObjective(self.mask, problem.w0, config.tolerance)
+        self.dense_loss, self.dense_accuracy = problem.evaluate(problem.w0, problem.x_test, problem.y_test)
+        self.one_shot_loss, self.one_shot_accuracy = problem.evaluate(
+            problem.w0 * self.mask, problem.x_test, problem.y_test
+        )
+
+    def sparsity_of(self, w: torch.Tensor, zero: float = 0.0) -> float:
+        """Fraction of prunable weights with |w| <= zero."""
+        return float(((w.abs() <= zero) * self.prunable).sum() / self.prunable.sum())
+
+    def evaluate(self, w: torch.Tensor) -> dict[str, float]:
+        """Figures at a point of the path: as is, and if hard-pruned now."""
+        p = self.problem
+        loss, acc = p.evaluate(w, p.x_test, p.y_test)
+        pruned_loss, pruned_acc = p.evaluate(w * self.mask, p.x_test, p.y_test)
+        return {
+            "test_loss": loss,
+            "test_accuracy": acc,
+            "pruned_loss": pruned_loss,
+            "pruned_accuracy": pruned_acc,
+            "sparsity": self.sparsity_of(w),
+            "near_zero_fraction": self.sparsity_of(w, 1e-3),
+            "remaining_norm": self.objective.remaining(w),
+        }
+
+    def path(self) -> Path:
+        p = self.problem
+        return Path(
+            p.model,
+            p.buffers,
+            p.w0,
+            self.objective,
+            p.x_train,
+            self.solver,
+            self.evaluate,
+            max_steps=self.config.steps,
+            eval_every=self.config.eval_every,
+            seed=p.setup.seed,
+        )
+
+    def layer_sparsity(self, w: torch.Tensor) -> dict[str, float]:
+        """Fraction of exact zeros per prunable tensor."""
+        params = self.problem.params(w)
+        return {n: float((params[n] == 0).float().mean()) for n in prunable_names(self.problem.model)}
+
+    def finetune_baseline(self, gradient_evaluations: int) -> float:
+        """Magnitude pruning + Adam fine-tuning with the given number of gradient steps."""
+        return finetune_pruned(self.problem, self.mask, gradient_evaluations, self.config)
+
+
+def finetune_pruned(problem: Problem, mask: torch.Tensor, steps: int, config: SparsifyConfig) -> float:
+    """Prune by ``mask``, then train with labels for ``steps`` Adam steps, masked; test accuracy."""
+    p = problem
+    w = (p.w0 * mask).clone().requires_grad_(True)
+    opt = torch.optim.Adam([w], lr=config.finetune_lr)
+    gen = torch.Generator().manual_seed(p.setup.seed)
+    n = p.x_train.shape[0]
+    for _ in range(max(0, steps)):
+        index = torch.randint(0, n, (config.finetune_batch,), generator=gen).to(p.device)
+        logits = torch.func.functional_call(p.model, ({**p.params(w), **p.buffers},), (p.x_train[index],))
+        loss = torch.nn.functional.cross_entropy(logits, p.y_train[index])
+        opt.zero_grad()
+        loss.backward()
+        w.grad.mul_(mask)
+        opt.step()
+        with torch.no_grad():
+            w.mul_(mask)
+    return p.evaluate(w.detach(), p.x_test, p.y_test)[1]
+
+
+def sparsify_runner(
+    problem: Problem,
+    config: SparsifyConfig,
+    solver: SolverConfig,
+    runs_dir: str | None = None,
+    abandon_after: float | None = None,
+    snapshot_budget_mb: float = 64.0,
+):
+    """A :class:`~geoviz.runner.PathRunner` for a sparsification path, with its run record.
+
+    The summary written at the end holds the dense, one-shot and prune+fine-tune
+    accuracies (the fine-tune gets as many gradient evaluations as the path used).
+    """
+    from dataclasses import asdict
+
+    from geoviz.runner import PathRunner
+    from geoviz.runs import RunWriter, default_runs_dir
+
+    task = SparsifyTask(problem, config, solver)
+    reference = {
+        "dense_accuracy": task.dense_accuracy,
+        "dense_loss": task.dense_loss,
+        "one_shot_accuracy": task.one_shot_accuracy,
+        "one_shot_loss": task.one_shot_loss,
+    }
+    writer = RunWriter(
+        runs_dir or default_runs_dir(),
+        "sparsify",
+        {
+            "setup": asdict(problem.setup),
+            "sparsify": asdict(config),
+            "solver": asdict(solver),
+            "device": str(problem.device),
+            "parameters": problem.layout.size,
+            "prunable_parameters": int(task.prunable.sum()),
+        },
+        snapshot_budget_mb=snapshot_budget_mb,
+    )
+    writer.write_summary({"reference": reference})
+
+    def on_finish(runner: PathRunner) -> dict:
+        path = runner.path
+        final = runner.rows()[-1]
+        finetune = task.finetune_baseline(path.gradient_evaluations)
+        return {
+            "reference": reference,
+            "dense_accuracy": task.dense_accuracy,
+            "accuracy": final.get("test_accuracy"),
+            "sparsity": task.sparsity_of(path.w),
+            "layer_sparsity": task.layer_sparsity(path.w),
+            "baselines": {"one_shot": task.one_shot_accuracy, "finetune": finetune},
+            "steps": path.step,
+            "gradient_evaluations": path.gradient_evaluations,
+            "path_seconds": final.get("seconds"),
+            "end_reason": path.end_reason,
+        }
+
+    runner = PathRunner(
+        task.path(), writer, on_finish, abandon_after=abandon_after, snapshot_budget_mb=snapshot_budget_mb / 2
+    )
+    runner.task = task
+    return runner
