@@ -49,7 +49,8 @@ class SolverConfig:
     eps: float = 0.05
     # rho: mu = rho * lambda_max(G). Small rho follows the null directions of G
     # closely; large rho tends to plain gradient descent on the objective.
-    damping: float = 1e-3
+    # 1e-4 kept 2-4 points more accuracy than 1e-3 when sparsifying digits.
+    damping: float = 1e-4
     metric: str = "output"
     # how G v is computed: "autograd" (double backward, faster in eager) or "func"
     backend: str = "autograd"
@@ -57,8 +58,9 @@ class SolverConfig:
     # nearly the same system, so the slow (near-null) directions keep converging
     warm_start: bool = True
     # CG needs about sqrt(1/rho) iterations to converge fully; a partial solve
-    # already removes the stiff directions, which is what matters.
-    cg_iterations: int = 20
+    # already removes the stiff directions, and with the warm start below the
+    # solve keeps improving from step to step: 10 warm did better than 20 cold.
+    cg_iterations: int = 10
     cg_tolerance: float = 1e-4  # on |r| / |v|
     power_iterations: int = 10
     eigen_refresh: int = 20  # steps between lambda_max refreshes (warm-started)
@@ -107,9 +109,12 @@ def conjugate_gradient(
     tolerance: float,
     x0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, CGInfo]:
-    """Solve A x = b for symmetric positive definite A, from x0 (default 0).
+    """Solve A x = b for symmetric positive definite A, from x = 0 or a warm start x0.
 
-    A start costs one product more than x = 0 (its residual).
+    A warm start costs one product (its residual). We tried rescaling x0 by the
+    A-norm-optimal factor (x0 . b) / (x0 . A x0): it solves each system better but
+    its paths kept less accuracy (digits, 90% sparsity: 0.950 vs 0.967), so the
+    start is used as it is.
 
     Returns:
         (x, r, info) with r = b - A x the (recursively updated) residual.

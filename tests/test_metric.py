@@ -135,3 +135,20 @@ def test_step_matches_dense_trust_region_solution(name, factory, shape, rho):
     assert abs(dense_mu - mu) / mu < 1e-5
     # (3) the functional length computed without a product
     assert abs(info["functional_sq"] - float(theta @ g @ theta)) <= 1e-8 * max(float(theta @ g @ theta), 1e-12)
+
+
+def test_trajectory_pca_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    from geoviz.landscape import trajectory_pca
+
+    gen = torch.Generator().manual_seed(0)
+    snaps = torch.randn(12, 40, generator=gen, dtype=torch.float64).cumsum(0)
+    ours = trajectory_pca(snaps, k=2)
+    ref = PCA(n_components=2).fit(snaps.numpy())
+    assert torch.allclose(ours.explained.double(), torch.tensor(ref.explained_variance_ratio_), atol=1e-5)
+    ref_coords = torch.tensor(ref.transform(snaps.numpy()))
+    # components are defined up to sign
+    for j in range(2):
+        a, b = ours.coords[:, j].double(), ref_coords[:, j]
+        assert min((a - b).abs().max(), (a + b).abs().max()) < 1e-4
