@@ -1,0 +1,54 @@
+"""geoviz in the browser: `streamlit run app.py`. A router over pages/, and the home page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from geoviz.plots import geodesic_sketch
+from pages import _live
+
+PAGES_DIR = Path(__file__).parent / "pages"
+
+
+def home() -> None:
+    st.title("geoviz: walk through a network's weight space")
+    st.markdown(
+        "A trained network is one point in a space with one axis per weight. Most directions in that "
+        "space leave what the network computes almost unchanged. A **weight-space geodesic** moves "
+        "along such directions, measured by how much the network's outputs change, while a second "
+        "objective pulls it somewhere useful: towards sparse weights, a new task, or another network "
+        "(Raghavan & Thomson, [arXiv 2106.02793](https://arxiv.org/abs/2106.02793)). "
+        "Here you can watch such a path grow, and steer it."
+    )
+    st.plotly_chart(geodesic_sketch(), key="sketch")
+    st.caption("A sketch, not a measurement: in a curved valley of good networks the straight line climbs out; the geodesic follows the valley.")
+    for path, title, text in (
+        ("pages/sparsify.py", "Sparsify", "Drive 90% of the weights to zero while keeping accuracy; compare with one-shot pruning and fine-tuning."),
+        ("pages/continual.py", "Continual", "Learn a second task without forgetting the first (coming soon)."),
+        ("pages/connect.py", "Connect", "Find a low-loss path between two independently trained networks (coming soon)."),
+        ("pages/runs.py", "Runs", "Every path this server has walked: replay its charts, download its record."),
+    ):
+        st.page_link(path, label=f"Try it: {title}", icon=":material/arrow_forward:")
+        st.caption(text)
+
+
+def navigation():
+    """The app's pages, by URL path."""
+    return st.navigation(
+        [
+            st.Page(home, title="Home", icon=":material/home:", default=True),
+            st.Page(PAGES_DIR / "sparsify.py", title="Sparsify", icon=":material/content_cut:", url_path="sparsify"),
+            st.Page(PAGES_DIR / "continual.py", title="Continual", icon=":material/school:", url_path="continual"),
+            st.Page(PAGES_DIR / "connect.py", title="Connect", icon=":material/timeline:", url_path="connect"),
+            st.Page(PAGES_DIR / "runs.py", title="Runs", icon=":material/folder_open:", url_path="runs"),
+        ]
+    )
+
+
+if __name__ == "__main__":
+    st.set_page_config(page_title="geoviz", page_icon=":material/route:", layout="wide")
+    page = navigation()
+    _live.keep_alive()
+    page.run()

@@ -1,0 +1,91 @@
+"""The chart layout of each application, shared by its live page and the Runs page replay.
+
+Each function takes plain data (rows, reference figures, snapshots) so it draws a live
+path and a run read back from disk the same way. Figures come from geoviz.plots.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from geoviz import plots
+
+__all__ = ["sparsify_charts", "sparsify_summary", "generic_charts", "x_axis_ui"]
+
+
+def x_axis_ui(key: str) -> str:
+    """Which x axis the loss curve uses: step, or one of the two path lengths."""
+    return st.radio(
+        "Loss against",
+        list(plots.X_AXES),
+        format_func=lambda k: {"step": "step", "path_length": "Euclidean length", "functional_length": "functional length"}[k],
+        horizontal=True,
+        key=key,
+        help="Euclidean length sums |θ| over the steps; functional length sums √(θᵀGθ), how far the network's outputs moved.",
+    )
+
+
+def sparsify_charts(
+    rows,
+    reference: dict,
+    baselines: dict | None,
+    target: float,
+    layers: dict,
+    layers_title: str,
+    steps: list[int],
+    snapshots,
+    key: str,
+    marker: int | None = None,
+) -> None:
+    """Accuracy, loss, sparsity, per-layer sparsity and the PCA of the trajectory."""
+    table = plots.as_table(rows)
+    x = x_axis_ui(f"{key}:x")
+    x_marker = None
+    if marker is not None and x in table and len(table):
+        x_marker = float(table.loc[(table["step"] - marker).abs().idxmin(), x])
+    left, right = st.columns(2)
+    left.plotly_chart(plots.accuracy_figure(table, reference, baselines, marker=marker), key=f"{key}:accuracy")
+    right.plotly_chart(plots.loss_figure(table, x, marker=x_marker), key=f"{key}:loss")
+    left, right = st.columns(2)
+    left.plotly_chart(plots.sparsity_figure(table, target, marker=marker), key=f"{key}:sparsity")
+    right.plotly_chart(plots.layer_sparsity_figure(layers, target, layers_title), key=f"{key}:layers")
+    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca")
+
+
+def sparsify_summary(summary: dict) -> None:
+    """The final figures of a sparsification path beside its baselines."""
+    if not summary.get("baselines"):
+        return
+    reference, baselines = summary.get("reference", {}), summary["baselines"]
+    table = pd.DataFrame(
+        [
+            ("dense start network", reference.get("dense_accuracy"), 0.0, "—"),
+            ("geodesic path, then pruned", summary.get("accuracy"), summary.get("sparsity"), "inputs only"),
+            ("one-shot magnitude pruning", baselines.get("one_shot"), summary.get("sparsity"), "none"),
+            (
+                f"pruning + fine-tuning ({summary.get('gradient_evaluations')} gradient evaluations)",
+                baselines.get("finetune"),
+                summary.get("sparsity"),
+                "labels",
+            ),
+        ],
+        columns=["network", "test accuracy", "sparsity", "data used"],
+    )
+    st.subheader("Summary")
+    st.dataframe(
+        table,
+        hide_index=True,
+        column_config={
+            "test accuracy": st.column_config.NumberColumn(format="%.4f"),
+            "sparsity": st.column_config.NumberColumn(format="%.3f"),
+        },
+    )
+    st.caption(f"The path ended: {summary.get('end_reason', '')}.")
+
+
+def generic_charts(rows, key: str) -> None:
+    """For applications without their own layout yet: loss along the path."""
+    table = plots.as_table(rows)
+    x = x_axis_ui(f"{key}:x")
+    st.plotly_chart(plots.loss_figure(table, x), key=f"{key}:loss")

@@ -1,0 +1,246 @@
+"""What every live page shares: sidebar controls <-> URL, the run buttons, the poller
+that draws a path while it grows, the cached start network, and error sentences.
+
+A page describes its settings as :class:`Control`s, turns their values into config
+objects, and hands :func:`run_panel` two functions: one that builds a
+:class:`~geoviz.runner.PathRunner` and one that draws a runner's figures. Not a page
+itself (pages are listed by ``st.navigation`` in app.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import streamlit as st
+
+from geoviz.errors import ConfigError, GeovizError
+from geoviz.problem import Problem, SetupConfig, load_problem
+from geoviz.runner import PathRunner
+
+__all__ = ["Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options"]
+
+POLL_RUNNING = 0.5  # seconds between redraws while a path runs: fluid, yet cheap
+POLL_PAUSED = 1.0
+# a run that no page of its session has polled for this long stops itself (tab closed)
+ABANDON_AFTER = float(os.environ.get("GEOVIZ_ABANDON_AFTER", "30"))
+KEEP_ALIVE_EVERY = 5.0
+
+
+# -- settings: sidebar widgets, restored from and written to the URL ---------------
+@dataclass(frozen=True)
+class Control:
+    """One setting of a page: a sidebar widget and a URL query parameter of the same name."""
+
+    name: str
+    label: str
+    default: object
+    help: str
+    options: tuple = ()  # a select box when given
+    step: float | int | None = None  # number inputs
+    format: str | None = None
+
+    def parse(self, text: str):
+        """A value from its URL text; ConfigError with one sentence when it does not fit."""
+        if self.options:
+            if text not in [str(o) for o in self.options]:
+                allowed = ", ".join(str(o) for o in self.options)
+                raise ConfigError(f"The link sets {self.name} to '{text}'; allowed: {allowed}.")
+            return self.options[[str(o) for o in self.options].index(text)]
+        kind = type(self.default)
+        try:
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"The link sets {self.name} to '{text}', which is not {'an integer' if kind is int else 'a number'}.")
+
+
+def _widget(control: Control, key: str):
+    if control.options:
+        return st.sidebar.selectbox(control.label, control.options, key=key, help=control.help)
+    return st.sidebar.number_input(control.label, key=key, help=control.help, step=control.step, format=control.format)
+
+
+def controls_ui(page: str, controls: Sequence[Control]) -> dict:
+    """Draw the page's settings in the sidebar and return their values.
+
+    A setting starts from the URL (a shared link), else from what this session last
+    chose on the page, else from its default; the values are written back to the URL
+    so the address always reproduces the setup. A URL value that does not fit is
+    reported in one sentence and replaced by the default.
+    """
+    saved = st.session_state.setdefault(f"{page}:settings", {})
+    params = st.query_params
+    for control in controls:
+        key = f"{page}:{control.name}"
+        if key in st.session_state:
+            continue
+        value = saved.get(control.name, control.default)
+        if control.name in params:
+            try:
+                value = control.parse(params[control.name])
+            except ConfigError as err:
+                st.error(str(err))
+                value = control.default
+        st.session_state[key] = value
+    values = {c.name: _widget(c, f"{page}:{c.name}") for c in controls}
+    saved.update(values)
+    st.query_params.from_dict({k: str(v) for k, v in values.items()})
+    return values
+
+
+def device_options() -> tuple[str, ...]:
+    """auto, cpu, and cuda when a GPU is present."""
+    import torch
+
+    return ("auto", "cpu", "cuda") if torch.cuda.is_available() else ("auto", "cpu")
+
+
+# -- the start network, trained once per setup and shared by every session -----------
+@st.cache_resource(show_spinner=False)
+def _shared_problem(setup: SetupConfig, classes: tuple | None, _progress=None) -> Problem:
+    return load_problem(setup, classes=classes, progress=_progress)
+
+
+def cached_problem(setup: SetupConfig, classes: Sequence[int] | None = None) -> Problem:
+    """The problem for ``setup``, from cache; training shows a progress bar the first time.
+
+    Each caller gets its own copy of the module: ``functional_call`` swaps a module's
+    parameters while it runs, so two sessions' paths must never share one module.
+    """
+    bar = st.empty()
+
+    def progress(fraction: float) -> None:
+        bar.progress(min(1.0, fraction), text=f"Training the start network ({fraction:.0%}); cached afterwards")
+
+    try:
+        problem = _shared_problem(setup, None if classes is None else tuple(classes), progress)
+    finally:
+        bar.empty()
+    return replace(problem, model=copy.deepcopy(problem.model))
+
+
+# -- running: buttons, the poller, the status line ---------------------------------
+def _phase(runner: PathRunner | None) -> str:
+    if runner is None or not runner.alive:
+        return "done"
+    return "paused" if runner.state == "paused" else "running"
+
+
+def _request(page: str, action: str) -> None:
+    st.session_state[f"{page}:action"] = action
+
+
+def _buttons_ui(page: str, runner: PathRunner | None, ready: bool) -> None:
+    phase = _phase(runner)
+    run, pause, step, stop, _ = st.columns([1, 1, 1, 1, 4])
+    run.button("Run", type="primary", disabled=not ready, on_click=_request, args=(page, "run"), key=f"{page}:Run", width="stretch")
+    if phase == "paused":
+        pause.button("Resume", on_click=_request, args=(page, "resume"), key=f"{page}:Resume", width="stretch")
+    else:
+        pause.button("Pause", disabled=phase != "running", on_click=_request, args=(page, "pause"), key=f"{page}:Pause", width="stretch")
+    step.button("Step", disabled=phase == "done", on_click=_request, args=(page, "step"), key=f"{page}:Step", width="stretch")
+    stop.button("Stop", disabled=phase == "done", on_click=_request, args=(page, "stop"), key=f"{page}:Stop", width="stretch")
+
+
+def _status_ui(runner: PathRunner, total: int) -> None:
+    rows = runner.rows()
+    last = rows[-1] if rows else {}
+    step = int(last.get("step", 0))
+    rate = step / last["seconds"] if last.get("seconds") else 0.0
+    device = str(getattr(runner.path.w, "device", "cpu"))
+    beta = f" · β = {last['beta']:.3g}" if isinstance(last.get("beta"), float) else ""
+    line = f"**{runner.state}** · step {step} of {total} · {rate:.1f} steps/s · {device}{beta}"
+    if runner.state == "diverged":
+        st.error(f"The path diverged at step {step}: {runner.message}. Its charts are kept below.")
+    elif runner.state == "failed":
+        st.error(f"The path failed at step {step}: {runner.message}")
+    elif runner.finished and runner.message:
+        line += f" · {runner.message}"
+    st.markdown(line)
+
+
+def _wait_first_step(runner: PathRunner, timeout: float) -> None:
+    """Give the thread a moment, so the first drawing already holds a point."""
+    deadline = time.time() + timeout
+    while not runner.rows() and runner.alive and time.time() < deadline:
+        time.sleep(0.02)
+
+
+def run_panel(
+    page: str,
+    make_runner: Callable[[], PathRunner] | None,
+    draw: Callable[[PathRunner], None],
+    total_steps: int,
+) -> PathRunner | None:
+    """The buttons, the live view and the status line of a page.
+
+    Args:
+        page: the page's key in this session (``sparsify``, ``continual``, ...).
+        make_runner: builds a new runner from the current settings (may raise
+            GeovizError); None when the settings are invalid (Run is then disabled).
+        draw: draws a runner's figures; called on every poll while the path grows.
+        total_steps: the step budget, for the status line.
+
+    Returns:
+        This session's runner of the page, if any.
+    """
+    key = f"{page}:runner"
+    buttons = st.container()
+    action = st.session_state.pop(f"{page}:action", None)
+    runner: PathRunner | None = st.session_state.get(key)
+    if action == "run" and make_runner is not None:
+        if runner is not None and runner.alive:
+            runner.stop()
+        try:
+            runner = make_runner()
+        except GeovizError as err:
+            st.error(str(err))
+        else:
+            runner.start()
+            st.session_state[key] = runner
+            _wait_first_step(runner, 1.5)
+    elif action in ("pause", "resume", "step", "stop") and runner is not None:
+        getattr(runner, action)()
+    with buttons:
+        _buttons_ui(page, runner, make_runner is not None)
+    if runner is None:
+        st.info("Choose the settings in the sidebar and press **Run**: the path is drawn as it grows.")
+        return None
+    _live_view(runner, draw, total_steps)
+    return runner
+
+
+def _live_view(runner: PathRunner, draw: Callable[[PathRunner], None], total: int) -> None:
+    seen = _phase(runner)
+    every = {"running": POLL_RUNNING, "paused": POLL_PAUSED}.get(seen)
+
+    @st.fragment(run_every=every)
+    def view() -> None:
+        runner.touch()
+        if _phase(runner) != seen:  # buttons and polling must change: redraw the page
+            st.rerun()
+        _status_ui(runner, total)
+        draw(runner)
+
+    view()
+
+
+def keep_alive() -> None:
+    """While this session has a live run, touch it every few seconds from any page.
+
+    A run stops itself ``ABANDON_AFTER`` seconds after the last touch, so closing the
+    tab ends it, while moving to another page of the app does not.
+    """
+    runners = [v for v in st.session_state.values() if isinstance(v, PathRunner) and v.alive]
+    if not runners:
+        return
+
+    @st.fragment(run_every=KEEP_ALIVE_EVERY)
+    def touch() -> None:
+        for runner in runners:
+            runner.touch()
+
+    touch()

@@ -1,0 +1,77 @@
+"""Runs: every path this server has walked; replay one, download it."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import streamlit as st
+
+from geoviz import plots
+from geoviz.runs import default_runs_dir, list_runs, read_run, zip_run
+from pages import _charts
+
+
+def _zip_bytes(path: Path) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        return zip_run(path, tmp).read_bytes()
+
+
+def replay(record) -> None:
+    """The run's charts, drawn from its record up to the step chosen on the slider."""
+    table = record.table
+    if table.empty:
+        st.info("This run has no finished step yet.")
+        return
+    last = int(table["step"].max())
+    at = st.slider("Replay up to step", 1, last, last, key="runs:step") if last > 1 else last
+    shown = table[table["step"] <= at]
+    steps, snapshots = record.snapshots()
+    keep = [i for i, s in enumerate(steps) if s <= at]
+    steps, snapshots = [steps[i] for i in keep], snapshots[keep] if keep else snapshots
+    if record.config.get("application") == "sparsify":
+        summary = record.summary
+        final = (record.path / "weights" / "final.safetensors").exists()
+        layers = plots.layer_sparsity(record.weights("final")) if final else {}
+        _charts.sparsify_charts(
+            shown,
+            summary.get("reference", {}),
+            summary.get("baselines"),
+            record.config.get("sparsify", {}).get("sparsity"),
+            layers,
+            "Per-layer sparsity at the end",
+            steps,
+            snapshots,
+            "replay",
+            marker=at if at < last else None,
+        )
+        _charts.sparsify_summary(summary)
+    else:
+        _charts.generic_charts(shown, "replay")
+
+
+def page() -> None:
+    st.title("Runs")
+    root = default_runs_dir()
+    runs = list_runs(root)
+    if not runs:
+        st.info(f"No runs yet in {root}. Start one on the Sparsify page.")
+        return
+    st.dataframe(plots.runs_table(runs), hide_index=True, key="runs:list")
+    names = [r.name for r in runs]
+    wanted = st.query_params.get("run")
+    index = names.index(wanted) if wanted in names else 0
+    name = st.selectbox("Open a run", names, index=index, key="runs:open")
+    st.query_params["run"] = name
+    record = read_run(root / name)
+    st.markdown(f"**{record.state}** · {len(record.table)} steps · {record.status.get('message', '')}")
+    left, right, _ = st.columns([1, 1, 3])
+    left.download_button("Download run (zip)", lambda: _zip_bytes(record.path), f"{name}.zip", "application/zip", key="runs:zip")
+    right.download_button("Download table (CSV)", record.table.to_csv(index=False), f"{name}.csv", "text/csv", key="runs:csv")
+    with st.expander("Settings of this run"):
+        st.json(record.config)
+    replay(record)
+
+
+if __name__ == "__main__":
+    page()

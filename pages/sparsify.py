@@ -1,0 +1,83 @@
+"""Sparsify: walk from a dense network to a sparse one while keeping its function, live."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from geoviz import plots
+from geoviz.data import DATASET_NAMES
+from geoviz.engine import MODES, SolverConfig
+from geoviz.errors import GeovizError
+from geoviz.metric import METRIC_KINDS
+from geoviz.models import MODEL_NAMES
+from geoviz.problem import SetupConfig
+from geoviz.runs import default_runs_dir
+from geoviz.sparsify import SparsifyConfig, sparsify_runner
+from pages import _charts, _live
+from pages._live import Control
+
+CONTROLS = (
+    Control("dataset", "Dataset", "digits", "The task the start network was trained on. digits (8×8) ships with scikit-learn; the others need their files.", DATASET_NAMES),
+    Control("model", "Model", "mlp", "The network whose weights the path moves.", MODEL_NAMES),
+    Control("sparsity", "Target sparsity", 0.9, "Fraction of the prunable weights the path drives to zero (a global magnitude mask). Higher: a longer path, and more for the rest of the network to absorb.", step=0.05, format="%.2f"),
+    Control("eps", "Step length ε", 0.05, "Euclidean length |θ| of each step. Smaller steps follow the curved path more closely but need more of them.", step=0.01, format="%.3f"),
+    Control("damping", "Damping ρ", 1e-3, "μ = ρ·λmax(G). Small ρ: move only where the outputs barely change (closer to a geodesic). Large ρ: plain gradient descent on the masked weights. The paper's equivalent β is shown in the status line.", step=1e-4, format="%.1e"),
+    Control("metric", "Metric", "output", "How a change of function is measured: output (squared change of the logits, the paper's choice) or fisher (KL divergence of the predictions).", METRIC_KINDS),
+    Control("mode", "Mode", "exact", "exact: the constrained step of the paper (damped CG on G). penalty: Adam on output distance + λ·L2, the authors' later practical variant.", MODES),
+    Control("steps", "Step budget", 2000, "The most steps the path may take; it usually ends sooner, when the masked weights are near zero.", step=50),
+    Control("eval_every", "Evaluate every", 10, "Test accuracy is measured every this many steps (and at the first and last).", step=1),
+    Control("seed", "Seed", 0, "Seeds the start network's training and the metric batches: the same seed gives the same path.", step=1),
+    Control("device", "Device", "auto", "auto uses CUDA when a GPU is present.", _live.device_options()),
+)
+
+
+def configs(values: dict) -> tuple[SetupConfig, SparsifyConfig, SolverConfig]:
+    """Settings -> validated config objects (ConfigError names what is wrong)."""
+    setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"])
+    config = SparsifyConfig(sparsity=float(values["sparsity"]), steps=int(values["steps"]), eval_every=int(values["eval_every"]))
+    solver = SolverConfig(mode=values["mode"], eps=float(values["eps"]), damping=float(values["damping"]), metric=values["metric"])
+    config.validate()
+    solver.validate()
+    return setup, config, solver
+
+
+def draw(runner) -> None:
+    """The live charts of a sparsification runner."""
+    task, summary = runner.task, runner.summary
+    steps, snapshots = runner.trajectory()
+    if summary.get("layer_sparsity"):
+        layers, title = summary["layer_sparsity"], "Per-layer sparsity, pruned (end)"
+    else:
+        layers = plots.layer_sparsity(task.problem.params(snapshots[-1]))
+        title = f"Per-layer sparsity at step {steps[-1]}"
+    reference = {"dense_accuracy": task.dense_accuracy, "one_shot_accuracy": task.one_shot_accuracy}
+    _charts.sparsify_charts(
+        runner.rows(), reference, summary.get("baselines"), task.config.sparsity, layers, title, steps, snapshots, "live"
+    )
+    _charts.sparsify_summary(summary)
+
+
+def page() -> None:
+    st.title("Sparsify along a geodesic")
+    st.caption(
+        "The path pulls the smallest weights to zero while moving only in directions that barely change "
+        "the network's outputs on training inputs (no labels). Compare with pruning at once, and with pruning "
+        "plus fine-tuning, which uses labels."
+    )
+    values = _live.controls_ui("sparsify", CONTROLS)
+    try:
+        setup, config, solver = configs(values)
+    except GeovizError as err:
+        st.error(str(err))
+        make_runner = None
+    else:
+
+        def make_runner():
+            problem = _live.cached_problem(setup)
+            return sparsify_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
+
+    _live.run_panel("sparsify", make_runner, draw, int(values["steps"]))
+
+
+if __name__ == "__main__":
+    page()
