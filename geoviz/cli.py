@@ -46,6 +46,7 @@ def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
     g.add_argument("--download", action="store_true", help="download torchvision datasets into --data-dir")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    g.add_argument("--threads", type=int, default=1, help="CPU threads for torch (small networks run fastest on 1)")
     s = parser.add_argument_group("path")
     s.add_argument("--mode", default="exact", help=f"one of {', '.join(MODES)} (penalty: Adam on output distance + lambda L2)")
     s.add_argument("--eps", type=float, default=_DEFAULT_SOLVER.eps, help="Euclidean length of each step")
@@ -62,8 +63,15 @@ def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
     o.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one sentence, not a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`).\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m geoviz", description="Walk weight-space geodesics of a neural network.")
+    parser = _Parser(prog="python -m geoviz", description="Walk weight-space geodesics of a neural network.")
     sub = parser.add_subparsers(dest="command", required=True)
     sp = sub.add_parser("sparsify", help="walk from a dense network to a sparse one")
     _add_common(sp, default_steps=2000)
@@ -209,6 +217,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code or 0)
+    if getattr(args, "threads", None) is not None:
+        if args.threads < 1:
+            print(f"error: --threads must be at least 1, got {args.threads}.", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         return _HANDLERS[args.command](args)
     except GeovizError as err:

@@ -194,7 +194,9 @@ def _fashion_candidates(data_dir: str | os.PathLike | None) -> list[Path]:
     dirs = []
     if data_dir is not None:
         root = Path(data_dir).expanduser()
-        dirs += [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
+        # a folder the user named is the only place looked: falling back to the
+        # system copy would silently use other data than the user asked for
+        return [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
     dirs.append(FASHION_SYSTEM_DIR)
     return dirs
 

@@ -98,8 +98,9 @@ class SnapshotBudget:
     sampled and its memory bounded.
     """
 
-    def __init__(self, bytes_per_snapshot: int, budget_bytes: int, interval: int = 1):
-        self.capacity = max(2, budget_bytes // max(1, bytes_per_snapshot))
+    def __init__(self, bytes_per_snapshot: int, budget_bytes: int, interval: int = 1, max_count: int = 200):
+        # a PCA of a trajectory needs a few hundred points at most
+        self.capacity = max(2, min(max_count, budget_bytes // max(1, bytes_per_snapshot)))
         self.interval = max(1, interval)
         self.kept: list[int] = []
 

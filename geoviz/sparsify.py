@@ -32,8 +32,10 @@ class SparsifyConfig:
             raise ConfigError(f"sparsity must be strictly between 0 and 1, got {self.sparsity}.")
         if not 0.0 < self.tolerance < 1.0:
             raise ConfigError(f"tolerance must be strictly between 0 and 1, got {self.tolerance}.")
-        if self.steps < 1 or self.eval_every < 1:
-            raise ConfigError("steps and eval_every must be at least 1.")
+        if self.steps < 1:
+            raise ConfigError(f"steps must be at least 1, got {self.steps}.")
+        if self.eval_every < 1:
+            raise ConfigError(f"eval_every must be at least 1, got {self.eval_every}.")
 
 
 class SparsifyTask:

@@ -81,8 +81,12 @@ def test_missing_fashion_names_every_place_looked(tmp_path, monkeypatch):
     with pytest.raises(DatasetNotFoundError) as info:
         load_dataset("fashion-mnist", data_dir=missing)
     message = str(info.value)
-    assert str(missing) in message and str(tmp_path / "system") in message
+    # a folder the user named is the only place looked (no silent fallback)
+    assert str(missing) in message and str(tmp_path / "system") not in message
     assert "dataset-fashion-mnist" in message and "--data-dir" in message
+    with pytest.raises(DatasetNotFoundError) as info:
+        load_dataset("fashion-mnist")
+    assert str(tmp_path / "system") in str(info.value)
 
 
 @pytest.mark.skipif(

@@ -1,0 +1,30 @@
+# The two set-up commands of the README:
+#   make app    installs what the app needs and starts it on the embedded digits data
+#   make test   installs what the tests need (pip + Debian packages) and runs them
+PYTHON ?= python3
+PORT ?= 8501
+
+.PHONY: app test install install-test system-packages bench
+
+install:
+	$(PYTHON) -m pip install -q -r requirements.txt
+
+system-packages:
+	@if [ "$$(id -u)" = "0" ]; then \
+	  apt-get update -q && apt-get install -y -q chromium chromium-driver dataset-fashion-mnist; \
+	else \
+	  sudo apt-get update -q && sudo apt-get install -y -q chromium chromium-driver dataset-fashion-mnist; \
+	fi
+
+install-test: install system-packages
+	$(PYTHON) -m pip install -q -r requirements-test.txt
+
+app: install
+	$(PYTHON) -m streamlit run app.py --server.port $(PORT) --server.headless true
+
+test: install-test
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+bench:
+	$(PYTHON) bench/step_cost.py
+	$(PYTHON) bench/sparsify_time.py

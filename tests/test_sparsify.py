@@ -1,0 +1,117 @@
+"""Sparsification on real data: the geodesic keeps accuracy where one-shot pruning loses it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from geoviz.engine import SolverConfig
+from geoviz.problem import SetupConfig, load_problem
+from geoviz.sparsify import SparsifyConfig, SparsifyTask, sparsify_runner
+
+ROOT = Path(__file__).resolve().parents[1]
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _cli(*args, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "geoviz", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_digits_default_cli_keeps_accuracy(tmp_path):
+    """No flags but the output: 90% sparsity within 3 points of dense, far above one-shot."""
+    proc = _cli("sparsify", "--json", "--quiet", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(out) >= {"dense_accuracy", "accuracy", "sparsity", "baselines", "steps", "wall_seconds", "run_dir"}
+    assert abs(out["sparsity"] - 0.9) < 1e-3
+    assert out["accuracy"] >= out["dense_accuracy"] - 0.03, out
+    assert out["accuracy"] >= out["baselines"]["one_shot"] + 0.2, out
+    assert 0.0 <= out["baselines"]["finetune"] <= 1.0
+    # the record agrees with what was printed, and the final weights are really sparse
+    from geoviz.runs import read_run
+
+    run = read_run(out["run_dir"])
+    assert run.state == "finished" and len(run.table) == out["steps"]
+    final = run.weights("final")
+    pruned = [final[n] for n in final if n.endswith("weight")]
+    zeros = sum(int((t == 0).sum()) for t in pruned) / sum(t.numel() for t in pruned)
+    assert abs(zeros - out["sparsity"]) < 1e-6
+
+
+def test_path_is_repeatable_and_lengths_add_up():
+    problem = load_problem(SetupConfig())
+    task = SparsifyTask(problem, SparsifyConfig(sparsity=0.5, steps=15, eval_every=5), SolverConfig())
+    first = [r.row() for r in task.path()]
+    second = [r.row() for r in task.path()]
+    for a, b in zip(first, second):
+        assert a["objective"] == b["objective"] and a["path_length"] == b["path_length"]
+    lengths = [r["eps_length"] for r in first]
+    assert all(abs(x - 0.05) < 1e-4 for x in lengths)
+    assert abs(first[-1]["path_length"] - sum(lengths)) < 1e-5
+    assert first[-1]["functional_length"] > 0 and all(r["cg_residual"] >= 0 for r in first)
+
+
+def test_penalty_mode_is_labelled_and_works(tmp_path):
+    problem = load_problem(SetupConfig())
+    solver = SolverConfig(mode="penalty", penalty_lr=3e-3, penalty_ramp=20)
+    runner = sparsify_runner(problem, SparsifyConfig(), solver, str(tmp_path))
+    assert runner.run() == "finished"
+    s = runner.summary
+    assert s["accuracy"] >= s["dense_accuracy"] - 0.03 and s["sparsity"] > 0.899
+    assert runner.writer.config["solver"]["mode"] == "penalty"
+
+
+@pytest.mark.skipif(not FASHION.exists() and not os.environ.get("CI"), reason="Debian package dataset-fashion-mnist not installed")
+def test_fashion_lenet300_keeps_accuracy(tmp_path):
+    proc = _cli("sparsify", "--dataset", "fashion-mnist", "--model", "lenet300", "--json", "--quiet",
+                "--out", str(tmp_path), timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["accuracy"] >= out["dense_accuracy"] - 0.015, out
+    assert out["accuracy"] > out["baselines"]["one_shot"], out
+
+
+BAD = [  # (arguments, a phrase the one sentence must hold)
+    (["--eps", "0"], "eps must be a positive number"),
+    (["--eps", "-1"], "eps must be a positive number"),
+    (["--damping", "0"], "damping must be a positive number"),
+    (["--sparsity", "1.0"], "sparsity must be strictly between 0 and 1"),
+    (["--sparsity", "0"], "sparsity must be strictly between 0 and 1"),
+    (["--dataset", "imagenet"], "Unknown dataset"),
+    (["--model", "resnet"], "Unknown model"),
+    (["--metric", "cosine"], "Unknown metric"),
+    (["--mode", "fast"], "Unknown mode"),
+    (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent-geoviz"], "/nonexistent-geoviz"),
+    (["--dataset", "mnist", "--data-dir", "/nonexistent-geoviz"], "/nonexistent-geoviz"),
+    (["--model", "vgg11"], "32x32"),
+    (["--steps", "0"], "steps must be at least 1"),
+]
+
+
+@pytest.mark.parametrize("args,phrase", BAD)
+def test_bad_input_is_one_sentence(args, phrase, tmp_path):
+    proc = _cli("sparsify", "--out", str(tmp_path), "--quiet", *args, timeout=300)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)
+    err = proc.stderr.strip()
+    assert "Traceback" not in err
+    assert phrase in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_diverging_path_stops_and_keeps_its_steps(tmp_path):
+    """A huge eps blows the weights up: the run says at which step and keeps the finished ones."""
+    proc = _cli("sparsify", "--eps", "1e30", "--out", str(tmp_path), "--quiet", "--json")
+    assert proc.returncode == 3, proc.stderr
+    assert "diverged at step" in proc.stderr
+    from geoviz.runs import read_run
+
+    (run_dir,) = list(tmp_path.iterdir())
+    run = read_run(run_dir)
+    assert run.state == "diverged" and "diverged at step" in run.status["message"]
+    assert len(run.table) >= 1
