@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sparsity", type=float, default=0.9, help="fraction of prunable weights to remove, in (0, 1)")
     sp.add_argument("--tolerance", type=float, default=0.02, help="end when |masked weights| falls to this fraction")
     sp.add_argument("--eval-every", type=int, default=10)
+    cl = sub.add_parser("continual", help="learn a second task along a path that keeps the first")
+    _add_common(cl, default_steps=300)
+    cl.add_argument("--scenario", default="class-incremental", help="class-incremental, task-incremental or permuted")
+    cl.add_argument("--split", default="0-4/5-9", help="classes of task 1 / task 2 (split scenarios)")
+    cl.add_argument("--memory", type=int, default=100, help="task-1 examples kept: the metric batch (inputs), the replay buffer")
+    cl.add_argument("--ewc-lambda", type=float, default=100.0, help="strength of the EWC baseline")
+    cl.add_argument("--eval-every", type=int, default=10)
     runs = sub.add_parser("runs", help="list the run folders")
     runs.add_argument("--out", default=None)
     return parser
@@ -200,6 +207,40 @@ def _cmd_sparsify(args) -> int:
     return run_and_report(runner, args, progress, report)
 
 
+def _cmd_continual(args) -> int:
+    from geoviz.continual import ContinualConfig, continual_runner, load_continual
+
+    config = ContinualConfig(
+        scenario=args.scenario, split=args.split, memory=args.memory, steps=args.steps,
+        eval_every=args.eval_every, ewc_lambda=args.ewc_lambda,
+    )
+    config.validate()
+    solver = solver_from(args)
+    progress = Progress(args.steps, args.quiet, "continual")
+    problem, sequence = load_continual(setup_from(args), config, progress=progress.training)
+    runner = continual_runner(problem, sequence, config, solver, args.out)
+
+    def report(runner):
+        s = runner.summary
+        keys = ("task1", "task2", "average")
+        rows = [("start", s["start"]), (f"geodesic ({solver.mode})", s["geodesic"])]
+        rows += [(name, s["baselines"][name]) for name in ("finetune", "ewc", "replay")]
+        lines = [f"{sequence.name}, memory of {config.memory} task-1 examples", f"{'':22s} task1   task2   average"]
+        for name, r in rows:
+            lines.append(f"{name:22s} {r['task1']:.4f}  {r['task2']:.4f}  " + (f"{r['average']:.4f}" if "average" in r else ""))
+        lines.append(f"baselines: {s['gradient_evaluations']} gradient evaluations each, as the path used; steps {s['steps']}")
+        payload = {
+            "scenario": s["scenario"],
+            "memory_size": s["memory_size"],
+            "start": {k: s["start"][k] for k in ("task1", "task2")},
+            "geodesic": {k: s["geodesic"][k] for k in keys},
+            "baselines": {name: {k: r[k] for k in keys} for name, r in s["baselines"].items()},
+        }
+        return lines, payload
+
+    return run_and_report(runner, args, progress, report)
+
+
 def _cmd_runs(args) -> int:
     from geoviz.runs import list_runs
 
@@ -208,7 +249,7 @@ def _cmd_runs(args) -> int:
     return 0
 
 
-_HANDLERS: dict[str, Callable] = {"sparsify": _cmd_sparsify, "runs": _cmd_runs}
+_HANDLERS: dict[str, Callable] = {"sparsify": _cmd_sparsify, "continual": _cmd_continual, "runs": _cmd_runs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
