@@ -85,6 +85,15 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--memory", type=int, default=100, help="task-1 examples kept: the metric batch (inputs), the replay buffer")
     cl.add_argument("--ewc-lambda", type=float, default=100.0, help="strength of the EWC baseline")
     cl.add_argument("--eval-every", type=int, default=10)
+    co = sub.add_parser("connect", help="connect two optima: geodesic vs straight line vs Bezier curve")
+    _add_common(co, default_steps=3000)
+    co.set_defaults(eps=0.1, damping=1e-3)  # geoviz.connect.SOLVER_DEFAULTS, calibrated on digits
+    co.add_argument("--seed-b", type=int, default=None, help="seed of the second network (default --seed + 1)")
+    co.add_argument("--align", action="store_true", help="permute w_B's hidden units to match w_A first (weight matching; mlp, lenet300)")
+    co.add_argument("--tolerance", type=float, default=None, help="land on w_B once this close (default: eps)")
+    co.add_argument("--grid", type=int, default=0, help="n of an n x n loss landscape on the plane (0: none)")
+    co.add_argument("--third", default="bezier", help="the plane's third point: bezier (control point) or midpoint (of the geodesic)")
+    co.add_argument("--eval-every", type=int, default=5)
     runs = sub.add_parser("runs", help="list the run folders")
     runs.add_argument("--out", default=None)
     return parser
@@ -241,6 +250,48 @@ def _cmd_continual(args) -> int:
     return run_and_report(runner, args, progress, report)
 
 
+def _cmd_connect(args) -> int:
+    from geoviz.connect import ConnectConfig, connect_runner, run_landscape
+    from geoviz.problem import load_problem
+
+    config = ConnectConfig(
+        seed_b=args.seed_b, align=args.align, tolerance=args.tolerance, steps=args.steps,
+        eval_every=args.eval_every, third=args.third, grid=args.grid,
+    )
+    config.validate()
+    solver = solver_from(args)
+    progress = Progress(args.steps, args.quiet, "connect")
+    problem = load_problem(setup_from(args), progress=progress.training)
+    runner = connect_runner(problem, config, solver, args.out)
+
+    def report(runner):
+        s = runner.summary
+        lines = [f"w_A (seed {problem.setup.seed}) and w_B (seed {runner.task.seed_b})"
+                 + (", w_B aligned by weight matching" if config.align else "")
+                 + f"; |w_A - w_B| = {runner.task.distance:.3f}"]
+        for end in ("a", "b"):
+            e = s["endpoints"][end]
+            lines.append(f"endpoint {end.upper()}: train loss {e['train_loss']:.4f}, test accuracy {e['test_accuracy']:.4f}")
+        lines.append(f"{'':10s} barrier  min acc  length  functional")
+        for name in ("geodesic", "line", "bezier"):
+            r = s[name]
+            lines.append(f"{name:10s} {r['barrier']:7.4f}  {r['min_accuracy']:.4f}  {r['length']:6.2f}  {r['functional_length']:8.2f}")
+        lines.append(f"Bezier trained for {s['gradient_evaluations']} gradient evaluations, as many as the geodesic used; steps {s['steps']} ({s['end_reason']})")
+        if config.grid:
+            cost = runner.task.grid_cost(config.grid)
+            print(f"landscape: {cost['evaluations']} evaluations of {cost['rows_per_evaluation']} rows ({cost['method']})", file=sys.stderr)
+            landscape, _ = run_landscape(runner, config.grid)
+            lines.append(f"landscape {config.grid} x {config.grid} in {landscape.seconds:.2f} s (landscape.json)")
+        payload = {
+            "endpoints": {k: {"loss": e["train_loss"], "accuracy": e["test_accuracy"]} for k, e in s["endpoints"].items()},
+            **{name: {k: s[name][k] for k in ("barrier", "min_accuracy", "length", "functional_length")}
+               for name in ("geodesic", "line", "bezier")},
+        }
+        return lines, payload
+
+    return run_and_report(runner, args, progress, report)
+
+
 def _cmd_runs(args) -> int:
     from geoviz.runs import list_runs
 
@@ -249,7 +300,7 @@ def _cmd_runs(args) -> int:
     return 0
 
 
-_HANDLERS: dict[str, Callable] = {"sparsify": _cmd_sparsify, "continual": _cmd_continual, "runs": _cmd_runs}
+_HANDLERS: dict[str, Callable] = {"sparsify": _cmd_sparsify, "continual": _cmd_continual, "connect": _cmd_connect, "runs": _cmd_runs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

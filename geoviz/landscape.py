@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["TrajectoryPCA", "trajectory_pca"]
+__all__ = [
+    "TrajectoryPCA",
+    "trajectory_pca",
+    "Plane",
+    "grid_axes",
+    "EvalData",
+    "BatchedEvaluator",
+    "grid_cost",
+    "Landscape",
+    "loss_profile",
+]
 
 
 @dataclass(frozen=True)
@@ -49,3 +60,296 @@ def trajectory_pca(snapshots: torch.Tensor, k: int = 2) -> TrajectoryPCA:
     components[:n] = vh[:n]
     coords = centred @ components.T
     return TrajectoryPCA(coords.float(), explained.float(), components.float(), mean.float())
+
+
+# ---------------------------------------------------------------------------
+# The plane through three networks, and the loss on a grid over it
+
+
+@dataclass(frozen=True)
+class Plane:
+    """The plane through w_A, w_B and a third point, in orthonormal coordinates.
+
+    w_A is the origin; the x axis points to w_B; the y axis is the part of
+    (third - w_A) orthogonal to it (Gram-Schmidt, as in Garipov et al. 2018).
+    Coordinates are Euclidean distances in weight space.
+
+    Attributes:
+        origin: (P,) w_A.
+        u: (P,) unit vector along w_B - w_A.
+        v: (P,) unit vector in the plane, orthogonal to u.
+    """
+
+    origin: torch.Tensor
+    u: torch.Tensor
+    v: torch.Tensor
+
+    @classmethod
+    def through(cls, w_a: torch.Tensor, w_b: torch.Tensor, third: torch.Tensor) -> Plane:
+        d = (w_b - w_a).double()
+        u = d / d.norm().clamp_min(1e-30)
+        r = (third - w_a).double()
+        r = r - torch.dot(r, u) * u
+        if float(r.norm()) < 1e-9 * float(d.norm()):
+            raise ValueError("the third point lies on the line through w_A and w_B; no plane")
+        v = r / r.norm()
+        return cls(w_a.detach(), u.to(w_a.dtype), v.to(w_a.dtype))
+
+    def project(self, w: torch.Tensor) -> torch.Tensor:
+        """Coordinates (..., 2) of points (..., P): their orthogonal projection."""
+        centred = (w - self.origin).double()
+        return torch.stack([centred @ self.u.double(), centred @ self.v.double()], dim=-1).float()
+
+    def points(self, coords: torch.Tensor) -> torch.Tensor:
+        """Flat weights (C, P) at plane coordinates (C, 2)."""
+        coords = coords.to(self.origin.dtype).to(self.origin.device)
+        return self.origin + coords[:, :1] * self.u + coords[:, 1:2] * self.v
+
+
+def grid_axes(coords: torch.Tensor, n: int, margin: float = 0.25) -> tuple[torch.Tensor, torch.Tensor]:
+    """n evenly spaced x and y values covering ``coords`` (M, 2) plus a margin.
+
+    The margin is a fraction of the larger span on each side, so the picture keeps
+    a square-ish aspect and shows what lies beyond the three networks.
+    """
+    if n < 2:
+        raise ValueError(f"a grid needs at least 2 points per side, got {n}")
+    lo, hi = coords.min(0).values, coords.max(0).values
+    pad = margin * float((hi - lo).max())
+    xs = torch.linspace(float(lo[0]) - pad, float(hi[0]) + pad, n)
+    ys = torch.linspace(float(lo[1]) - pad, float(hi[1]) + pad, n)
+    return xs, ys
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """The rows a landscape point is judged on: training rows (loss) and test rows."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+
+    @property
+    def rows(self) -> int:
+        return self.x_train.shape[0] + self.x_test.shape[0]
+
+
+def _mlp_layers(model) -> list[str] | None:
+    """Linear layer prefixes when ``model`` is our plain Linear/ReLU MLP; else None."""
+    from torch import nn
+
+    from geoviz.models import MLP
+
+    if not isinstance(model, MLP):
+        return None
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def _loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-network mean cross-entropy and accuracy. logits (C, N, K), y (N,) -> (C,), (C,)."""
+    c, n, k = logits.shape
+    flat = logits.reshape(c * n, k)
+    loss = torch.nn.functional.cross_entropy(flat, y.repeat(c), reduction="none").view(c, n)
+    acc = (logits.argmax(-1) == y).double().mean(1)
+    return loss.double().mean(1), acc
+
+
+class BatchedEvaluator:
+    """Loss and accuracy of many networks at once: (C, P) flat weights -> figures.
+
+    Three ways, chosen by the model:
+
+    - a plain ReLU MLP on a plane: the first layer is affine in the plane's
+      coordinates, so its pre-activations for every point are a combination of
+      three precomputed ones (the origin's and the two directions'); later layers
+      run as batched matrix products over the stacked weights;
+    - any other model without BatchNorm: ``torch.func.vmap`` of
+      ``functional_call`` over the stacked weights;
+    - models with BatchNorm: one point at a time, statistics recomputed at each
+      (METHOD.md: otherwise points look far worse than they are).
+
+    Args:
+        problem: a :class:`~geoviz.problem.Problem` (model, layout, buffers).
+        data: the rows to evaluate on.
+        chunk: networks per batched call (None: sized to ~48 MB of activations).
+    """
+
+    def __init__(self, problem, data: EvalData, chunk: int | None = None):
+        self.problem = problem
+        self.data = data
+        self.x = torch.cat([data.x_train, data.x_test]).to(problem.device)  # (N, ...)
+        self.y = torch.cat([data.y_train, data.y_test]).to(problem.device)
+        self.n_train = data.x_train.shape[0]
+        self.layers = _mlp_layers(problem.model)
+        width = max(problem.model.hidden) if self.layers else 256
+        # small chunks keep the (C, N, H) activations near the cache; batching more buys little
+        self.chunk = chunk or max(1, min(8, int(16 * 2**20 / (4 * self.x.shape[0] * width))))
+        self._plane: Plane | None = None
+        self._first: torch.Tensor | None = None
+        offsets, start = {}, 0
+        for name, size in zip(problem.layout.names, problem.layout.sizes):
+            offsets[name] = (start, start + size)
+            start += size
+        self._offsets = offsets
+
+    @property
+    def method(self) -> str:
+        if self.problem.batchnorm:
+            return "one at a time (BatchNorm recomputed)"
+        return "batched MLP on the plane" if self.layers else "torch.func.vmap"
+
+    def _split(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(C, N, K) -> per-network train/test loss and accuracy, (C,) each."""
+        n = self.n_train
+        train_loss, train_acc = _loss_and_accuracy(logits[:, :n], self.y[:n])
+        test_loss, test_acc = _loss_and_accuracy(logits[:, n:], self.y[n:])
+        return {"train_loss": train_loss, "train_accuracy": train_acc, "test_loss": test_loss, "test_accuracy": test_acc}
+
+    def _param(self, w: torch.Tensor, name: str) -> torch.Tensor:
+        """(C, *shape) slice of stacked flat weights (C, P)."""
+        a, b = self._offsets[name]
+        shape = self.problem.layout.shapes[self.problem.layout.names.index(name)]
+        return w[:, a:b].reshape(w.shape[0], *shape)
+
+    def _mlp_logits(self, w: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """Given first-layer pre-activations (C, N, H), run the remaining layers."""
+        h = first
+        for name in self.layers[1:]:
+            h = torch.relu_(h)
+            weight = self._param(w, f"{name}.weight").transpose(1, 2).contiguous()  # (C, in, out)
+            bias = self._param(w, f"{name}.bias").unsqueeze(1)  # (C, 1, out)
+            h = torch.baddbmm(bias, h, weight)  # (C, N, out)
+        return h
+
+    def _first_layer(self, w: torch.Tensor) -> torch.Tensor:
+        name = self.layers[0]
+        flat = self.x.reshape(self.x.shape[0], -1)  # (N, D)
+        weight = self._param(w, f"{name}.weight").transpose(1, 2).contiguous()  # (C, D, H)
+        bias = self._param(w, f"{name}.bias").unsqueeze(1)
+        return torch.baddbmm(bias, flat.expand(w.shape[0], -1, -1), weight)
+
+    @torch.no_grad()
+    def stack(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Figures of stacked flat networks (C, P); each value (C,) float64 on the CPU."""
+        outs = [self._stack_chunk(part) for part in torch.split(w, self.chunk)]
+        return {k: torch.cat([o[k] for o in outs]).cpu() for k in outs[0]}
+
+    def _stack_chunk(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        p = self.problem
+        if p.batchnorm:
+            rows = []
+            for wi in w:
+                buffers = p.buffers_at(wi)
+                tr = p.evaluate(wi, self.data.x_train, self.data.y_train, buffers)
+                te = p.evaluate(wi, self.data.x_test, self.data.y_test, buffers)
+                rows.append([*tr, *te])
+            t = torch.tensor(rows, dtype=torch.float64)
+            return {"train_loss": t[:, 0], "train_accuracy": t[:, 1], "test_loss": t[:, 2], "test_accuracy": t[:, 3]}
+        if self.layers:
+            return self._split(self._mlp_logits(w, self._first_layer(w)))
+        from torch.func import functional_call, vmap
+
+        def logits_of(flat: torch.Tensor) -> torch.Tensor:
+            return functional_call(p.model, ({**p.layout.unflatten(flat), **p.buffers},), (self.x,))
+
+        return self._split(vmap(logits_of)(w))
+
+    # -- on a plane ---------------------------------------------------------------
+    def _prepare_plane(self, plane: Plane) -> None:
+        """First-layer pre-activations at the origin and along u and v, (N, H) each."""
+        if self._plane is plane:
+            return
+        name = self.layers[0]
+        flat = self.x.reshape(self.x.shape[0], -1)
+        three = torch.stack([plane.origin, plane.u, plane.v])  # (3, P)
+        weight = self._param(three, f"{name}.weight")  # (3, H, D)
+        bias = self._param(three, f"{name}.bias")  # (3, H)
+        pre = flat @ weight.transpose(1, 2)  # (3, N, H)
+        pre[0] += bias[0]
+        pre[1] += bias[1]
+        pre[2] += bias[2]
+        self._first = pre.reshape(3, -1)  # (3, N * H)
+        self._plane = plane
+
+    @torch.no_grad()
+    def plane(self, plane: Plane, coords: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Figures at plane coordinates (C, 2); each value (C,) float64 on the CPU."""
+        if not self.layers or self.problem.batchnorm:
+            return self.stack(plane.points(coords))
+        self._prepare_plane(plane)
+        three = self._first  # (3, N * H): origin, u, v
+        n, h = self.x.shape[0], three.shape[1] // self.x.shape[0]
+        outs = []
+        for part in torch.split(coords.to(three.dtype).to(three.device), self.chunk):
+            w = plane.points(part)  # (C, P)
+            # the first layer is affine on the plane: [1, x, y] @ (origin, u, v)
+            coef = torch.cat([torch.ones_like(part[:, :1]), part], dim=1)  # (C, 3)
+            first = (coef @ three).view(-1, n, h)  # (C, N, H)
+            outs.append(self._split(self._mlp_logits(w, first)))
+        return {k: torch.cat([o[k] for o in outs]).cpu() for k in outs[0]}
+
+
+def grid_cost(n: int, data: EvalData, parameters: int) -> dict[str, float]:
+    """What an n x n grid costs before it runs: network evaluations and data rows."""
+    points = n * n
+    return {
+        "points": points,
+        "evaluations": points,
+        "rows_per_evaluation": data.rows,
+        "forward_rows": points * data.rows,
+        # a forward pass costs about one multiply-add per parameter per row
+        "multiply_adds": float(points) * data.rows * parameters,
+    }
+
+
+@dataclass
+class Landscape:
+    """An n x n grid of figures on a plane; filled row by row by :meth:`fill`.
+
+    Attributes:
+        plane: the plane.
+        xs, ys: (n,) grid coordinates.
+        values: name -> (n_y, n_x) float64 array, NaN where not computed yet.
+        rows_done: how many rows (of constant y) are filled.
+    """
+
+    plane: Plane
+    xs: torch.Tensor
+    ys: torch.Tensor
+    values: dict[str, torch.Tensor]
+    rows_done: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def empty(cls, plane: Plane, xs: torch.Tensor, ys: torch.Tensor) -> Landscape:
+        shape = (ys.shape[0], xs.shape[0])
+        names = ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
+        return cls(plane, xs, ys, {k: torch.full(shape, float("nan"), dtype=torch.float64) for k in names})
+
+    @property
+    def complete(self) -> bool:
+        return self.rows_done >= self.ys.shape[0]
+
+    def fill(self, evaluator: BatchedEvaluator, rows_per_chunk: int = 1) -> Iterator[Landscape]:
+        """Fill the grid a few rows at a time, yielding self after each chunk."""
+        import time
+
+        while not self.complete:
+            start = self.rows_done
+            stop = min(self.ys.shape[0], start + rows_per_chunk)
+            t0 = time.perf_counter()
+            gy, gx = torch.meshgrid(self.ys[start:stop], self.xs, indexing="ij")
+            coords = torch.stack([gx.reshape(-1), gy.reshape(-1)], dim=1)  # (rows * n, 2)
+            out = evaluator.plane(self.plane, coords)
+            for k, val in out.items():
+                if k in self.values:
+                    self.values[k][start:stop] = val.view(stop - start, -1)
+            self.rows_done = stop
+            self.seconds += time.perf_counter() - t0
+            yield self
+
+
+def loss_profile(evaluator: BatchedEvaluator, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A 1-D slice: figures at stacked points (T, P) of any curve."""
+    return evaluator.stack(weights)

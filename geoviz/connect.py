@@ -1,0 +1,417 @@
+"""Application 3: connect two optima, and compare the geodesic with a line and a curve.
+
+Two networks w_A, w_B of one architecture, trained from different seeds. Three
+paths between them:
+
+- the geodesic: L2(w) = 1/2 |w - w_B|^2 with the metric on training data; it ends
+  exactly at w_B once within ``tolerance`` of it;
+- the straight line;
+- a quadratic Bezier curve whose control point is trained as in Garipov et al.
+  2018 (t ~ U(0, 1) each step), with as many gradient evaluations as the geodesic
+  used G v products.
+
+Each path is judged at evenly spaced points of its Euclidean length: train loss,
+test accuracy, the barrier (max train loss minus the mean of the endpoints' train
+losses), the minimum test accuracy, and its Euclidean and functional lengths.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.func import functional_call
+
+from geoviz.curves import BezierCurve, LineCurve, PolylineCurve, arc_length_parameters, weight_matching
+from geoviz.engine import Path, SolverConfig
+from geoviz.errors import ConfigError
+from geoviz.landscape import BatchedEvaluator, EvalData, Landscape, Plane, grid_axes, grid_cost
+from geoviz.metric import functional_distance
+from geoviz.objectives import TowardPointObjective
+from geoviz.problem import Problem, start_network
+
+__all__ = ["THIRD_POINTS", "SOLVER_DEFAULTS", "ConnectConfig", "ConnectTask", "path_summary", "connect_runner", "run_landscape", "save_landscape", "load_landscape"]
+
+THIRD_POINTS = ("bezier", "midpoint")
+
+# Connecting two optima wants longer steps and a stiffer damping than sparsifying:
+# calibrated on digits MLP (two seeds), eps 0.1 / rho 1e-3 reaches w_B in ~250 steps
+# with a train-loss barrier of 0.03 against the line's 0.47 (METHOD.md: 0.06 vs 0.43).
+SOLVER_DEFAULTS = {"eps": 0.1, "damping": 1e-3}
+
+
+@dataclass(frozen=True)
+class ConnectConfig:
+    """The second network, the path's end, and how the paths are judged."""
+
+    seed_b: int | None = None  # None: the first network's seed + 1
+    align: bool = False  # permute w_B's hidden units to match w_A first (MLP only)
+    # the geodesic lands exactly on w_B once |w - w_B| <= tolerance; None: one step (eps)
+    tolerance: float | None = None
+    steps: int = 3000  # budget; digits MLP needs ~250 steps at eps 0.1
+    eval_every: int = 5  # the geodesic's loss/accuracy every this many steps
+    points: int = 41  # evenly spaced points of length at which line and Bezier are judged
+    # train rows for the loss along paths and on the grid (a fixed seeded subset when
+    # the training set is larger; 0: all of it). Test accuracy always uses every row.
+    eval_subset: int = 10000
+    # Garipov et al. train the control point with SGD; Adam at 1e-2 gets there in
+    # the few thousand steps the geodesic's budget allows
+    bezier_lr: float = 1e-2
+    bezier_batch: int = 128
+    third: str = "bezier"  # the landscape plane's third point: bezier control point or geodesic midpoint
+    grid: int = 0  # n of the n x n landscape grid (0: none)
+    margin: float = 0.25  # grid margin, a fraction of the span of the points shown
+
+    def validate(self) -> None:
+        if self.tolerance is not None and not (self.tolerance > 0 and math.isfinite(self.tolerance)):
+            raise ConfigError(f"tolerance must be a positive number, got {self.tolerance}.")
+        if self.steps < 1 or self.eval_every < 1:
+            raise ConfigError("steps and eval_every must be at least 1.")
+        if self.points < 3:
+            raise ConfigError(f"points must be at least 3, got {self.points}.")
+        if self.eval_subset < 0:
+            raise ConfigError(f"eval_subset must be 0 (all rows) or positive, got {self.eval_subset}.")
+        if not self.bezier_lr > 0 or self.bezier_batch < 1:
+            raise ConfigError("bezier_lr must be positive and bezier_batch at least 1.")
+        if self.third not in THIRD_POINTS:
+            raise ConfigError(f"Unknown third point '{self.third}'; choose bezier or midpoint.")
+        if self.grid < 0 or self.grid == 1 or self.grid > 201:
+            raise ConfigError(f"grid must be 0 (no landscape) or between 2 and 201, got {self.grid}.")
+        if not 0.0 <= self.margin <= 2.0:
+            raise ConfigError(f"margin must be between 0 and 2, got {self.margin}.")
+
+
+def path_summary(profile: dict[str, list[float]], endpoint_losses: tuple[float, float]) -> dict[str, float]:
+    """Barrier (max train loss - mean endpoint train loss) and minimum test accuracy."""
+    return {
+        "barrier": max(profile["train_loss"]) - 0.5 * (endpoint_losses[0] + endpoint_losses[1]),
+        "max_loss": max(profile["train_loss"]),
+        "min_accuracy": min(profile["test_accuracy"]),
+    }
+
+
+class ConnectTask:
+    """Two optima, the three paths between them, their figures, and the landscape."""
+
+    def __init__(self, problem: Problem, config: ConnectConfig, solver: SolverConfig):
+        config.validate()
+        solver.validate()
+        self.problem, self.config, self.solver = problem, config, solver
+        p = problem
+        self.seed_b = p.setup.seed + 1 if config.seed_b is None else config.seed_b
+        if self.seed_b == p.setup.seed:
+            raise ConfigError(f"the second network needs a different seed than the first ({p.setup.seed}).")
+        _, _, w_b = start_network(p.setup, p.data, p.device, self.seed_b)
+        self.w_a = p.w0
+        self.distance_before_alignment = float((w_b - self.w_a).norm())
+        self.permutations = None
+        if config.align:
+            w_b, self.permutations = weight_matching(p.model, self.w_a, w_b, seed=p.setup.seed)
+        self.w_b = w_b
+        self.distance = float((self.w_b - self.w_a).norm())
+        n = p.x_train.shape[0]
+        if config.eval_subset and n > config.eval_subset:
+            gen = torch.Generator().manual_seed(p.setup.seed)
+            index = torch.randperm(n, generator=gen)[: config.eval_subset].to(p.device)
+            x_train, y_train = p.x_train[index], p.y_train[index]
+        else:
+            x_train, y_train = p.x_train, p.y_train
+        self.data = EvalData(x_train, y_train, p.x_test, p.y_test)
+        self.evaluator = BatchedEvaluator(p, self.data)
+        ends = self.evaluator.stack(torch.stack([self.w_a, self.w_b]))
+        self.endpoints = {
+            name: {k: float(v[i]) for k, v in ends.items()} for i, name in enumerate(("a", "b"))
+        }
+        self.endpoint_losses = (self.endpoints["a"]["train_loss"], self.endpoints["b"]["train_loss"])
+
+    # -- the geodesic --------------------------------------------------------------
+    def evaluate(self, w: torch.Tensor) -> dict[str, float]:
+        """Figures at one point of the geodesic (BatchNorm statistics recomputed there)."""
+        out = self.evaluator.stack(w.unsqueeze(0))
+        row = {k: float(v[0]) for k, v in out.items()}
+        row["distance_to_b"] = float((w - self.w_b).norm())
+        return row
+
+    def path(self) -> Path:
+        p = self.problem
+        return Path(
+            p.model,
+            p.buffers,
+            self.w_a,
+            TowardPointObjective(self.w_b, self.config.tolerance or self.solver.eps),
+            p.x_train,
+            self.solver,
+            self.evaluate,
+            max_steps=self.config.steps,
+            eval_every=self.config.eval_every,
+            seed=p.setup.seed,
+        )
+
+    def geodesic_profile(self, rows: list[dict]) -> dict[str, list[float]]:
+        """The geodesic's evaluated steps (equal Euclidean steps: evenly spaced in length)."""
+        evaluated = [r for r in rows if "train_loss" in r]
+        start = {"path_length": 0.0, "functional_length": 0.0, **self.endpoints["a"]}
+        evaluated = [start] + evaluated
+        total = max(evaluated[-1]["path_length"], 1e-30)
+        return {
+            "fraction": [r["path_length"] / total for r in evaluated],
+            "length": [r["path_length"] for r in evaluated],
+            **{k: [r[k] for r in evaluated] for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")},
+        }
+
+    # -- the baselines -------------------------------------------------------------
+    def line(self) -> LineCurve:
+        return LineCurve(self.w_a, self.w_b)
+
+    def train_bezier(self, steps: int, callback=None, callback_every: int = 0) -> BezierCurve:
+        """Train the control point (Garipov et al. 2018): t ~ U(0, 1) each step.
+
+        Args:
+            steps: gradient evaluations (one minibatch forward/backward each).
+            callback: called as ``callback(step, curve)`` every ``callback_every``
+                steps (for the benchmark), returning True to stop early.
+        """
+        p, cfg = self.problem, self.config
+        theta = (0.5 * (self.w_a + self.w_b)).clone().requires_grad_(True)
+        opt = torch.optim.Adam([theta], lr=cfg.bezier_lr)
+        gen = torch.Generator().manual_seed(p.setup.seed)
+        n = p.x_train.shape[0]
+        for step in range(1, steps + 1):
+            t = torch.rand((), generator=gen, dtype=torch.float64)
+            c = BezierCurve.basis(t)
+            index = torch.randint(0, n, (cfg.bezier_batch,), generator=gen).to(p.device)
+            w = float(c[0]) * self.w_a + float(c[1]) * theta + float(c[2]) * self.w_b
+            buffers = {k: b.clone() for k, b in p.buffers.items()}  # train-mode BatchNorm updates them
+            p.model.train(p.batchnorm)  # BatchNorm on batch statistics, as Garipov et al. train
+            try:
+                logits = functional_call(p.model, ({**p.params(w), **buffers},), (p.x_train[index],))
+            finally:
+                p.model.eval()
+            loss = torch.nn.functional.cross_entropy(logits, p.y_train[index])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if callback is not None and callback_every and step % callback_every == 0:
+                if callback(step, BezierCurve(self.w_a, theta.detach().clone(), self.w_b)):
+                    break
+        return BezierCurve(self.w_a, theta.detach().clone(), self.w_b)
+
+    def curve_profile(self, curve) -> dict[str, list[float]]:
+        """Figures at ``points`` evenly spaced points of the curve's Euclidean length."""
+        ts, length = arc_length_parameters(curve, self.config.points)
+        out = self.evaluator.stack(curve.weights(ts.to(curve.bends.dtype)))
+        fraction = torch.linspace(0.0, 1.0, self.config.points)
+        return {
+            "fraction": fraction.tolist(),
+            "length": (fraction * length).tolist(),
+            "t": ts.tolist(),
+            **{k: v.tolist() for k, v in out.items()},
+        }
+
+    def functional_length(self, curve, segments: int | None = None) -> float:
+        """sum_k sqrt(D(f(w_k+1), f(w_k))) on a fixed metric batch, D the path's metric.
+
+        Segments are evenly spaced in Euclidean length, about one step (eps) long
+        each, so the sum approximates the integral of sqrt(dw^T G dw) as the
+        geodesic's own record does step by step.
+        """
+        p = self.problem
+        ts, length = arc_length_parameters(curve, 2)
+        if segments is None:
+            segments = int(min(2000, max(self.config.points, math.ceil(length / self.solver.eps))))
+        ts, _ = arc_length_parameters(curve, segments + 1)
+        gen = torch.Generator().manual_seed(p.setup.seed)
+        n = p.x_train.shape[0]
+        index = torch.randperm(n, generator=gen)[: self.solver.metric_batch].to(p.device)
+        inputs = p.x_train[index]
+        total, previous = 0.0, None
+        with torch.no_grad():
+            for part in torch.split(ts.to(curve.bends.dtype), 64):
+                for w in curve.weights(part):
+                    out = functional_call(p.model, ({**p.params(w), **p.buffers},), (inputs,))
+                    out = out.reshape(out.shape[0], -1)
+                    if previous is not None:
+                        total += math.sqrt(max(float(functional_distance(out, previous, self.solver.metric)), 0.0))
+                    previous = out
+        return total
+
+    def judge(self, curve) -> tuple[dict, dict]:
+        """(summary, profile) of a line or Bezier curve."""
+        profile = self.curve_profile(curve)
+        summary = path_summary(profile, self.endpoint_losses)
+        summary["length"] = profile["length"][-1]
+        summary["functional_length"] = self.functional_length(curve)
+        return summary, profile
+
+    # -- the landscape ---------------------------------------------------------------
+    def third_point(self, curves: dict) -> torch.Tensor:
+        """The plane's third point as the config asks: Bezier control point or geodesic midpoint."""
+        if self.config.third == "midpoint":
+            return curves["geodesic"].weights(torch.tensor([0.5]))[0]
+        return curves["bezier"].control
+
+    def projections(self, plane: Plane, curves: dict) -> dict[str, torch.Tensor]:
+        """Each path projected on the plane, (T, 2); the geodesic through its snapshots."""
+        out = {}
+        for name, curve in curves.items():
+            if isinstance(curve, PolylineCurve):
+                out[name] = plane.project(curve.bends)
+            else:
+                ts, _ = arc_length_parameters(curve, self.config.points)
+                out[name] = plane.project(curve.weights(ts.to(curve.bends.dtype)))
+        return out
+
+    def landscape(self, curves: dict, n: int) -> tuple[Landscape, dict[str, torch.Tensor]]:
+        """An empty n x n grid on the plane of w_A, w_B and the third point, and the
+        paths projected on it. The grid covers the three points and the projected
+        paths, plus the margin; :meth:`Landscape.fill` fills it."""
+        third = self.third_point(curves)
+        plane = Plane.through(self.w_a, self.w_b, third)
+        shown = self.projections(plane, curves)
+        shown["points"] = plane.project(torch.stack([self.w_a, self.w_b, third]))  # (3, 2)
+        xs, ys = grid_axes(torch.cat(list(shown.values())), n, self.config.margin)
+        return Landscape.empty(plane, xs, ys), shown
+
+    def grid_cost(self, n: int) -> dict:
+        """The grid's cost before it runs (evaluations, rows, multiply-adds, method)."""
+        return {**grid_cost(n, self.data, self.problem.layout.size), "method": self.evaluator.method}
+
+
+def connect_runner(
+    problem: Problem,
+    config: ConnectConfig,
+    solver: SolverConfig,
+    runs_dir: str | None = None,
+    abandon_after: float | None = None,
+    snapshot_budget_mb: float = 64.0,
+):
+    """A :class:`~geoviz.runner.PathRunner` for the geodesic from w_A to w_B, with its record.
+
+    When the geodesic ends, ``on_finish`` judges it and its two baselines (line,
+    Bezier with the same number of gradient evaluations) and returns the summary.
+    The runner gets ``task`` and, after the end, ``curves`` (line, bezier, geodesic
+    polyline) for the landscape.
+    """
+    from geoviz.runner import PathRunner
+    from geoviz.runs import RunWriter, default_runs_dir
+
+    task = ConnectTask(problem, config, solver)
+    reference = {
+        "endpoints": task.endpoints,
+        "seed_a": problem.setup.seed,
+        "seed_b": task.seed_b,
+        "aligned": config.align,
+        "distance": task.distance,
+        "distance_before_alignment": task.distance_before_alignment,
+    }
+    writer = RunWriter(
+        runs_dir or default_runs_dir(),
+        "connect",
+        {
+            "setup": asdict(problem.setup),
+            "connect": asdict(config),
+            "solver": asdict(solver),
+            "device": str(problem.device),
+            "parameters": problem.layout.size,
+            "seed_b": task.seed_b,
+        },
+        snapshot_budget_mb=snapshot_budget_mb,
+    )
+    writer.write_summary({"reference": reference})
+    writer.save_weights("target", problem.layout.unflatten(task.w_b))
+
+    def on_finish(runner: PathRunner) -> dict:
+        path = runner.path
+        rows = runner.rows()
+        geo_profile = task.geodesic_profile(rows)
+        geodesic = path_summary(geo_profile, task.endpoint_losses)
+        geodesic.update(
+            {
+                "length": path._path_length,
+                "functional_length": path._functional_length,
+                "gradient_evaluations": path.gradient_evaluations,
+                "seconds": rows[-1]["seconds"] if rows else 0.0,
+                "reached": path.end_reason == "reached the target network",
+            }
+        )
+        line = task.line()
+        t0 = time.perf_counter()
+        bezier = task.train_bezier(path.gradient_evaluations)
+        bezier_seconds = time.perf_counter() - t0
+        line_summary, line_profile = task.judge(line)
+        bezier_summary, bezier_profile = task.judge(bezier)
+        bezier_summary.update({"training_steps": path.gradient_evaluations, "seconds": bezier_seconds})
+        steps, snapshots = runner.trajectory()
+        runner.curves = {"line": line, "bezier": bezier, "geodesic": PolylineCurve(snapshots.to(task.w_a.dtype))}
+        writer.save_weights("bezier_control", problem.layout.unflatten(bezier.control))
+        return {
+            "reference": reference,
+            "endpoints": task.endpoints,
+            "geodesic": geodesic,
+            "line": line_summary,
+            "bezier": bezier_summary,
+            "profiles": {"geodesic": geo_profile, "line": line_profile, "bezier": bezier_profile},
+            "steps": path.step,
+            "gradient_evaluations": path.gradient_evaluations,
+            "end_reason": path.end_reason,
+        }
+
+    runner = PathRunner(
+        task.path(), writer, on_finish, abandon_after=abandon_after, snapshot_budget_mb=snapshot_budget_mb / 2
+    )
+    runner.task = task
+    runner.curves = {}
+    return runner
+
+
+def run_landscape(runner, n: int, progress=None) -> tuple[Landscape, dict[str, torch.Tensor]]:
+    """Fill the n x n landscape of a finished connect run; saved as landscape.json.
+
+    Args:
+        runner: a finished runner from :func:`connect_runner`.
+        n: grid points per side.
+        progress: called with the landscape after each filled row.
+    """
+    task: ConnectTask = runner.task
+    landscape, shown = task.landscape(runner.curves, n)
+    for filled in landscape.fill(task.evaluator):
+        if progress is not None:
+            progress(filled)
+    if runner.writer is not None:
+        save_landscape(runner.writer.dir, landscape, shown, task.config.third)
+    return landscape, shown
+
+
+def save_landscape(folder, landscape: Landscape, shown: dict[str, torch.Tensor], third: str) -> None:
+    """landscape.json in a run folder: axes, values, projected paths, the third point's kind."""
+    import json
+    import os
+    from pathlib import Path as FsPath
+
+    def clean(values: torch.Tensor) -> list:
+        return [[None if math.isnan(x) else x for x in row] for row in values.tolist()]
+
+    payload = {
+        "third": third,
+        "xs": landscape.xs.tolist(),
+        "ys": landscape.ys.tolist(),
+        "rows_done": landscape.rows_done,
+        "seconds": landscape.seconds,
+        "values": {k: clean(v) for k, v in landscape.values.items()},
+        "paths": {k: v.tolist() for k, v in shown.items()},
+    }
+    path = FsPath(folder) / "landscape.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+def load_landscape(folder) -> dict | None:
+    """landscape.json of a run folder, or None."""
+    import json
+    from pathlib import Path as FsPath
+
+    path = FsPath(folder) / "landscape.json"
+    return json.loads(path.read_text()) if path.is_file() else None
