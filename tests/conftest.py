@@ -13,6 +13,12 @@ sys.path.insert(0, str(ROOT))
 # `pytest` does not retrain; GEOVIZ_CACHE set by the caller wins.
 os.environ.setdefault("GEOVIZ_CACHE", str(ROOT / ".geoviz-cache"))
 
+import torch  # noqa: E402
+
+# The networks under test are small: one thread is fastest, and two threads on a
+# busy 2-core machine spin against each other (20x slower seen here).
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def runs_dir(tmp_path):
