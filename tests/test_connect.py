@@ -1,0 +1,218 @@
+"""Connecting two optima: curves, weight matching, the landscape, and the claims on real data."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from geoviz.connect import ConnectConfig, ConnectTask, connect_runner, load_landscape, run_landscape
+from geoviz.curves import BezierCurve, LineCurve, PolylineCurve, arc_length_parameters, weight_matching
+from geoviz.engine import SolverConfig
+from geoviz.errors import ConfigError
+from geoviz.landscape import BatchedEvaluator, EvalData, Landscape, Plane
+from geoviz.models import MLP
+from geoviz.problem import SetupConfig, load_problem
+
+torch.set_num_threads(1)
+
+SOLVER = SolverConfig(eps=0.1, damping=1e-3)
+
+
+# -- curves and weight matching: no data needed ----------------------------------
+
+CURVES = [  # (name, factory of a curve over random bends)
+    ("line", lambda a, m, b: LineCurve(a, b)),
+    ("bezier", lambda a, m, b: BezierCurve(a, m, b)),
+    ("polyline", lambda a, m, b: PolylineCurve(torch.stack([a, m, b]))),
+]
+
+
+@pytest.mark.parametrize("name,make", CURVES)
+def test_curve_endpoints_and_arc_length(name, make):
+    gen = torch.Generator().manual_seed(0)
+    a, m, b = (torch.randn(50, generator=gen, dtype=torch.float64) for _ in range(3))
+    curve = make(a, m, b)
+    ends = curve.weights(torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(ends[0], a)
+    torch.testing.assert_close(ends[1], b)
+    ts, length = arc_length_parameters(curve, 11)
+    points = curve.weights(ts)
+    steps = (points[1:] - points[:-1]).norm(dim=1)
+    # evenly spaced in length: chords never exceed the arc between them, and away
+    # from a polyline's corner they equal it
+    assert float(steps.max()) <= length / 10 * (1 + 1e-6)
+    assert float(steps.median()) == pytest.approx(length / 10, rel=0.02)
+    # the dense length is at least the chord sum and at least |b - a|
+    assert length >= float(steps.sum()) - 1e-6 >= float((b - a).norm()) - 2e-6
+
+
+def test_weight_matching_keeps_function_and_undoes_a_permutation():
+    torch.manual_seed(0)
+    model = MLP((1, 4, 4), hidden=(12, 9), num_classes=3).double().eval()
+    from geoviz.metric import FlatParams
+
+    layout = FlatParams.of(model)
+    w_a = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    # w_B: w_A with hidden units shuffled (same function), plus a little noise
+    params = dict(layout.unflatten(w_a.clone()))
+    p1, p2 = torch.randperm(12), torch.randperm(9)
+    params["net.1.weight"], params["net.1.bias"] = params["net.1.weight"][p1], params["net.1.bias"][p1]
+    params["net.3.weight"], params["net.3.bias"] = params["net.3.weight"][p2][:, p1], params["net.3.bias"][p2]
+    params["net.5.weight"] = params["net.5.weight"][:, p2]
+    w_b = layout.flatten(params) + 1e-3 * torch.randn(layout.size, dtype=torch.float64)
+    x = torch.randn(20, 1, 4, 4, dtype=torch.float64)
+
+    def f(w):
+        return torch.func.functional_call(model, layout.unflatten(w), (x,))
+
+    aligned, perms = weight_matching(model, w_a, w_b)
+    torch.testing.assert_close(f(aligned), f(w_b))  # a permutation changes no output
+    assert float((aligned - w_a).norm()) < 0.05 < float((w_b - w_a).norm())
+
+
+def test_plane_coordinates_and_points_agree():
+    gen = torch.Generator().manual_seed(1)
+    a, b, c = (torch.randn(30, generator=gen, dtype=torch.float64) for _ in range(3))
+    plane = Plane.through(a, b, c)
+    coords = plane.project(torch.stack([a, b, c])).double()
+    torch.testing.assert_close(plane.points(coords), torch.stack([a, b, c]), atol=1e-5, rtol=0)
+    assert abs(float(coords[1, 1])) < 1e-6 and float(coords[1, 0]) == pytest.approx(float((b - a).norm()), rel=1e-6)
+
+
+# -- real data: digits MLP, two seeds ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_problem(SetupConfig(dataset="digits", model="mlp", seed=0))
+
+
+@pytest.fixture(scope="module")
+def digits_run(digits, tmp_path_factory):
+    runner = connect_runner(digits, ConnectConfig(), SOLVER, str(tmp_path_factory.mktemp("runs")))
+    state = runner.run()
+    assert state == "finished", runner.message
+    return runner
+
+
+def test_digits_geodesic_beats_the_line(digits_run):
+    s = digits_run.summary
+    a, b = s["endpoints"]["a"], s["endpoints"]["b"]
+    assert min(a["test_accuracy"], b["test_accuracy"]) > 0.95
+    # the straight line between two seeds has a clear barrier ...
+    assert s["line"]["barrier"] > 0.2
+    assert s["line"]["min_accuracy"] < min(a["test_accuracy"], b["test_accuracy"]) - 0.05
+    # ... the geodesic's is far lower, and it keeps accuracy
+    assert s["geodesic"]["barrier"] < 0.25 * s["line"]["barrier"]
+    assert s["geodesic"]["min_accuracy"] > s["line"]["min_accuracy"] + 0.05
+    assert s["geodesic"]["reached"]
+    # it ends exactly on w_B and is functionally shorter than the line
+    torch.testing.assert_close(digits_run.path.w, digits_run.task.w_b)
+    assert s["geodesic"]["functional_length"] < s["line"]["functional_length"]
+    # the Bezier baseline got the same number of gradient evaluations
+    assert s["bezier"]["training_steps"] == s["gradient_evaluations"] > 0
+    assert s["bezier"]["barrier"] < s["line"]["barrier"]
+    # the run record holds it all
+    saved = json.loads((digits_run.writer.dir / "summary.json").read_text())
+    assert saved["geodesic"]["barrier"] == pytest.approx(s["geodesic"]["barrier"])
+    assert (digits_run.writer.dir / "weights" / "bezier_control.safetensors").is_file()
+
+
+def test_landscape_equals_direct_evaluation(digits, digits_run):
+    task: ConnectTask = digits_run.task
+    curves = digits_run.curves
+    third = task.third_point(curves)
+    plane = Plane.through(task.w_a, task.w_b, third)
+    points = torch.stack([task.w_a, task.w_b, third])
+    coords = plane.project(points)
+    # a grid whose nodes include the three points' coordinates
+    xs = torch.sort(torch.cat([coords[:, 0], torch.tensor([-3.0, 30.0])])).values
+    ys = torch.sort(torch.cat([coords[:, 1], torch.tensor([-5.0, 12.0])])).values
+    grid = Landscape.empty(plane, xs, ys)
+    for _ in grid.fill(task.evaluator, rows_per_chunk=2):
+        pass
+    assert grid.complete
+    for (x, y), w in zip(coords.tolist(), points):
+        i, j = ys.tolist().index(y), xs.tolist().index(x)
+        loss, _ = digits.evaluate(w, task.data.x_train, task.data.y_train)
+        _, acc = digits.evaluate(w, digits.x_test, digits.y_test)
+        assert float(grid.values["train_loss"][i, j]) == pytest.approx(loss, rel=1e-3, abs=1e-5)
+        assert float(grid.values["test_accuracy"][i, j]) == pytest.approx(acc, abs=1e-9)
+    # batched (plane trick, vmap over stacked weights) equals one point at a time
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    stacked = plane.points(torch.stack([gx.reshape(-1), gy.reshape(-1)], 1))
+    one = torch.tensor([digits.evaluate(w, task.data.x_train, task.data.y_train)[0] for w in stacked])
+    torch.testing.assert_close(grid.values["train_loss"].reshape(-1).float(), one, rtol=1e-3, atol=1e-5)
+    generic = BatchedEvaluator(digits, task.data)
+    generic.layers = None  # force the torch.func.vmap route
+    via_vmap = generic.stack(stacked[:7])["train_loss"]
+    torch.testing.assert_close(via_vmap.float(), one[:7], rtol=1e-3, atol=1e-5)
+
+
+def test_landscape_of_a_run_fills_progressively_and_is_saved(digits_run):
+    cost = digits_run.task.grid_cost(6)
+    assert cost["evaluations"] == 36 and cost["forward_rows"] == 36 * digits_run.task.data.rows
+    seen = []
+    landscape, shown = run_landscape(digits_run, 6, progress=lambda g: seen.append(g.rows_done))
+    assert seen == [1, 2, 3, 4, 5, 6]
+    assert not torch.isnan(landscape.values["train_loss"]).any()
+    # the line lies on the x axis; every projected path starts at w_A = (0, 0)
+    assert float(shown["line"][:, 1].abs().max()) < 1e-3
+    for name in ("line", "bezier", "geodesic"):
+        assert float(shown[name][0].abs().max()) < 1e-3
+    saved = load_landscape(digits_run.writer.dir)
+    assert saved["rows_done"] == 6 and len(saved["values"]["train_loss"]) == 6
+
+
+def test_bad_settings_say_what_is_allowed(digits):
+    with pytest.raises(ConfigError, match="third point"):
+        ConnectConfig(third="corner").validate()
+    with pytest.raises(ConfigError, match="grid"):
+        ConnectConfig(grid=1).validate()
+    with pytest.raises(ConfigError, match="different seed"):
+        ConnectTask(digits, ConnectConfig(seed_b=0), SOLVER)
+
+
+def test_cli_connect_says_what_went_wrong(tmp_path, capsys):
+    from geoviz.cli import main
+
+    code = main(["connect", "--steps", "3", "--quiet", "--out", str(tmp_path)])
+    assert code == 0  # out of steps before reaching w_B: said plainly
+    assert "step budget reached" in capsys.readouterr().out
+    code = main(["connect", "--third", "corner", "--out", str(tmp_path)])
+    assert code == 2
+    assert "third point" in capsys.readouterr().err
+
+
+def test_cli_connect_json_payload(tmp_path, capsys):
+    from geoviz.cli import main
+
+    code = main(["connect", "--steps", "400", "--quiet", "--json", "--align", "--out", str(tmp_path)])
+    assert code == 0
+    payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(payload) == {"endpoints", "geodesic", "line", "bezier", "steps", "wall_seconds", "run_dir"}
+    for name in ("geodesic", "line", "bezier"):
+        assert {"barrier", "min_accuracy", "length"} <= set(payload[name])
+        assert 0.0 <= payload[name]["min_accuracy"] <= 1.0
+    assert 0.0 <= payload["endpoints"]["a"]["accuracy"] <= 1.0
+    assert payload["geodesic"]["barrier"] < payload["line"]["barrier"]
+    assert Path(payload["run_dir"]).is_dir()
+
+
+# -- Fashion-MNIST -----------------------------------------------------------------
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.mark.skipif(not FASHION.is_dir() and not os.environ.get("CI"), reason="Fashion-MNIST package not installed")
+def test_fashion_geodesic_beats_the_line(tmp_path):
+    problem = load_problem(SetupConfig(dataset="fashion-mnist", model="mlp", seed=0))
+    config = ConnectConfig(eval_subset=2000, eval_every=10)
+    runner = connect_runner(problem, config, SOLVER, str(tmp_path))
+    assert runner.run() == "finished", runner.message
+    s = runner.summary
+    assert s["line"]["barrier"] > 0.3
+    assert s["geodesic"]["barrier"] < 0.5 * s["line"]["barrier"]
+    assert s["geodesic"]["min_accuracy"] > s["line"]["min_accuracy"] + 0.03
