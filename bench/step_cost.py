@@ -1,0 +1,144 @@
+"""Cost of one path step, as a ratio to one plain SGD step on the same model and batch.
+
+Measured side by side in one run (interleaved rounds, median of rounds), so the
+ratios hold even on a busy machine:
+
+- SGD step: forward + backward + parameter update on the metric batch.
+- one G v product, both backends (``autograd`` double backward, ``func`` jvp+vjp).
+- exact-mode step (k CG iterations, warm start, amortised lambda_max refresh).
+- penalty-mode step.
+
+Targets (issue 2): penalty <= 1.5x SGD; exact <= (k + 2)x SGD.
+
+    python bench/step_cost.py [--threads 1] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+from torch.func import functional_call  # noqa: E402
+
+from geoviz.engine import Path as GeoPath  # noqa: E402
+from geoviz.engine import SolverConfig  # noqa: E402
+from geoviz.metric import FlatParams, make_metric_product  # noqa: E402
+from geoviz.models import build_model, prunable_names  # noqa: E402
+from geoviz.objectives import SparsifyObjective, magnitude_mask  # noqa: E402
+
+
+def _case(name, model, x, y, device):
+    model = model.to(device).eval()
+    layout = FlatParams.of(model)
+    buffers = {n: b for n, b in model.named_buffers()}
+    w0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    return name, model, layout, buffers, w0, x.to(device), y.to(device)
+
+
+def cases(device):
+    from geoviz.data import load_dataset
+
+    out = []
+    digits = load_dataset("digits")
+    torch.manual_seed(0)
+    out.append(_case("digits mlp 64-128-128-10", build_model("mlp", (1, 8, 8), 10), digits.x_train[:256], digits.y_train[:256], device))
+    try:
+        fashion = load_dataset("fashion-mnist")
+        torch.manual_seed(0)
+        out.append(_case("fashion lenet300", build_model("lenet300", (1, 28, 28), 10), fashion.x_train[:256], fashion.y_train[:256], device))
+    except Exception as err:  # the Debian package may be missing on a laptop
+        print(f"(skipping fashion-mnist: {err})")
+    if device.type == "cuda":
+        torch.manual_seed(0)
+        x = torch.randn(256, 3, 32, 32)
+        y = torch.randint(0, 10, (256,))
+        out.append(_case("vgg11 cifar-shaped", build_model("vgg11", (3, 32, 32), 10), x, y, device))
+    return out
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timeit(fn, device, repeats):
+    fn()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - t0) / repeats
+
+
+def bench_case(case, device, rounds, repeats, k):
+    name, model, layout, buffers, w0, x, y = case
+    w_sgd = w0.clone().requires_grad_(True)
+    opt = torch.optim.SGD([w_sgd], lr=1e-3)
+
+    def sgd_step():
+        logits = functional_call(model, ({**layout.unflatten(w_sgd), **buffers},), (x,))
+        loss = torch.nn.functional.cross_entropy(logits, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    v = torch.randn_like(w0)
+    products = {}
+    for backend in ("autograd", "func"):
+        product, _ = make_metric_product(model, layout, buffers, x, w0, "output", backend)
+        products[backend] = product
+
+    mask = magnitude_mask(w0, layout.mask(prunable_names(model), w0), 0.9)
+
+    def make_path(mode):
+        solver = SolverConfig(mode=mode, cg_iterations=k, cg_tolerance=0.0, metric_batch=x.shape[0])
+        return GeoPath(model, buffers, w0, SparsifyObjective(mask, w0, 1e-9), x, solver, lambda w: {}, max_steps=10**9, eval_every=10**9)
+
+    paths = {"exact": make_path("exact"), "penalty": make_path("penalty")}
+    for p in paths.values():
+        next(p)  # first step pays for lambda_max and the penalty's reference outputs
+
+    times = {key: [] for key in ("sgd", "gv_autograd", "gv_func", "exact", "penalty")}
+    for _ in range(rounds):
+        times["sgd"].append(_timeit(sgd_step, device, repeats))
+        times["gv_autograd"].append(_timeit(lambda: products["autograd"](v), device, repeats))
+        times["gv_func"].append(_timeit(lambda: products["func"](v), device, repeats))
+        times["exact"].append(_timeit(lambda: next(paths["exact"]), device, max(1, repeats // k)))
+        times["penalty"].append(_timeit(lambda: next(paths["penalty"]), device, repeats))
+    med = {key: statistics.median(val) for key, val in times.items()}
+    return name, med
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from geoviz.training import resolve_device
+
+    device = resolve_device(args.device)
+    k = SolverConfig().cg_iterations
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, CG iterations k={k}, metric batch 256")
+    print(f"{'case':28s} {'SGD ms':>8s} {'Gv/SGD autograd':>16s} {'Gv/SGD func':>12s} {'exact/SGD':>10s} {'target':>7s} {'penalty/SGD':>12s} {'target':>7s}")
+    for case in cases(device):
+        name, med = bench_case(case, device, args.rounds, args.repeats, k)
+        sgd = med["sgd"]
+        exact, penalty = med["exact"] / sgd, med["penalty"] / sgd
+        print(
+            f"{name:28s} {1000 * sgd:8.3f} {med['gv_autograd'] / sgd:16.2f} {med['gv_func'] / sgd:12.2f} "
+            f"{exact:10.2f} {'ok' if exact <= k + 2 else 'MISS':>7s} {penalty:12.2f} {'ok' if penalty <= 1.5 else 'MISS':>7s}"
+        )
+
+
+if __name__ == "__main__":
+    main()
