@@ -79,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tolerance", type=float, default=0.02, help="end when |masked weights| falls to this fraction")
     sp.add_argument("--eval-every", type=int, default=10)
     cl = sub.add_parser("continual", help="learn a second task along a path that keeps the first")
-    _add_common(cl, default_steps=300)
+    _add_common(cl, default_steps=150)
+    from geoviz.continual import DEFAULT_SOLVER as continual_solver
+
+    cl.set_defaults(eps=continual_solver.eps, damping=continual_solver.damping, cg_iterations=continual_solver.cg_iterations)
     cl.add_argument("--scenario", default="class-incremental", help="class-incremental, task-incremental or permuted")
     cl.add_argument("--split", default="0-4/5-9", help="classes of task 1 / task 2 (split scenarios)")
     cl.add_argument("--memory", type=int, default=100, help="task-1 examples kept: the metric batch (inputs), the replay buffer")
@@ -173,7 +176,9 @@ def run_and_report(runner, args, progress: Progress, report: Callable[[object], 
     wall = time.time() - t0
     run_dir = str(runner.writer.dir) if runner.writer is not None else None
     if state != "finished":
-        print(f"The path {state} after {runner.path.step} steps: {runner.message}. Finished steps are kept in {run_dir}.", file=sys.stderr)
+        kept = len(runner.rows())
+        reason = runner.message.rstrip(".")
+        print(f"The path {state} ({reason}); its {kept} finished steps are kept in {run_dir}.", file=sys.stderr)
         return 3 if state == "diverged" else 1
     lines, payload = report(runner)
     payload.update({"steps": runner.path.step, "wall_seconds": round(wall, 3), "run_dir": run_dir})

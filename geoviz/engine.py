@@ -100,7 +100,7 @@ class SolverConfig:
 @dataclass(frozen=True)
 class CGInfo:
     iterations: int
-    relative_residual: float
+    relative_residual: torch.Tensor  # 0-d: |b - A x| / |b|
 
 
 def conjugate_gradient(
@@ -142,8 +142,7 @@ def conjugate_gradient(
             break
         p = r + (rr_new / rr) * p
         rr = rr_new
-    rel = float(r.norm() / b_norm)
-    return x, r, CGInfo(iterations, rel)
+    return x, r, CGInfo(iterations, r.norm() / b_norm)
 
 
 def solve_step(
@@ -168,11 +167,11 @@ def solve_step(
     # theta^T G theta without another product: G u = (b - r) - mu u
     ugu = torch.dot(u, v - r) - mu * torch.dot(u, u)
     functional = (eps / u_norm) ** 2 * ugu.clamp_min(0.0)
-    return theta, {
+    return theta, {  # 0-d tensors, fetched together by the caller
         "cg_iterations": info.iterations,
         "cg_residual": info.relative_residual,
-        "beta": float(2.0 * eps / u_norm),
-        "functional_sq": float(functional),
+        "beta": 2.0 * eps / u_norm,
+        "functional_sq": functional,
         "u": u,
         "products": info.iterations + (x0 is not None),
     }
@@ -265,7 +264,7 @@ class Path:
         self.end_reason = ""
         self._path_length = 0.0
         self._functional_length = 0.0
-        self._lambda = 0.0
+        self._lambda = torch.full((), float("nan"))
         self._eigvec: torch.Tensor | None = None
         self._u: torch.Tensor | None = None
         self._adam: torch.optim.Optimizer | None = None
@@ -287,8 +286,8 @@ class Path:
                 start = torch.randn(self.w.shape, generator=gen, dtype=self.w.dtype).to(self.w.device)
             lam, self._eigvec = top_eigenvalue(product, start, cfg.power_iterations)
             self.gradient_evaluations += cfg.power_iterations
-            self._lambda = float(lam)
-        mu = cfg.damping * max(self._lambda, 1e-12)
+            self._lambda = lam.clamp_min(1e-12)
+        mu = cfg.damping * self._lambda
         x0 = self._u if cfg.warm_start else None
         theta, info = solve_step(product, -grad, mu, cfg.eps, cfg.cg_iterations, cfg.cg_tolerance, x0)
         self._u = info.pop("u")
@@ -312,12 +311,13 @@ class Path:
         w.grad = g
         self._adam.step()
         theta = w.detach() - before
+        nan = torch.full((), float("nan"), device=theta.device)
         return theta, {
             "cg_iterations": 0,
-            "cg_residual": float("nan"),
-            "beta": float("nan"),
-            "functional_sq": float("nan"),
-            "damping_mu": float("nan"),
+            "cg_residual": nan,
+            "beta": nan,
+            "functional_sq": nan,
+            "damping_mu": nan,
             "outputs": out.detach(),
         }
 
@@ -331,42 +331,49 @@ class Path:
         t_start = time.perf_counter()
         self.step += 1
         value, grad = self.objective.value_and_grad(self.w)
-        if self._start_value is None:
-            self._start_value = float(value)
-        if not math.isfinite(float(value)):
-            raise DivergedError(f"The path diverged at step {self.step}: the objective is not finite.")
         index = self._metric_index()
         inputs = self.metric_pool[index]
         if self.config.mode == "exact":
             theta, info = self._exact_step(inputs, grad)
         else:
             theta, info = self._penalty_step(inputs, self._reference_outputs()[index], grad)
-        eps_length = float(theta.norm())  # NaN or inf anywhere in theta shows here
-        if not math.isfinite(eps_length):
-            raise DivergedError(f"The path diverged at step {self.step}: the step contains NaN or inf (try a smaller eps).")
-        self.w = self.w + theta
-        if self._adam is not None:
-            with torch.no_grad():
-                self._w_param.copy_(self.w)
+        w_next = self.w + theta
         if self.config.mode == "penalty":
             # the functional length of a free step: the finite distance on the first
             # 64 examples of the batch, which agrees with theta^T G theta to leading
             # order (a quarter of a forward)
             with torch.no_grad():
                 head = inputs[:_PENALTY_LENGTH_BATCH]
-                info["functional_sq"] = float(
-                    functional_distance(self._outputs(self.w, head), info.pop("outputs")[: head.shape[0]], self.config.metric)
+                info["functional_sq"] = functional_distance(
+                    self._outputs(w_next, head), info.pop("outputs")[: head.shape[0]], self.config.metric
                 )
-        self._path_length += eps_length
-        self._functional_length += math.sqrt(max(info["functional_sq"], 0.0))
-        value = float(value)
+        distance = self.objective.distance(w_next)
+        figures = [value, theta.norm(), info["functional_sq"], info["beta"], info["cg_residual"], info["damping_mu"], self._lambda]
+        if distance is not None:
+            figures.append(distance)
+        # the step's one host transfer
+        figures = torch.stack([torch.as_tensor(f, dtype=torch.float64, device=theta.device) for f in figures]).tolist()
+        value, eps_length, functional_sq, beta, cg_residual, mu, lam = figures[:7]
+        if self._start_value is None:
+            self._start_value = value
+        if not math.isfinite(value):
+            raise DivergedError(f"The path diverged at step {self.step}: the objective is not finite.")
+        if not math.isfinite(eps_length):  # NaN or inf anywhere in theta shows here
+            raise DivergedError(f"The path diverged at step {self.step}: the step contains NaN or inf (try a smaller eps).")
         if value > self.config.explode_factor * max(self._start_value, 1e-12):
             raise DivergedError(f"The path diverged at step {self.step}: the objective exploded to {value:.3g}.")
-        finished, reason = self.objective.finished(self.w)
+        self.w = w_next
+        if self._adam is not None:
+            with torch.no_grad():
+                self._w_param.copy_(self.w)
+        self._path_length += eps_length
+        self._functional_length += math.sqrt(max(functional_sq, 0.0))
+        finished = distance is not None and figures[7] <= self.objective.tolerance
         if finished or self.step >= self.max_steps:
             self.done = True
-            self.end_reason = reason if finished else "step budget reached"
-            self.w = self.objective.finish(self.w) if finished else self.w
+            self.end_reason = self.objective.end_reason if finished else "step budget reached"
+            if finished:
+                self.w = self.objective.finish(self.w)
         metrics = {}
         if self.done or self.step == 1 or self.step % self.eval_every == 0:
             metrics = self.evaluate(self.w)
@@ -375,14 +382,14 @@ class Path:
             step=self.step,
             objective=value,
             eps_length=eps_length,
-            functional_sq=info["functional_sq"],
+            functional_sq=functional_sq,
             path_length=self._path_length,
             functional_length=self._functional_length,
             cg_iterations=info["cg_iterations"],
-            cg_residual=info["cg_residual"],
-            damping_mu=info["damping_mu"],
-            lambda_max=self._lambda,
-            beta=info["beta"],
+            cg_residual=cg_residual,
+            damping_mu=mu,
+            lambda_max=lam,
+            beta=beta,
             seconds=self._elapsed,
             metrics=metrics,
         )

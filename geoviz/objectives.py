@@ -1,7 +1,9 @@
 """Second objectives L2(w) of the three applications, on flat weights.
 
-Each objective gives ``value_and_grad(w)``, says when the path has reached it
-(``finished``), and how to land exactly at the end (``finish``).
+Each objective gives ``value_and_grad(w)``, a ``distance(w)`` to its end (a 0-d
+tensor, or None for no end; the path ends once it is at most ``tolerance``), and
+how to land exactly at the end (``finish``). Numbers stay tensors so the path can
+fetch a step's figures from a GPU in one transfer.
 """
 
 from __future__ import annotations
@@ -52,14 +54,17 @@ class SparsifyObjective:
         masked = self.pruned * w
         return 0.5 * torch.dot(masked, masked), masked
 
-    def remaining(self, w: torch.Tensor) -> float:
-        """|(1 - m) w| / |(1 - m) w0|: 1 at the start, 0 when fully pruned."""
-        return float((self.pruned * w).norm()) / max(self.start_norm, 1e-30)
+    end_reason = "masked weights reached zero; mask applied"
 
-    def finished(self, w: torch.Tensor) -> tuple[bool, str]:
-        if self.remaining(w) <= self.tolerance:
-            return True, "masked weights reached zero; mask applied"
-        return False, ""
+    def distance(self, w: torch.Tensor) -> torch.Tensor:
+        """|(1 - m) w| / |(1 - m) w0| as a 0-d tensor: 1 at the start, 0 when pruned.
+
+        The path ends once this is at most ``tolerance``.
+        """
+        return (self.pruned * w).norm() / max(self.start_norm, 1e-30)
+
+    def remaining(self, w: torch.Tensor) -> float:
+        return float(self.distance(w))
 
     def finish(self, w: torch.Tensor) -> torch.Tensor:
         return w * self.mask
@@ -76,10 +81,11 @@ class TowardPointObjective:
         diff = w - self.target
         return 0.5 * torch.dot(diff, diff), diff
 
-    def finished(self, w: torch.Tensor) -> tuple[bool, str]:
-        if float((w - self.target).norm()) <= self.tolerance:
-            return True, "reached the target network"
-        return False, ""
+    end_reason = "reached the target network"
+
+    def distance(self, w: torch.Tensor) -> torch.Tensor:
+        """|w - w_B| as a 0-d tensor; the path ends once it is at most ``tolerance``."""
+        return (w - self.target).norm()
 
     def finish(self, w: torch.Tensor) -> torch.Tensor:
         return self.target.clone()
@@ -116,8 +122,9 @@ class TaskLossObjective:
         (grad,) = torch.autograd.grad(loss, w)
         return loss.detach(), grad
 
-    def finished(self, w: torch.Tensor) -> tuple[bool, str]:
-        return False, ""
+    def distance(self, w: torch.Tensor) -> None:
+        """No end point: the path runs for its step budget."""
+        return None
 
     def finish(self, w: torch.Tensor) -> torch.Tensor:
         return w
