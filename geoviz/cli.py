@@ -178,7 +178,8 @@ def run_and_report(runner, args, progress: Progress, report: Callable[[object], 
     if state != "finished":
         kept = len(runner.rows())
         reason = runner.message.rstrip(".")
-        print(f"The path {state} ({reason}); its {kept} finished steps are kept in {run_dir}.", file=sys.stderr)
+        head = reason if state == "diverged" else f"The path was {state} ({reason})"
+        print(f"{head}; its {kept} finished steps are kept in {run_dir}.", file=sys.stderr)
         return 3 if state == "diverged" else 1
     lines, payload = report(runner)
     payload.update({"steps": runner.path.step, "wall_seconds": round(wall, 3), "run_dir": run_dir})
