@@ -32,7 +32,7 @@ from geoviz.metric import functional_distance
 from geoviz.objectives import TowardPointObjective
 from geoviz.problem import Problem, start_network
 
-__all__ = ["THIRD_POINTS", "SOLVER_DEFAULTS", "ConnectConfig", "ConnectTask", "path_summary", "connect_runner", "run_landscape", "save_landscape", "load_landscape"]
+__all__ = ["THIRD_POINTS", "SOLVER_DEFAULTS", "ConnectConfig", "ConnectTask", "path_summary", "connect_runner", "run_landscape", "save_landscape", "load_landscape", "LandscapeJob"]
 
 THIRD_POINTS = ("bezier", "midpoint")
 
@@ -415,3 +415,62 @@ def load_landscape(folder) -> dict | None:
 
     path = FsPath(folder) / "landscape.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+class LandscapeJob:
+    """Fills a run's landscape in a background thread; a page polls ``snapshot()``.
+
+    Args:
+        runner: a finished connect runner.
+        n: grid points per side.
+    """
+
+    def __init__(self, runner, n: int):
+        import threading
+
+        self.runner, self.n = runner, n
+        self.task: ConnectTask = runner.task
+        self.cost = self.task.grid_cost(n)
+        self.landscape, self.shown = self.task.landscape(runner.curves, n)
+        self.error = ""
+        self._stop = False
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="geoviz-landscape", daemon=True)
+
+    def start(self) -> LandscapeJob:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop = True
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def _run(self) -> None:
+        try:
+            for _ in self.landscape.fill(self.task.evaluator):
+                if self._stop:
+                    break
+            if self.runner.writer is not None and self.landscape.complete:
+                save_landscape(self.runner.writer.dir, self.landscape, self.shown, self.task.config.third)
+        except Exception as err:  # said on the page, never a traceback
+            self.error = f"The landscape failed: {type(err).__name__}: {err}"
+
+    def snapshot(self) -> dict:
+        """The grid so far in the landscape.json shape (None where not yet computed)."""
+        ls = self.landscape
+        values = {}
+        for k, v in ls.values.items():
+            arr = v.clone().numpy()
+            values[k] = [[None if math.isnan(x) else float(x) for x in row] for row in arr.tolist()]
+        return {
+            "third": self.task.config.third,
+            "xs": ls.xs.tolist(),
+            "ys": ls.ys.tolist(),
+            "rows_done": ls.rows_done,
+            "seconds": ls.seconds,
+            "values": values,
+            "paths": {k: v.tolist() for k, v in self.shown.items()},
+        }

@@ -1,9 +1,159 @@
-"""Connecting two trained networks along a geodesic: coming soon."""
+"""Connect: walk from one trained network to another along a geodesic, live, and compare
+it with the straight line and a trained Bezier curve; then draw the landscape between them."""
 
+from __future__ import annotations
+
+import pandas as pd
 import streamlit as st
+import torch
 
-st.title("Connect two networks")
-st.info(
-    "Coming soon. This page will walk from one trained network to another trained from a different "
-    "seed, bending around high-loss regions, and compare with the straight line and a Bezier curve."
+from geoviz import plots_connect
+from geoviz.connect import SOLVER_DEFAULTS, THIRD_POINTS, ConnectConfig, LandscapeJob, connect_runner
+from geoviz.curves import PolylineCurve, arc_length_parameters
+from geoviz.data import DATASET_NAMES
+from geoviz.engine import SolverConfig
+from geoviz.errors import GeovizError
+from geoviz.problem import SetupConfig
+from geoviz.runs import default_runs_dir
+from pages import _live
+from pages._live import Control
+
+CONTROLS = (
+    Control("dataset", "Dataset", "digits", "The task both networks were trained on. digits (8×8) ships with scikit-learn; the others need their files.", DATASET_NAMES),
+    Control("model", "Model", "mlp", "The architecture of both networks (no BatchNorm: mlp or lenet300).", ("mlp", "lenet300")),
+    Control("seed", "Seed of w_A", 0, "Seeds the first network's training, and the metric batches.", step=1),
+    Control("seed_b", "Seed of w_B", 1, "Seeds the second network's training; must differ from the first.", step=1),
+    Control("align", "Align w_B first", "no", "yes: permute w_B's hidden units to match w_A (weight matching, Ainsworth et al. 2023). The function of w_B is unchanged; what is left of the barrier is not permutation symmetry.", ("no", "yes")),
+    Control("eps", "Step length ε", SOLVER_DEFAULTS["eps"], "Euclidean length |θ| of each step; the path lands exactly on w_B once this close.", step=0.01, format="%.3f"),
+    Control("damping", "Damping ρ", SOLVER_DEFAULTS["damping"], "μ = ρ·λmax(G). Small ρ: move only where the outputs barely change. Large ρ: head straight for w_B.", step=1e-4, format="%.1e"),
+    Control("steps", "Step budget", 3000, "The most steps the geodesic may take; it ends sooner when it reaches w_B.", step=100),
+    Control("eval_every", "Evaluate every", 5, "Train loss and test accuracy are measured every this many steps.", step=1),
+    Control("third", "Plane's third point", "bezier", "The landscape is drawn on the plane through w_A, w_B and this point: the Bezier curve's control point, or the geodesic's midpoint.", THIRD_POINTS),
+    Control("grid", "Landscape grid n", 25, "The landscape is an n × n grid: n² network evaluations on the training and test rows.", step=1),
+    Control("device", "Device", "auto", "auto uses CUDA when a GPU is present.", _live.device_options()),
 )
+
+
+def configs(values: dict) -> tuple[SetupConfig, ConnectConfig, SolverConfig]:
+    """Settings -> validated config objects (ConfigError names what is wrong)."""
+    setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"])
+    config = ConnectConfig(seed_b=int(values["seed_b"]), align=values["align"] == "yes", steps=int(values["steps"]),
+                           eval_every=int(values["eval_every"]), third=values["third"], grid=int(values["grid"]))
+    solver = SolverConfig(eps=float(values["eps"]), damping=float(values["damping"]))
+    config.validate()
+    solver.validate()
+    return setup, config, solver
+
+
+def _profiles(runner) -> dict:
+    """The geodesic's profile so far, and the baselines' once the path has ended."""
+    summary = runner.summary
+    if summary.get("profiles"):
+        return summary["profiles"]
+    task = runner.task
+    rows = [r for r in runner.rows() if "train_loss" in r]
+    start = {"path_length": 0.0, **task.endpoints["a"]}
+    rows = [start] + rows
+    return {"geodesic": {"length": [r["path_length"] for r in rows], "train_loss": [r["train_loss"] for r in rows],
+                         "test_accuracy": [r["test_accuracy"] for r in rows]}}
+
+
+def draw(runner) -> None:
+    """The live charts of a connect runner: profiles, PCA, and the summary table."""
+    summary = runner.summary
+    if runner.path.done and not summary and not runner.finished:
+        st.info(f"The geodesic has ended ({runner.path.end_reason}). Training the Bezier curve for "
+                f"{runner.path.gradient_evaluations} SGD steps (as many as the geodesic's G·v products) and judging the line…")
+    left, right = st.columns(2)
+    left.plotly_chart(plots_connect.profiles_figure(_profiles(runner)), key="connect:profiles")
+    _, snapshots = runner.trajectory()
+    others = {}
+    for name in ("line", "bezier"):
+        curve = runner.curves.get(name) if runner.curves else None
+        if curve is not None:
+            ts, _ = arc_length_parameters(curve, 41)
+            others[name] = curve.weights(ts.to(curve.bends.dtype))
+    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others), key="connect:pca")
+    if summary.get("geodesic"):
+        st.subheader("Summary")
+        ends = summary["endpoints"]
+        st.caption(f"Endpoints: w_A train loss {ends['a']['train_loss']:.4f}, test accuracy {ends['a']['test_accuracy']:.4f}; "
+                   f"w_B train loss {ends['b']['train_loss']:.4f}, test accuracy {ends['b']['test_accuracy']:.4f}. "
+                   "Barrier: the highest train loss along the path minus the mean of the endpoints'.")
+        st.dataframe(pd.DataFrame(plots_connect.summary_rows(summary)), hide_index=True, key="connect:table", column_config={
+            "barrier (train loss)": st.column_config.NumberColumn(format="%.4f"),
+            "min test accuracy": st.column_config.NumberColumn(format="%.4f"),
+            "Euclidean length": st.column_config.NumberColumn(format="%.2f"),
+            "functional length": st.column_config.NumberColumn(format="%.2f"),
+        })
+
+
+def _cost_sentence(cost: dict, n: int) -> str:
+    return (f"A {n} × {n} grid is {cost['evaluations']:,} network evaluations on {cost['rows_per_evaluation']:,} rows each "
+            f"(≈ {cost['multiply_adds'] / 1e9:.1f} G multiply-adds; {cost['method']}).")
+
+
+def landscape_ui(runner, n: int) -> None:
+    """The landscape section of a finished run: its cost, a button, the grid filling in."""
+    if runner is None or not runner.finished or not runner.summary.get("geodesic") or not runner.curves:
+        return
+    st.subheader("The landscape between them")
+    cost = runner.task.grid_cost(n)
+    st.caption(_cost_sentence(cost, n))
+    key = "connect:landscape"
+    job: LandscapeJob | None = st.session_state.get(key)
+    if job is not None and (job.runner is not runner or job.n != n):
+        job.stop()
+        job = None
+    if st.button("Draw the landscape", key="connect:draw", disabled=job is not None):
+        try:
+            job = LandscapeJob(runner, n).start()
+        except (GeovizError, ValueError) as err:
+            st.error(str(err))
+            return
+        st.session_state[key] = job
+    if job is None:
+        return
+    value = st.radio("Show", ["train_loss", "test_accuracy", "test_loss"], horizontal=True, key="connect:value",
+                     format_func=lambda v: v.replace("_", " "))
+    seen = job.alive
+
+    @st.fragment(run_every=0.5 if seen else None)
+    def view() -> None:
+        if job.alive != seen:
+            st.rerun()
+        if job.error:
+            st.error(job.error)
+        snap = job.snapshot()
+        done = f"{snap['rows_done']} of {n} rows in {snap['seconds']:.1f} s"
+        st.plotly_chart(plots_connect.landscape_figure(snap, value, _cost_sentence(job.cost, n)), key="connect:contour")
+        st.caption(f"{done}. Paths are projected on the plane; the geodesic leaves it, so its projection can cross high-loss regions it never visits.")
+
+    view()
+
+
+def page() -> None:
+    st.title("Connect two networks")
+    st.caption(
+        "Two networks trained from different seeds. The geodesic walks from w_A to w_B moving only where the "
+        "outputs on training inputs barely change (no labels); compare with the straight line, and with a "
+        "quadratic Bezier curve whose bend is trained with labels for as many gradient evaluations."
+    )
+    values = _live.controls_ui("connect", CONTROLS)
+    try:
+        setup, config, solver = configs(values)
+    except GeovizError as err:
+        st.error(str(err))
+        make_runner = None
+    else:
+
+        def make_runner():
+            problem = _live.cached_problem(setup)
+            return connect_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
+
+    runner = _live.run_panel("connect", make_runner, draw, int(values["steps"]))
+    landscape_ui(runner, max(2, int(values["grid"])))
+
+
+if __name__ == "__main__":
+    page()

@@ -1,0 +1,76 @@
+"""The Connect page driven by Streamlit's AppTest: settings, Run, the charts, the table, the landscape."""
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+torch.set_num_threads(1)
+
+PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "connect.py")
+
+
+def _wait(predicate, timeout: float = 240.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError("the page's background work did not finish in time")
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def app(runs_dir, monkeypatch):
+    monkeypatch.setenv("GEOVIZ_RUNS", str(runs_dir))
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_connect_page_runs_and_draws_everything(app):
+    at = app
+    assert at.title[0].value == "Connect two networks"
+    at.sidebar.number_input(key="connect:eps").set_value(0.2)
+    at.sidebar.number_input(key="connect:grid").set_value(5)
+    at.run()
+    at.button(key="connect:Run").click().run()
+    assert not at.exception and not at.error
+    runner = at.session_state["connect:runner"]
+    _wait(lambda: runner.finished)
+    assert runner.state == "finished", runner.message
+    at.run()
+    assert not at.exception and not at.error
+    # profiles and PCA, then the summary table with the three paths
+    assert len(at.get("plotly_chart")) >= 2
+    table = at.dataframe[0].value
+    assert list(table["path"]) == ["geodesic", "straight line", "Bezier curve"]
+    barrier = dict(zip(table["path"], table["barrier (train loss)"]))
+    assert barrier["geodesic"] < barrier["straight line"]
+    # the landscape: its cost is said before it runs, then the grid fills in
+    assert any("5 × 5 grid is 25 network evaluations" in c.value for c in at.caption)
+    at.button(key="connect:draw").click().run()
+    assert not at.exception
+    job = at.session_state["connect:landscape"]
+    _wait(lambda: not job.alive)
+    at.run()
+    assert not at.exception and not at.error
+    assert job.landscape.complete
+    assert len(at.get("plotly_chart")) >= 3
+    assert (runner.writer.dir / "landscape.json").is_file()
+
+
+def test_connect_page_says_what_is_wrong(runs_dir, monkeypatch):
+    monkeypatch.setenv("GEOVIZ_RUNS", str(runs_dir))
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.query_params["third"] = "corner"
+    at.run()
+    assert not at.exception
+    assert any("third" in e.value and "allowed" in e.value for e in at.error)
+    # the same seed twice: one sentence when Run is pressed, no traceback
+    at.sidebar.number_input(key="connect:seed_b").set_value(0)
+    at.run()
+    at.button(key="connect:Run").click().run()
+    assert not at.exception
+    assert any("different seed" in e.value for e in at.error)
