@@ -128,6 +128,8 @@ def parse_split(split: str | Sequence[Sequence[int]], num_classes: int = 10) -> 
             raise ConfigError(f"A split is two groups of classes like 0-4/5-9; got '{split}'.")
         try:
             parsed = tuple(_parse_group(g, num_classes) for g in groups)
+        except ConfigError:
+            raise
         except ValueError:
             raise ConfigError(f"A split is two groups of classes like 0-4/5-9 or 0,2,4/1,3; got '{split}'.") from None
     else:
