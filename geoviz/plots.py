@@ -51,19 +51,28 @@ def as_table(rows: Sequence[Mapping] | pd.DataFrame) -> pd.DataFrame:
     return rows if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
 
 
-def _layout(fig: go.Figure, title: str, x_title: str, y_title: str) -> go.Figure:
-    fig.update_layout(
-        title={"text": title, "x": 0.0, "xanchor": "left"},
-        height=_HEIGHT,
-        margin={"l": 10, "r": 10, "t": 40, "b": 10},
-        # below the plot, so it never covers the title or the curves
-        legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0.0, "xanchor": "left"},
-        # keep the user's zoom while the path grows
-        uirevision="keep",
-        font={"size": 14},
+def _figure(data: list[dict], shapes: list[dict], title: str, x_title: str, y_title: str, **layout) -> go.Figure:
+    """One Figure from plain dicts: plotly's add_* helpers re-validate the whole figure
+    on every call (~10x slower), and the live page redraws every half second."""
+    return go.Figure(
+        {
+            "data": data,
+            "layout": {
+                "title": {"text": title, "x": 0.0, "xanchor": "left"},
+                "height": _HEIGHT,
+                "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+                # below the plot, so it never covers the title or the curves
+                "legend": {"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0.0, "xanchor": "left"},
+                # keep the user's zoom while the path grows
+                "uirevision": "keep",
+                "font": {"size": 14},
+                "shapes": shapes,
+                "xaxis": {"title": {"text": x_title}, **layout.pop("xaxis", {})},
+                "yaxis": {"title": {"text": y_title}, **layout.pop("yaxis", {})},
+                **layout,
+            },
+        }
     )
-    fig.update_layout(xaxis_title=x_title, yaxis_title=y_title)
-    return fig
 
 
 def _evaluated(table: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -72,30 +81,35 @@ def _evaluated(table: pd.DataFrame, column: str) -> pd.DataFrame:
     return table[table[column].notna()]
 
 
-def _line(table: pd.DataFrame, x: str, y: str, name: str, color: str, **kw) -> go.Scatter:
-    return go.Scatter(
-        x=table[x] if x in table else [],
-        y=table[y] if y in table else [],
-        mode="lines+markers" if len(table) < 40 else "lines",
-        name=name,
-        line={"color": color, "width": 2.5, **kw.pop("line", {})},
+def _column(table: pd.DataFrame, name: str) -> np.ndarray:
+    return table[name].to_numpy(dtype=float) if name in table else np.zeros(0)
+
+
+def _line(table: pd.DataFrame, x: str, y: str, name: str, color: str, dash: str = "solid", **kw) -> dict:
+    return {
+        "type": "scatter",
+        "x": _column(table, x),
+        "y": _column(table, y),
+        "mode": "lines+markers" if len(table) < 40 else "lines",
+        "name": name,
+        "line": {"color": color, "width": 2.5, "dash": dash},
         **kw,
-    )
+    }
 
 
-def _reference(fig: go.Figure, value: float | None, name: str, color: str) -> None:
-    """A horizontal reference line with its name, drawn as a trace so the legend shows it."""
+def _reference(data: list, shapes: list, value: float | None, name: str, color: str) -> None:
+    """A horizontal reference line, with a legend entry that names it and its value."""
     if value is None or not np.isfinite(value):
         return
-    fig.add_hline(y=value, line={"color": color, "dash": "dash", "width": 1.5})
-    fig.add_trace(
-        go.Scatter(x=[None], y=[None], mode="lines", name=f"{name} {value:.3f}", line={"color": color, "dash": "dash"})
-    )
+    line = {"color": color, "dash": "dash", "width": 1.5}
+    shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": value, "y1": value, "line": line})
+    data.append({"type": "scatter", "x": [None], "y": [None], "mode": "lines", "name": f"{name} {value:.3f}", "line": line})
 
 
-def _marker(fig: go.Figure, x_value: float | None) -> None:
+def _marker(shapes: list, x_value: float | None) -> None:
     if x_value is not None:
-        fig.add_vline(x=x_value, line={"color": _COLORS["grey"], "dash": "dot", "width": 1.5})
+        line = {"color": _COLORS["grey"], "dash": "dot", "width": 1.5}
+        shapes.append({"type": "line", "yref": "paper", "y0": 0, "y1": 1, "x0": x_value, "x1": x_value, "line": line})
 
 
 def accuracy_figure(
@@ -115,46 +129,46 @@ def accuracy_figure(
         marker: an x value to mark with a vertical line (the replay slider).
     """
     table = _evaluated(as_table(rows), "test_accuracy")
-    fig = go.Figure()
-    fig.add_trace(_line(table, x, "test_accuracy", "as is", _COLORS["path"]))
-    fig.add_trace(_line(table, x, "pruned_accuracy", "if pruned now", _COLORS["pruned"]))
+    data = [
+        _line(table, x, "test_accuracy", "as is", _COLORS["path"]),
+        _line(table, x, "pruned_accuracy", "if pruned now", _COLORS["pruned"]),
+    ]
+    shapes: list[dict] = []
     reference, baselines = reference or {}, baselines or {}
-    _reference(fig, reference.get("dense_accuracy"), "dense", _COLORS["dense"])
-    _reference(fig, reference.get("one_shot_accuracy"), "one-shot", _COLORS["one_shot"])
-    _reference(fig, baselines.get("finetune"), "prune+fine-tune", _COLORS["finetune"])
-    _marker(fig, marker)
-    return _layout(fig, "Test accuracy along the path", X_AXES[x], "accuracy")
+    _reference(data, shapes, reference.get("dense_accuracy"), "dense", _COLORS["dense"])
+    _reference(data, shapes, reference.get("one_shot_accuracy"), "one-shot", _COLORS["one_shot"])
+    _reference(data, shapes, baselines.get("finetune"), "prune+fine-tune", _COLORS["finetune"])
+    _marker(shapes, marker)
+    return _figure(data, shapes, "Test accuracy along the path", X_AXES[x], "accuracy")
 
 
 def loss_figure(rows, x: str = "step", marker: float | None = None) -> go.Figure:
     """Test loss (as is, if pruned now) and the objective L2, against step or a path length."""
     all_rows = as_table(rows)
     table = _evaluated(all_rows, "test_loss")
-    fig = go.Figure()
-    fig.add_trace(_line(table, x, "test_loss", "test loss", _COLORS["path"]))
-    fig.add_trace(_line(table, x, "pruned_loss", "test loss if pruned", _COLORS["pruned"]))
-    fig.add_trace(
-        _line(all_rows, x, "objective", "objective L2 (right)", _COLORS["grey"], line={"dash": "dot"}, yaxis="y2")
-    )
-    fig.update_layout(yaxis2={"overlaying": "y", "side": "right", "showgrid": False, "title": "L2", "rangemode": "tozero"})
-    _marker(fig, marker)
-    return _layout(fig, "Loss along the path", X_AXES[x], "cross-entropy")
+    data = [
+        _line(table, x, "test_loss", "test loss", _COLORS["path"]),
+        _line(table, x, "pruned_loss", "test loss if pruned", _COLORS["pruned"]),
+        _line(all_rows, x, "objective", "objective L2 (right axis)", _COLORS["grey"], dash="dot", yaxis="y2"),
+    ]
+    shapes: list[dict] = []
+    _marker(shapes, marker)
+    y2 = {"overlaying": "y", "side": "right", "showgrid": False, "title": {"text": "L2"}, "rangemode": "tozero"}
+    return _figure(data, shapes, "Loss along the path", X_AXES[x], "cross-entropy", yaxis2=y2)
 
 
 def sparsity_figure(rows, target: float | None = None, marker: float | None = None) -> go.Figure:
     """Sparsity along the path: exact zeros, near zeros, and what is left of the masked weights."""
     table = _evaluated(as_table(rows), "sparsity")
-    fig = go.Figure()
-    fig.add_trace(_line(table, "step", "near_zero_fraction", "|w| ≤ 1e-3", _COLORS["path"]))
-    fig.add_trace(_line(table, "step", "sparsity", "exact zeros", _COLORS["dense"]))
-    fig.add_trace(
-        _line(table, "step", "remaining_norm", "masked weights left (norm)", _COLORS["grey"], line={"dash": "dot"})
-    )
-    if target is not None:
-        _reference(fig, target, "target", _COLORS["one_shot"])
-    _marker(fig, marker)
-    fig.update_yaxes(range=[-0.02, 1.02])
-    return _layout(fig, "Sparsity along the path", "step", "fraction")
+    data = [
+        _line(table, "step", "near_zero_fraction", "|w| ≤ 1e-3", _COLORS["path"]),
+        _line(table, "step", "sparsity", "exact zeros", _COLORS["dense"]),
+        _line(table, "step", "remaining_norm", "masked weights left (norm)", _COLORS["grey"], dash="dot"),
+    ]
+    shapes: list[dict] = []
+    _reference(data, shapes, target, "target", _COLORS["one_shot"])
+    _marker(shapes, marker)
+    return _figure(data, shapes, "Sparsity along the path", "step", "fraction", yaxis={"range": [-0.02, 1.02]})
 
 
 def layer_sparsity(params: Mapping[str, torch.Tensor], names: Sequence[str] | None = None, zero: float = 1e-3) -> dict:
@@ -166,20 +180,20 @@ def layer_sparsity(params: Mapping[str, torch.Tensor], names: Sequence[str] | No
 def layer_sparsity_figure(fractions: Mapping[str, float], target: float | None = None, title: str = "") -> go.Figure:
     """Per-layer sparsity as bars."""
     names = list(fractions)
-    fig = go.Figure(
-        go.Bar(
-            x=names,
-            y=[fractions[n] for n in names],
-            marker_color=_COLORS["path"],
-            text=[f"{fractions[n]:.0%}" for n in names],
-            textposition="outside",
-            name="layer",
-        )
-    )
-    if target is not None:
-        _reference(fig, target, "target", _COLORS["one_shot"])
-    fig.update_yaxes(range=[0, 1.1])
-    return _layout(fig, title or "Per-layer sparsity", "layer", "fraction of |w| ≤ 1e-3")
+    data = [
+        {
+            "type": "bar",
+            "x": names,
+            "y": [fractions[n] for n in names],
+            "marker": {"color": _COLORS["path"]},
+            "text": [f"{fractions[n]:.0%}" for n in names],
+            "textposition": "outside",
+            "name": "fraction of the layer",
+        }
+    ]
+    shapes: list[dict] = []
+    _reference(data, shapes, target, "target", _COLORS["one_shot"])
+    return _figure(data, shapes, title or "Per-layer sparsity", "layer", "fraction of |w| ≤ 1e-3", yaxis={"range": [0, 1.1]})
 
 
 def _subsample(steps: list[int], count: int) -> list[int]:
@@ -191,7 +205,7 @@ def _subsample(steps: list[int], count: int) -> list[int]:
 
 
 def trajectory_figure(
-    steps: Sequence[int], snapshots: torch.Tensor, current: int | None = None, max_points: int = 80
+    steps: Sequence[int], snapshots: torch.Tensor, current: int | None = None, max_points: int = 40
 ) -> go.Figure:
     """The weight trajectory on its top two principal components, the current point highlighted.
 
@@ -199,47 +213,45 @@ def trajectory_figure(
         steps: the step of each snapshot.
         snapshots: (S, P) flat weights.
         current: the step to highlight (default: the last).
-        max_points: at most this many snapshots enter the PCA (evenly spread), so the
-            figure costs O(max_points^2 P) however long the path is.
+        max_points: at most this many snapshots enter the PCA (evenly spread, first and
+            last always), so a redraw costs O(max_points^2 P) however long the path is.
     """
-    fig = go.Figure()
+    title = "Weight trajectory (PCA of the snapshots)"
     if len(steps) < 2:
-        fig.add_annotation(text="the trajectory appears after the first steps", showarrow=False)
-        return _layout(fig, "Weight trajectory (PCA)", "PC1", "PC2")
-    index = _subsample(list(steps), max_points)
+        note = {"text": "the trajectory appears after the first steps", "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}
+        return _figure([], [], title, "PC1", "PC2", annotations=[note])
+    steps = list(steps)
+    index = _subsample(steps, max_points)
     if current is not None:  # make sure the highlighted point is in the picture
-        nearest = int(np.argmin([abs(s - current) for s in steps]))
-        index = sorted(set(index) | {nearest})
+        index = sorted(set(index) | {int(np.argmin([abs(s - current) for s in steps]))})
     chosen = [steps[i] for i in index]
     pca = trajectory_pca(snapshots[index], k=2)
     xy = pca.coords.numpy()  # (S, 2)
     ev = pca.explained.numpy()
-    fig.add_trace(
-        go.Scatter(
-            x=xy[:, 0],
-            y=xy[:, 1],
-            mode="lines+markers",
-            name="path",
-            line={"color": _COLORS["grey"], "width": 1.5},
-            marker={"color": chosen, "colorscale": "Viridis", "size": 6, "colorbar": {"title": "step", "thickness": 12}},
-            text=[f"step {s}" for s in chosen],
-            hoverinfo="text",
-        )
-    )
     at = len(chosen) - 1 if current is None else int(np.argmin([abs(s - current) for s in chosen]))
-    fig.add_trace(
-        go.Scatter(x=[xy[0, 0]], y=[xy[0, 1]], mode="markers", name="start", marker={"size": 13, "color": _COLORS["dense"], "symbol": "circle"})
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[xy[at, 0]],
-            y=[xy[at, 1]],
-            mode="markers",
-            name=f"step {chosen[at]}",
-            marker={"size": 18, "color": _COLORS["one_shot"], "symbol": "star", "line": {"width": 1, "color": "black"}},
-        )
-    )
-    return _layout(fig, "Weight trajectory (PCA)", f"PC1 ({ev[0]:.1%} of variance)", f"PC2 ({ev[1]:.1%} of variance)")
+    data = [
+        {
+            "type": "scatter",
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "mode": "lines+markers",
+            "name": "path",
+            "line": {"color": _COLORS["grey"], "width": 1.5},
+            "marker": {"color": chosen, "colorscale": "Viridis", "size": 7, "colorbar": {"title": {"text": "step"}, "thickness": 12}},
+            "text": [f"step {s}" for s in chosen],
+            "hoverinfo": "text",
+        },
+        {"type": "scatter", "x": xy[:1, 0], "y": xy[:1, 1], "mode": "markers", "name": "start (dense)", "marker": {"size": 14, "color": _COLORS["dense"]}},
+        {
+            "type": "scatter",
+            "x": xy[at : at + 1, 0],
+            "y": xy[at : at + 1, 1],
+            "mode": "markers",
+            "name": f"now: step {chosen[at]}",
+            "marker": {"size": 20, "color": _COLORS["one_shot"], "symbol": "star", "line": {"width": 1, "color": "black"}},
+        },
+    ]
+    return _figure(data, [], title, f"PC1 ({ev[0]:.1%} of variance)", f"PC2 ({ev[1]:.1%} of variance)")
 
 
 def geodesic_sketch(n: int = 120) -> go.Figure:
@@ -255,19 +267,15 @@ def geodesic_sketch(n: int = 120) -> go.Figure:
     # loss is low near the parabola b = a^2 / 2 (a banana-shaped valley)
     loss = (gb - 0.5 * ga**2) ** 2 + 0.02 * ga**2
     t = np.linspace(-1.8, 1.8, 60)
-    fig = go.Figure(
-        go.Contour(x=a, y=b, z=np.log1p(5 * loss), colorscale="Blues_r", showscale=False, contours={"coloring": "heatmap"}, hoverinfo="skip")
-    )
-    fig.add_trace(go.Scatter(x=t, y=0.5 * t**2, mode="lines", name="geodesic: function kept", line={"color": "#ff7f0e", "width": 4}))
-    fig.add_trace(
-        go.Scatter(x=[t[0], t[-1]], y=[0.5 * t[0] ** 2] * 2, mode="lines", name="straight line: function lost", line={"color": "#d62728", "width": 3, "dash": "dash"})
-    )
-    fig.add_trace(
-        go.Scatter(x=[t[0], t[-1]], y=[0.5 * t[0] ** 2] * 2, mode="markers+text", text=["network A", "network B"], textposition="top center", marker={"size": 14, "color": "black"}, showlegend=False)
-    )
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
-    return _layout(fig, "Two good networks, and two ways between them", "weight direction 1", "weight direction 2")
+    ends = [t[0], t[-1]], [0.5 * t[0] ** 2] * 2
+    data = [
+        {"type": "contour", "x": a, "y": b, "z": np.log1p(5 * loss), "colorscale": "Blues_r", "showscale": False, "hoverinfo": "skip", "contours": {"coloring": "heatmap"}},
+        {"type": "scatter", "x": t, "y": 0.5 * t**2, "mode": "lines", "name": "geodesic: the function is kept", "line": {"color": "#ff7f0e", "width": 5}},
+        {"type": "scatter", "x": ends[0], "y": ends[1], "mode": "lines", "name": "straight line: the function is lost", "line": {"color": "#d62728", "width": 3, "dash": "dash"}},
+        {"type": "scatter", "x": ends[0], "y": ends[1], "mode": "markers+text", "text": ["network A", "network B"], "textposition": "top center", "textfont": {"color": "white", "size": 16}, "marker": {"size": 16, "color": "white", "line": {"width": 2, "color": "black"}}, "showlegend": False},
+    ]
+    hidden = {"showticklabels": False}
+    return _figure(data, [], "Two good networks, and two ways between them (dark: low loss)", "a direction in weight space", "another direction", xaxis=hidden, yaxis=hidden)
 
 
 def _last(table: pd.DataFrame, column: str):
@@ -293,3 +301,130 @@ def runs_table(runs) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(lines)
+
+
+# -- continual learning (application 2) ---------------------------------------------
+# Self-contained: plain dicts in, one Figure out, like the figures above.
+
+_TASK_COLORS = {"task1": "#1f77b4", "task2": "#ff7f0e", "average": "#2a2a2a"}
+_METHOD_NAMES = {
+    "start": "start (task 1 only)",
+    "geodesic": "geodesic",
+    "finetune": "fine-tune",
+    "ewc": "EWC",
+    "replay": "replay",
+}
+
+
+def _continual_layout(title: str, x_title: str, y_title: str, **extra) -> dict:
+    return {
+        "title": {"text": title, "x": 0.0, "xanchor": "left"},
+        "height": _HEIGHT,
+        "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
+        "legend": {"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0.0, "xanchor": "left"},
+        "uirevision": "keep",
+        "font": {"size": 14},
+        "xaxis": {"title": {"text": x_title}},
+        "yaxis": {"title": {"text": y_title}},
+        **extra,
+    }
+
+
+def _continual_line(table: pd.DataFrame, x: str, y: str, name: str, color: str, dash: str = "solid", **kw) -> dict:
+    return {
+        "type": "scatter",
+        "x": table[x].to_numpy(dtype=float) if x in table else [],
+        "y": table[y].to_numpy(dtype=float) if y in table else [],
+        "mode": "lines+markers" if len(table) < 40 else "lines",
+        "name": name,
+        "line": {"color": color, "width": 2.5, "dash": dash},
+        **kw,
+    }
+
+
+def _vertical(x_value: float | None) -> list[dict]:
+    if x_value is None:
+        return []
+    line = {"color": "#7f7f7f", "dash": "dot", "width": 1.5}
+    return [{"type": "line", "yref": "paper", "y0": 0, "y1": 1, "x0": x_value, "x1": x_value, "line": line}]
+
+
+def task_accuracy_figure(rows, x: str = "step", start: Mapping | None = None, marker: float | None = None) -> go.Figure:
+    """Test accuracy of each task along a continual path, and their average.
+
+    Args:
+        rows: the path's steps; evaluated ones carry ``task1_accuracy``, ``task2_accuracy``
+            and ``average_accuracy``.
+        x: a key of :data:`X_AXES`.
+        start: the start network's ``task1_accuracy`` (drawn as a dashed reference).
+        marker: an x value to mark with a vertical line (the replay slider).
+    """
+    table = _evaluated(as_table(rows), "task1_accuracy")
+    data = [
+        _continual_line(table, x, "task1_accuracy", "task 1 (kept)", _TASK_COLORS["task1"]),
+        _continual_line(table, x, "task2_accuracy", "task 2 (learnt)", _TASK_COLORS["task2"]),
+        _continual_line(table, x, "average_accuracy", "average", _TASK_COLORS["average"], dash="dash"),
+    ]
+    shapes = _vertical(marker)
+    value = (start or {}).get("task1_accuracy")
+    if value is not None:
+        line = {"color": _TASK_COLORS["task1"], "dash": "dot", "width": 1.2}
+        shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": value, "y1": value, "line": line})
+        data.append({"type": "scatter", "x": [None], "y": [None], "mode": "lines", "name": f"task 1 at the start {value:.3f}", "line": line})
+    layout = _continual_layout("Test accuracy per task along the path", X_AXES[x], "accuracy", shapes=shapes)
+    layout["yaxis"]["range"] = [-0.02, 1.02]
+    return go.Figure({"data": data, "layout": layout})
+
+
+def task_loss_figure(rows, x: str = "step", marker: float | None = None) -> go.Figure:
+    """Test loss per task, the objective (a task-2 training minibatch) and, on the right
+    axis, how far the outputs on the metric memory have moved from the start."""
+    all_rows = as_table(rows)
+    table = _evaluated(all_rows, "task1_loss")
+    data = [
+        _continual_line(table, x, "task1_loss", "task 1 test loss", _TASK_COLORS["task1"]),
+        _continual_line(table, x, "task2_loss", "task 2 test loss", _TASK_COLORS["task2"]),
+        _continual_line(all_rows, x, "objective", "L2: task-2 training minibatch", "#bbbbbb", dash="dot"),
+        _continual_line(table, x, "memory_output_change", "output change on the memory (right axis)", "#2ca02c", dash="dash", yaxis="y2"),
+    ]
+    y2 = {"overlaying": "y", "side": "right", "showgrid": False, "title": {"text": "mean |f(w) − f(w0)|² on the memory"}, "rangemode": "tozero"}
+    layout = _continual_layout("Loss per task along the path", X_AXES[x], "cross-entropy", shapes=_vertical(marker), yaxis2=y2)
+    layout["yaxis"]["rangemode"] = "tozero"
+    return go.Figure({"data": data, "layout": layout})
+
+
+def continual_results(summary: Mapping) -> pd.DataFrame:
+    """One row per method (start, geodesic, baselines): task-1, task-2 and average test accuracy."""
+    rows = []
+    start = summary.get("start") or {}
+    if start:
+        rows.append({"method": _METHOD_NAMES["start"], "task 1": start.get("task1"), "task 2": start.get("task2"),
+                     "average": start.get("average"), "task-1 data used": "all, to train it", "gradient evaluations": None})
+    geodesic = summary.get("geodesic")
+    memory = summary.get("memory_size")
+    if geodesic:
+        rows.append({"method": f"{_METHOD_NAMES['geodesic']} ({summary.get('mode', 'exact')})", "task 1": geodesic.get("task1"),
+                     "task 2": geodesic.get("task2"), "average": geodesic.get("average"),
+                     "task-1 data used": f"{memory} inputs, no labels", "gradient evaluations": summary.get("gradient_evaluations")})
+    used = {"finetune": "none", "ewc": "Fisher of task 1", "replay": f"{memory} examples with labels"}
+    for name, scores in (summary.get("baselines") or {}).items():
+        rows.append({"method": _METHOD_NAMES.get(name, name), "task 1": scores.get("task1"), "task 2": scores.get("task2"),
+                     "average": scores.get("average"), "task-1 data used": used.get(name, ""),
+                     "gradient evaluations": scores.get("gradient_evaluations")})
+    return pd.DataFrame(rows, columns=["method", "task 1", "task 2", "average", "task-1 data used", "gradient evaluations"])
+
+
+def continual_bars_figure(summary: Mapping) -> go.Figure:
+    """Final test accuracy per task (and average) of the geodesic beside every baseline."""
+    table = continual_results(summary)
+    data = [
+        {"type": "bar", "x": table["method"].tolist(), "y": table[column].astype(float).tolist(), "name": column,
+         "marker": {"color": color}, "text": [f"{v:.2f}" for v in table[column].astype(float)], "textposition": "outside"}
+        for column, color in (("task 1", _TASK_COLORS["task1"]), ("task 2", _TASK_COLORS["task2"]), ("average", "#7f7f7f"))
+    ]
+    layout = _continual_layout("Final test accuracy: geodesic and baselines", "", "accuracy", barmode="group")
+    layout["yaxis"]["range"] = [0, 1.12]
+    return go.Figure({"data": data, "layout": layout})
+
+
+__all__ += ["task_accuracy_figure", "task_loss_figure", "continual_results", "continual_bars_figure"]

@@ -1,0 +1,106 @@
+"""How much the live page costs: time from clicking Run to the first point drawn, and the
+steps/s a path sustains while the page draws it, against the CLI on the same settings.
+
+    python bench/app_latency.py [--sparsity 0.9 --steps 300 --eval-every 10 --repeats 2]
+
+Starts the real app on a free loopback port and drives it with headless Chromium (on
+the same CPU, as a user's browser would be). Warm start network cache and server first,
+then, per repeat, one CLI run and one page run (each page run in a fresh browser
+session), side by side. Steps/s are read the same way for both: from the run record
+(steps / path seconds); the page's wall rate in the browser is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from appserver import FIRST_CHART_POINTS, AppServer, launch_chromium  # noqa: E402
+
+from geoviz.runs import list_runs, read_run  # noqa: E402
+
+
+def _rate(run_dir: Path) -> tuple[int, float]:
+    table = read_run(run_dir).table
+    steps, seconds = int(table["step"].max()), float(table["seconds"].max())
+    return steps, steps / seconds
+
+
+def cli_run(args, runs: Path, env: dict) -> dict:
+    command = [
+        sys.executable, "-m", "geoviz", "sparsify", "--quiet", "--json", "--out", str(runs),
+        "--sparsity", str(args.sparsity), "--steps", str(args.steps), "--eval-every", str(args.eval_every),
+    ]  # fmt: skip
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    run_dir = Path(json.loads(out.strip().splitlines()[-1])["run_dir"])
+    steps, rate = _rate(run_dir)
+    return {"steps": steps, "rate": rate}
+
+
+def page_run(browser, server: AppServer, args, runs: Path) -> dict:
+    query = f"sparsity={args.sparsity}&steps={args.steps}&eval_every={args.eval_every}"
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(f"{server.url}/sparsify?{query}")
+    run = page.get_by_role("button", name="Run", exact=True)
+    run.wait_for(timeout=60_000)
+    before = {r.name for r in list_runs(runs)}
+    t0 = time.perf_counter()
+    run.click()
+    page.wait_for_function(f"({FIRST_CHART_POINTS})() > 0", timeout=120_000, polling=20)
+    first = time.perf_counter() - t0
+    page.get_by_text(re.compile(r"^finished · step")).wait_for(timeout=600_000)
+    wall = time.perf_counter() - t0
+    context.close()
+    new = [r for r in list_runs(runs) if r.name not in before]
+    steps, rate = _rate(new[0].path)
+    return {"first_point_s": first, "steps": steps, "rate": rate, "wall_rate": steps / (wall - first)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sparsity", type=float, default=0.9)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp) / "runs"
+        runs.mkdir()
+        # one thread for torch in both, so that neither fights the other for the 2 cores
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "GEOVIZ_RUNS": str(runs)}
+        with AppServer(runs, env=env) as server, sync_playwright() as pw:
+            browser = launch_chromium(pw)
+            warm = page_run(browser, server, args, runs)  # trains/loads the start network once
+            cli_run(args, runs, env)
+            print(f"warm-up (cold server): first point {warm['first_point_s']:.2f} s")
+            pages, clis = [], []
+            for _ in range(args.repeats):
+                clis.append(cli_run(args, runs, env))
+                pages.append(page_run(browser, server, args, runs))
+            browser.close()
+    print(f"settings: digits mlp, sparsity {args.sparsity}, steps {args.steps}, eval every {args.eval_every}, CPU")
+    print(f"{'repeat':>6} {'first point s':>14} {'page steps/s':>13} {'page wall steps/s':>18} {'CLI steps/s':>12} {'ratio':>6}")
+    for i, (p, c) in enumerate(zip(pages, clis)):
+        print(f"{i:>6} {p['first_point_s']:>14.2f} {p['rate']:>13.1f} {p['wall_rate']:>18.1f} {c['rate']:>12.1f} {p['rate'] / c['rate']:>6.2f}")
+    page_rate = sum(p["rate"] for p in pages) / len(pages)
+    cli_rate = sum(c["rate"] for c in clis) / len(clis)
+    first = max(p["first_point_s"] for p in pages)
+    print(f"first point drawn within {first:.2f} s (worst of {len(pages)}); page {page_rate:.1f} steps/s vs CLI {cli_rate:.1f} steps/s: ratio {page_rate / cli_rate:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Start the real app (`streamlit run app.py`) on a free loopback port, and a headless
+Chromium to drive it. Shared by tests/test_browser.py and bench/app_latency.py."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("GEOVIZ_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class AppServer:
+    """`streamlit run app.py` in a subprocess, for a ``with`` block.
+
+    Args:
+        runs_dir: the server's runs folder ($GEOVIZ_RUNS).
+        env: extra environment variables.
+        log: file that receives the server's output.
+    """
+
+    def __init__(self, runs_dir: str | os.PathLike, env: dict | None = None, log: str | os.PathLike | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "GEOVIZ_RUNS": str(runs_dir), **(env or {})}
+        self.log_path = Path(log) if log else Path(runs_dir) / "server.log"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> AppServer:
+        command = [
+            sys.executable, "-m", "streamlit", "run", "app.py",
+            "--server.headless", "true",
+            "--server.address", "127.0.0.1",
+            "--server.port", str(self.port),
+            "--server.fileWatcherType", "none",
+            "--browser.gatherUsageStats", "false",
+        ]  # fmt: skip
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(command, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"streamlit exited with {self.proc.returncode}: {self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as reply:
+                    if reply.read().strip() == b"ok":
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        self.__exit__()
+        raise TimeoutError(f"streamlit did not answer on {self.url} within 90 s: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-4000:] if self.log_path.exists() else ""
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+def launch_chromium(playwright):
+    """Debian's Chromium, headless, with nothing that reaches outside the machine."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+# JavaScript: how many points the first trace of the first plotly chart has drawn
+# (plotly.py sends arrays base64-encoded; plotly.js's own count is _fullData[i]._length)
+FIRST_CHART_POINTS = """() => {
+  const div = document.querySelector('.js-plotly-plot');
+  if (!div || !div._fullData || !div._fullData.length) return 0;
+  return div._fullData[0]._length || 0;
+}"""
