@@ -356,7 +356,7 @@ def task_accuracy_figure(rows, x: str = "step", start: Mapping | None = None, ma
         rows: the path's steps; evaluated ones carry ``task1_accuracy``, ``task2_accuracy``
             and ``average_accuracy``.
         x: a key of :data:`X_AXES`.
-        start: the start network's ``task1_accuracy`` (drawn as a dashed reference).
+        start: the start network's ``task1_accuracy`` (or ``task1``), drawn as a reference.
         marker: an x value to mark with a vertical line (the replay slider).
     """
     table = _evaluated(as_table(rows), "task1_accuracy")
@@ -366,7 +366,8 @@ def task_accuracy_figure(rows, x: str = "step", start: Mapping | None = None, ma
         _continual_line(table, x, "average_accuracy", "average", _TASK_COLORS["average"], dash="dash"),
     ]
     shapes = _vertical(marker)
-    value = (start or {}).get("task1_accuracy")
+    start = start or {}
+    value = start.get("task1_accuracy", start.get("task1"))
     if value is not None:
         line = {"color": _TASK_COLORS["task1"], "dash": "dot", "width": 1.2}
         shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": value, "y1": value, "line": line})

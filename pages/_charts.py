@@ -89,3 +89,36 @@ def generic_charts(rows, key: str) -> None:
     table = plots.as_table(rows)
     x = x_axis_ui(f"{key}:x")
     st.plotly_chart(plots.loss_figure(table, x), key=f"{key}:loss")
+
+
+def continual_charts(rows, start: dict, steps: list[int], snapshots, key: str, marker: int | None = None) -> None:
+    """Per-task accuracy and loss along a continual path, and the PCA of its trajectory."""
+    table = plots.as_table(rows)
+    x = x_axis_ui(f"{key}:x")
+    x_marker = None
+    if marker is not None and x in table and len(table):
+        x_marker = float(table.loc[(table["step"] - marker).abs().idxmin(), x])
+    left, right = st.columns(2)
+    left.plotly_chart(plots.task_accuracy_figure(table, x, start, marker=x_marker), key=f"{key}:accuracy")
+    right.plotly_chart(plots.task_loss_figure(table, x, marker=x_marker), key=f"{key}:loss")
+    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca")
+
+
+def continual_summary(summary: dict, key: str) -> None:
+    """The geodesic's final per-task accuracies beside the baselines' (bars and a table)."""
+    if not summary.get("baselines"):
+        return
+    st.subheader("Geodesic and baselines")
+    st.plotly_chart(plots.continual_bars_figure(summary), key=f"{key}:bars")
+    percent = st.column_config.NumberColumn(format="%.4f")
+    st.dataframe(
+        plots.continual_results(summary),
+        hide_index=True,
+        column_config={"task 1": percent, "task 2": percent, "average": percent},
+        key=f"{key}:table",
+    )
+    st.caption(
+        f"Scenario: {summary.get('scenario')} ({summary.get('task_sequence', '')}). Every baseline trains from the "
+        f"same start for as many gradient evaluations as the path used ({summary.get('gradient_evaluations')}), "
+        "one SGD step on a task-2 minibatch each."
+    )

@@ -1,10 +1,101 @@
-"""Continual learning along a geodesic: coming soon."""
+"""Continual: learn task 2 along a path that keeps task 1, live, beside fine-tuning, EWC and replay."""
+
+from __future__ import annotations
 
 import streamlit as st
 
-st.title("Continual learning without forgetting")
-st.info(
-    "Coming soon. This page will start from a network trained on task 1 and walk towards task 2 "
-    "while keeping task 1, using a small memory of task-1 inputs (no labels), and compare with "
-    "fine-tuning, EWC and replay."
+from geoviz.continual import DEFAULT_SOLVER, ContinualConfig, ContinualTask, continual_runner
+from geoviz.data import DATASET_NAMES
+from geoviz.engine import MODES, SolverConfig
+from geoviz.errors import GeovizError
+from geoviz.metric import METRIC_KINDS
+from geoviz.models import MODEL_NAMES
+from geoviz.problem import SetupConfig
+from geoviz.runs import default_runs_dir
+from geoviz.tasks import DEFAULT_SPLIT, SCENARIOS, load_task_sequence
+from pages import _charts, _live
+from pages._live import Control
+
+_CONFIG = ContinualConfig()
+CONTROLS = (
+    Control("dataset", "Dataset", "digits", "Where both tasks come from. digits (8×8) ships with scikit-learn; the others need their files.", DATASET_NAMES),
+    Control("model", "Model", "mlp", "The network whose weights the path moves.", MODEL_NAMES),
+    Control("scenario", "Scenario", _CONFIG.scenario, "class-incremental: task 1 = classes 0-4, task 2 = 5-9, one shared 10-way head, no task label at test time (the hard case). task-incremental: the same split, each task read from its own 5 outputs, task label given. permuted: task 2 = task 1 with its pixels shuffled by one fixed permutation.", SCENARIOS),
+    Control("memory", "Memory M (task-1 examples)", _CONFIG.memory, "How many task-1 training inputs the metric is measured on. The geodesic sees their inputs only; replay gets the same M examples with their labels.", step=10),
+    Control("eps", "Step length ε", DEFAULT_SOLVER.eps, "Euclidean length |θ| of each step.", step=0.01, format="%.3f"),
+    Control("damping", "Damping ρ", DEFAULT_SOLVER.damping, "μ = ρ·λmax(G). Small ρ: move only where the outputs on the memory barely change. Large ρ: plain gradient descent on task 2. The paper's equivalent β is shown in the status line.", step=1e-4, format="%.1e"),
+    Control("metric", "Metric", "output", "How a change of function on the memory is measured: output (squared change of the logits) or fisher (KL divergence of the predictions).", METRIC_KINDS),
+    Control("mode", "Mode", "exact", "exact: the constrained step of the paper (damped CG on G). penalty: Adam on output distance + λ·(task-2 loss), the authors' later practical variant.", MODES),
+    Control("steps", "Steps", _CONFIG.steps, "The path's length in steps; the baselines then get as many gradient evaluations as it used.", step=25),
+    Control("eval_every", "Evaluate every", _CONFIG.eval_every, "Test accuracy of both tasks is measured every this many steps (and at the first and last).", step=1),
+    Control("ewc_lambda", "EWC λ", _CONFIG.ewc_lambda, "Strength of the EWC baseline's quadratic pull towards the start, weighted by task 1's Fisher.", step=10.0, format="%.1f"),
+    Control("seed", "Seed", 0, "Seeds the start network, the memory and the minibatches: the same seed gives the same path.", step=1),
+    Control("device", "Device", "auto", "auto uses CUDA when a GPU is present.", _live.device_options()),
 )
+
+
+def configs(values: dict) -> tuple[SetupConfig, ContinualConfig, SolverConfig]:
+    """Settings -> validated config objects (ConfigError names what is wrong)."""
+    setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"])
+    config = ContinualConfig(
+        scenario=values["scenario"], split=DEFAULT_SPLIT, memory=int(values["memory"]), steps=int(values["steps"]),
+        eval_every=int(values["eval_every"]), ewc_lambda=float(values["ewc_lambda"]),
+    )
+    solver = SolverConfig(
+        mode=values["mode"], eps=float(values["eps"]), damping=float(values["damping"]), metric=values["metric"],
+        cg_iterations=DEFAULT_SOLVER.cg_iterations,
+    )
+    config.validate()
+    solver.validate()
+    return setup, config, solver
+
+
+def memory_ui(memory: int, scenario: str) -> None:
+    """What the metric memory is, with its size."""
+    st.info(
+        f"**Metric memory: M = {memory} task-1 inputs.** The path measures how much the network's outputs "
+        f"change on these {memory} inputs (no labels) and steps where they barely change, while the gradient of "
+        "task 2's training loss pulls it. Task 1's test set is never seen; it only shows whether keeping the "
+        f"outputs on {memory} inputs kept the whole task. Replay gets the same {memory} examples *with* labels. "
+        f"Scenario: {scenario}.",
+        icon=":material/memory:",
+    )
+
+
+def draw(runner) -> None:
+    """The live charts of a continual-learning runner."""
+    task, summary = runner.task, runner.summary
+    steps, snapshots = runner.trajectory()
+    _charts.continual_charts(runner.rows(), ContinualTask.scores(task.start), steps, snapshots, "live")
+    if summary.get("baselines"):
+        _charts.continual_summary(summary, "live")
+    elif runner.path.done and not runner.finished:
+        st.caption(f"Training fine-tune, EWC and replay with {runner.path.gradient_evaluations} gradient evaluations each…")
+
+
+def page() -> None:
+    st.title("Continual learning along a geodesic")
+    st.caption(
+        "Start from a network trained on task 1 and learn task 2 while moving only in directions that barely change "
+        "its outputs on a small memory of task-1 inputs. Compare with fine-tuning (forgets), EWC and replay, each "
+        "given as many gradient evaluations as the path used."
+    )
+    values = _live.controls_ui("continual", CONTROLS)
+    memory_ui(int(values["memory"]), values["scenario"])
+    try:
+        setup, config, solver = configs(values)
+    except GeovizError as err:
+        st.error(str(err))
+        make_runner = None
+    else:
+
+        def make_runner():
+            sequence = load_task_sequence(setup.dataset, config.scenario, config.split, setup.seed, setup.data_dir)
+            problem = _live.cached_problem(setup, sequence.start_classes)
+            return continual_runner(problem, sequence, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
+
+    _live.run_panel("continual", make_runner, draw, int(values["steps"]))
+
+
+if __name__ == "__main__":
+    page()

@@ -46,6 +46,9 @@ def replay(record) -> None:
             marker=at if at < last else None,
         )
         _charts.sparsify_summary(summary)
+    elif record.config.get("application") == "continual":
+        _charts.continual_charts(shown, record.summary.get("start", {}), steps, snapshots, "replay", marker=at if at < last else None)
+        _charts.continual_summary(record.summary, "replay")
     else:
         _charts.generic_charts(shown, "replay")
 
