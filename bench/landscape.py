@@ -10,6 +10,7 @@
    not counted).
 
     python bench/landscape.py [--grid 25 --repeats 3 --dataset digits]
+    python bench/landscape.py --dataset fashion-mnist --grid 8 --repeats 1 --no-race
 """
 
 from __future__ import annotations
@@ -111,12 +112,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--check-every", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-race", action="store_true", help="only the grid timing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     problem = load_problem(SetupConfig(dataset=args.dataset, model="mlp", seed=0))
     task = ConnectTask(problem, ConnectConfig(), SolverConfig(**SOLVER_DEFAULTS))
     grid_bench(task, args.grid, args.repeats)
-    race(task, args.check_every)
+    if not args.no_race:
+        race(task, args.check_every)
 
 
 if __name__ == "__main__":

@@ -28,11 +28,13 @@ def profiles_figure(profiles: Mapping[str, Mapping[str, Sequence[float]]]) -> go
         profiles: path name -> {"length": Euclidean length so far, "train_loss", "test_accuracy"}.
     """
     data = []
+    lowest = 1.0
     for name, profile in profiles.items():
         if not profile or not len(profile.get("length", [])):
             continue
         color = PATH_COLORS.get(name, "#7f7f7f")
         x = np.asarray(profile["length"], dtype=float)
+        lowest = min(lowest, float(np.nanmin(np.asarray(profile["test_accuracy"], dtype=float))))
         data.append({"type": "scatter", "x": x, "y": np.asarray(profile["train_loss"], dtype=float), "mode": "lines",
                      "name": f"{_LABELS.get(name, name)}: train loss", "line": {"color": color, "width": 2.5},
                      "legendgroup": name})
@@ -41,7 +43,7 @@ def profiles_figure(profiles: Mapping[str, Mapping[str, Sequence[float]]]) -> go
                      "line": {"color": color, "width": 2, "dash": "dot"}, "legendgroup": name})
     return _figure(
         data, [], "Loss and accuracy along the paths", "Euclidean length along the path  Σ|Δw|", "train loss",
-        yaxis2={"title": {"text": "test accuracy"}, "overlaying": "y", "side": "right", "range": [0, 1.02], "showgrid": False},
+        yaxis2={"title": {"text": "test accuracy"}, "overlaying": "y", "side": "right", "range": [max(0.0, lowest - 0.05), 1.005], "showgrid": False},
         height=460,
     )
 
@@ -108,7 +110,7 @@ def connect_pca_figure(
         snapshots: (S, P) geodesic snapshots (the first is w_A, the last the current point).
         others: name -> (T, P) points of the other paths.
     """
-    title = "Weight trajectories (PCA of the geodesic's snapshots)"
+    title = "Paths on the geodesic's top two PCs"
     if snapshots.shape[0] < 3:
         note = {"text": "the trajectory appears after the first steps", "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}
         return _figure([], [], title, "PC1", "PC2", annotations=[note])

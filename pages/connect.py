@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
-import torch
 
 from geoviz import plots_connect
 from geoviz.connect import SOLVER_DEFAULTS, THIRD_POINTS, ConnectConfig, LandscapeJob, connect_runner
-from geoviz.curves import PolylineCurve, arc_length_parameters
+from geoviz.curves import arc_length_parameters
 from geoviz.data import DATASET_NAMES
 from geoviz.engine import SolverConfig
 from geoviz.errors import GeovizError

@@ -11,7 +11,7 @@ from geoviz.connect import ConnectConfig, ConnectTask, connect_runner, load_land
 from geoviz.curves import BezierCurve, LineCurve, PolylineCurve, arc_length_parameters, weight_matching
 from geoviz.engine import SolverConfig
 from geoviz.errors import ConfigError
-from geoviz.landscape import BatchedEvaluator, EvalData, Landscape, Plane
+from geoviz.landscape import BatchedEvaluator, Landscape, Plane
 from geoviz.models import MLP
 from geoviz.problem import SetupConfig, load_problem
 
@@ -164,6 +164,24 @@ def test_landscape_of_a_run_fills_progressively_and_is_saved(digits_run):
         assert float(shown[name][0].abs().max()) < 1e-3
     saved = load_landscape(digits_run.writer.dir)
     assert saved["rows_done"] == 6 and len(saved["values"]["train_loss"]) == 6
+
+
+def test_figures_draw_from_the_run_record(digits_run):
+    from geoviz import plots_connect
+
+    run_landscape(digits_run, 4)
+    saved = load_landscape(digits_run.writer.dir)
+    summary = json.loads((digits_run.writer.dir / "summary.json").read_text())
+    profiles = plots_connect.profiles_figure(summary["profiles"])
+    assert len(profiles.data) == 6  # loss and accuracy of three paths
+    contour = plots_connect.landscape_figure(saved, "train_loss")
+    assert contour.data[0].type == "contour" and len(contour.data[0].x) == 4
+    assert {t.name for t in contour.data[1:4]} == {"geodesic", "straight line", "Bezier curve"}
+    _, snapshots = digits_run.trajectory()
+    pca = plots_connect.connect_pca_figure(snapshots, {"line": digits_run.curves["line"].weights(torch.linspace(0, 1, 5))})
+    assert len(pca.data) == 3
+    rows = plots_connect.summary_rows(summary)
+    assert [r["path"] for r in rows] == ["geodesic", "straight line", "Bezier curve"]
 
 
 def test_bad_settings_say_what_is_allowed(digits):
