@@ -26,7 +26,7 @@ def home() -> None:
     st.caption("A sketch, not a measurement: in a curved valley of good networks the straight line climbs out; the geodesic follows the valley.")
     for path, title, text in (
         ("pages/sparsify.py", "Sparsify", "Drive 90% of the weights to zero while keeping accuracy; compare with one-shot pruning and fine-tuning."),
-        ("pages/continual.py", "Continual", "Learn a second task without forgetting the first (coming soon)."),
+        ("pages/continual.py", "Continual", "Learn a second task without forgetting the first; compare with fine-tuning, EWC and replay."),
         ("pages/connect.py", "Connect", "Find a low-loss path between two independently trained networks (coming soon)."),
         ("pages/runs.py", "Runs", "Every path this server has walked: replay its charts, download its record."),
     ):
