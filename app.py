@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -47,7 +48,17 @@ def navigation():
     )
 
 
+def _threads() -> None:
+    """One torch thread unless $GEOVIZ_THREADS says otherwise: the networks here are
+    small, and two threads on a busy 2-core machine spin against each other (the
+    path ran 20x slower in the page than in the CLI)."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("GEOVIZ_THREADS", "1")))
+
+
 if __name__ == "__main__":
+    _threads()
     st.set_page_config(page_title="geoviz", page_icon=":material/route:", layout="wide")
     page = navigation()
     _live.keep_alive()
