@@ -152,3 +152,33 @@ def test_trajectory_pca_matches_sklearn():
     for j in range(2):
         a, b = ours.coords[:, j].double(), ref_coords[:, j]
         assert min((a - b).abs().max(), (a + b).abs().max()) < 1e-4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("name,factory,shape", CASES)
+def test_metric_vector_product_on_cuda_matches_cpu(name, factory, shape):
+    model, inputs = _setup(factory, shape)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), dtype=torch.float64)
+    want = metric_vector_product(model, inputs, v)
+    got = metric_vector_product(model.float().cuda(), inputs.float().cuda(), v.float().cuda())
+    assert got.device.type == "cuda"
+    assert (got.double().cpu() - want).norm() / want.norm() < 1e-4
+
+
+def test_fisher_length_is_twice_the_kl_to_second_order():
+    """v^T G_fisher v ~ 2 KL(p(w) || p(w + t v)) / t^2 as t -> 0: the metric measures the function."""
+    from geoviz.metric import functional_distance
+
+    model, inputs = _setup(_mlp, (7, 6))
+    layout = FlatParams.of(model)
+    w = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    v = torch.randn_like(w)
+
+    def logits(flat):
+        return torch.func.functional_call(model, layout.unflatten(flat), (inputs,))
+
+    for kind in ("fisher", "output"):
+        quad = float(v @ metric_vector_product(model, inputs, v, kind=kind))
+        t = 1e-4
+        finite = float(functional_distance(logits(w + t * v), logits(w), kind)) / t**2
+        assert abs(finite - quad) / quad < 1e-3, kind
