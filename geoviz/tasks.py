@@ -201,7 +201,7 @@ def make_task_sequence(
             "task2", everything, everything,
             _permute(data.x_train, perm), data.y_train, _permute(data.x_test, perm), data.y_test, k,
         )
-        split_text = "all/all (permuted)"
+        split_text = "all classes, pixels permuted"
     else:
         first, second = parse_split(split, k)
         tasks = []
@@ -214,11 +214,11 @@ def make_task_sequence(
             tasks.append(Task(name, classes, head, x_tr, y_tr, x_te, y_te, k))
         t1, t2 = tasks
         split_text = format_split(first, second)
-    name = f"{data.name}/{scenario}/{split_text}" + (f"/seed{seed}" if scenario == "permuted" else "")
+    name = f"{data.name}/{scenario}/" + (f"seed{seed}" if scenario == "permuted" else split_text)
     return TaskSequence(name, data.name, scenario, split_text, seed, (t1, t2))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)  # a split or permuted copy of Fashion-MNIST is ~200 MB
 def _load_cached(dataset: str, data_dir: str | None, scenario: str, split: str, seed: int) -> TaskSequence:
     return make_task_sequence(load_dataset(dataset, data_dir), scenario, split, seed)
 
