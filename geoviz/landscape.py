@@ -156,19 +156,19 @@ def _mlp_layers(model) -> list[str] | None:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
 
 
-def _loss_and_accuracy(logits: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-network mean cross-entropy and accuracy, classes along dim 1.
+def _loss_and_correct(logits: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-network summed cross-entropy and count of correct rows, classes along dim 1.
 
-    logits (C, K, N) and onehot (K, N) -> (C,), (C,). With the N rows contiguous the
-    reductions over the K classes vectorise along the rows: ~3x faster than
-    ``cross_entropy`` over (C N, K) for K = 10.
+    logits (C, K, n) and onehot (K, n) -> (C,), (C,) float64. With the n rows
+    contiguous the reductions over the K classes vectorise along the rows: ~3x
+    faster than ``cross_entropy`` over (C n, K) for K = 10.
     """
-    top = logits.amax(1)  # (C, N)
-    picked = (logits * onehot).sum(1)  # (C, N): the true class's logit
+    top = logits.amax(1)  # (C, n)
+    picked = (logits * onehot).sum(1)  # (C, n): the true class's logit
     lse = torch.exp(logits - top.unsqueeze(1)).sum(1).log_() + top
-    loss = (lse - picked).double().mean(1)
-    acc = (picked >= top).double().mean(1)  # ties (measure zero) count as correct
-    return loss, acc
+    loss = (lse - picked).double().sum(1)
+    correct = (picked >= top).double().sum(1)  # ties (measure zero) count as correct
+    return loss, correct
 
 
 class BatchedEvaluator:
@@ -176,33 +176,41 @@ class BatchedEvaluator:
 
     Three ways, chosen by the model:
 
-    - a plain ReLU MLP on a plane: the first layer is affine in the plane's
-      coordinates, so its pre-activations for every point are a combination of
-      three precomputed ones (the origin's and the two directions'); later layers
-      run as batched matrix products over the stacked weights;
+    - a plain ReLU MLP: batched matrix products over the stacked weights; on a
+      plane, the first layer is affine in the plane's coordinates, so its
+      pre-activations for every point combine three precomputed ones (the
+      origin's and the two directions'), one product instead of a layer;
     - any other model without BatchNorm: ``torch.func.vmap`` of
       ``functional_call`` over the stacked weights;
     - models with BatchNorm: one point at a time, statistics recomputed at each
       (METHOD.md: otherwise points look far worse than they are).
 
+    The rows are walked in blocks small enough that a block's activations for a
+    chunk of networks stay in the CPU cache (~1 MB a layer); a forward pass over
+    the whole set at once is bound by memory traffic, not arithmetic.
+
     Args:
         problem: a :class:`~geoviz.problem.Problem` (model, layout, buffers).
         data: the rows to evaluate on.
-        chunk: networks per batched call (None: sized to ~48 MB of activations).
+        chunk: networks per batched call.
+        block_rows: rows per block (None: sized to ~1 MB of activations per layer).
     """
 
-    def __init__(self, problem, data: EvalData, chunk: int | None = None):
+    def __init__(self, problem, data: EvalData, chunk: int = 8, block_rows: int | None = None):
         self.problem = problem
         self.data = data
         self.x = torch.cat([data.x_train, data.x_test]).to(problem.device)  # (N, ...)
         self.y = torch.cat([data.y_train, data.y_test]).to(problem.device)
         self.n_train = data.x_train.shape[0]
-        classes = problem.data.num_classes
-        self._onehot = torch.nn.functional.one_hot(self.y, classes).T.to(problem.w0.dtype)  # (K, N)
+        self._onehot = torch.nn.functional.one_hot(self.y, problem.data.num_classes).T.to(problem.w0.dtype)  # (K, N)
         self.layers = _mlp_layers(problem.model)
         width = max(problem.model.hidden) if self.layers else 256
-        # small chunks keep the (C, N, H) activations near the cache; batching more buys little
-        self.chunk = chunk or max(1, min(8, int(16 * 2**20 / (4 * self.x.shape[0] * width))))
+        self.chunk = max(1, chunk)
+        self.block_rows = block_rows or max(32, 2**20 // (4 * self.chunk * width))
+        n = self.x.shape[0]
+        # blocks never straddle the train/test boundary
+        self._blocks = [(a, min(a + self.block_rows, self.n_train), "train") for a in range(0, self.n_train, self.block_rows)]
+        self._blocks += [(a, min(a + self.block_rows, n), "test") for a in range(self.n_train, n, self.block_rows)]
         self._plane: Plane | None = None
         self._first: torch.Tensor | None = None
         offsets, start = {}, 0
@@ -215,14 +223,7 @@ class BatchedEvaluator:
     def method(self) -> str:
         if self.problem.batchnorm:
             return "one at a time (BatchNorm recomputed)"
-        return "batched MLP on the plane" if self.layers else "torch.func.vmap"
-
-    def _split(self, logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(C, K, N) -> per-network train/test loss and accuracy, (C,) each."""
-        n = self.n_train
-        train_loss, train_acc = _loss_and_accuracy(logits[:, :, :n], self._onehot[:, :n])
-        test_loss, test_acc = _loss_and_accuracy(logits[:, :, n:], self._onehot[:, n:])
-        return {"train_loss": train_loss, "train_accuracy": train_acc, "test_loss": test_loss, "test_accuracy": test_acc}
+        return "batched MLP" if self.layers else "torch.func.vmap"
 
     def _param(self, w: torch.Tensor, name: str) -> torch.Tensor:
         """(C, *shape) slice of stacked flat weights (C, P)."""
@@ -230,25 +231,40 @@ class BatchedEvaluator:
         shape = self.problem.layout.shapes[self.problem.layout.names.index(name)]
         return w[:, a:b].reshape(w.shape[0], *shape)
 
-    def _mlp_logits(self, w: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-        """Given first-layer pre-activations (C, N, H), run the remaining layers."""
-        h = first
-        for name in self.layers[1:-1]:
-            h = torch.relu_(h)
-            weight = self._param(w, f"{name}.weight").transpose(1, 2).contiguous()  # (C, in, out)
-            bias = self._param(w, f"{name}.bias").unsqueeze(1)  # (C, 1, out)
-            h = torch.baddbmm(bias, h, weight)  # (C, N, out)
-        h = torch.relu_(h)
-        last = self.layers[-1]
-        weight, bias = self._param(w, f"{last}.weight"), self._param(w, f"{last}.bias").unsqueeze(2)
-        return torch.baddbmm(bias, weight, h.transpose(1, 2))  # (C, K, N): classes first
+    def _accumulate(self, count: int, block_logits) -> dict[str, torch.Tensor]:
+        """Walk the row blocks; ``block_logits(a, b)`` gives (C, K, b - a) logits."""
+        zero = torch.zeros(count, dtype=torch.float64, device=self.x.device)
+        sums = {"train": [zero, zero.clone()], "test": [zero.clone(), zero.clone()]}
+        for a, b, part in self._blocks:
+            loss, correct = _loss_and_correct(block_logits(a, b), self._onehot[:, a:b])
+            sums[part][0] += loss
+            sums[part][1] += correct
+        n_train, n_test = self.n_train, self.x.shape[0] - self.n_train
+        return {
+            "train_loss": sums["train"][0] / n_train,
+            "train_accuracy": sums["train"][1] / n_train,
+            "test_loss": sums["test"][0] / n_test,
+            "test_accuracy": sums["test"][1] / n_test,
+        }
 
-    def _first_layer(self, w: torch.Tensor) -> torch.Tensor:
-        name = self.layers[0]
-        flat = self.x.reshape(self.x.shape[0], -1)  # (N, D)
-        weight = self._param(w, f"{name}.weight").transpose(1, 2).contiguous()  # (C, D, H)
-        bias = self._param(w, f"{name}.bias").unsqueeze(1)
-        return torch.baddbmm(bias, flat.expand(w.shape[0], -1, -1), weight)
+    def _mlp_weights(self, w: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer (weight, bias) of stacked networks, laid out for baddbmm."""
+        out = []
+        for name in self.layers[:-1]:
+            weight = self._param(w, f"{name}.weight").transpose(1, 2).contiguous()  # (C, in, out)
+            out.append((weight, self._param(w, f"{name}.bias").unsqueeze(1)))  # bias (C, 1, out)
+        last = self.layers[-1]
+        out.append((self._param(w, f"{last}.weight").contiguous(), self._param(w, f"{last}.bias").unsqueeze(2)))
+        return out
+
+    @staticmethod
+    def _mlp_rest(weights, first: torch.Tensor) -> torch.Tensor:
+        """First-layer pre-activations (C, n, H) -> logits (C, K, n)."""
+        h = torch.relu_(first)
+        for weight, bias in weights[1:-1]:
+            h = torch.relu_(torch.baddbmm(bias, h, weight))  # (C, n, out)
+        weight, bias = weights[-1]
+        return torch.baddbmm(bias, weight, h.transpose(1, 2))  # (C, K, n): classes first
 
     @torch.no_grad()
     def stack(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -268,17 +284,26 @@ class BatchedEvaluator:
             t = torch.tensor(rows, dtype=torch.float64)
             return {"train_loss": t[:, 0], "train_accuracy": t[:, 1], "test_loss": t[:, 2], "test_accuracy": t[:, 3]}
         if self.layers:
-            return self._split(self._mlp_logits(w, self._first_layer(w)))
+            weights = self._mlp_weights(w)
+            flat = self.x.reshape(self.x.shape[0], -1)  # (N, D)
+            w1, b1 = weights[0]
+
+            def block_logits(a: int, b: int) -> torch.Tensor:
+                first = torch.baddbmm(b1, flat[a:b].expand(w.shape[0], -1, -1), w1)  # (C, n, H)
+                return self._mlp_rest(weights, first)
+
+            return self._accumulate(w.shape[0], block_logits)
         from torch.func import functional_call, vmap
 
-        def logits_of(flat: torch.Tensor) -> torch.Tensor:
-            return functional_call(p.model, ({**p.layout.unflatten(flat), **p.buffers},), (self.x,))
+        def logits_of(flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            return functional_call(p.model, ({**p.layout.unflatten(flat), **p.buffers},), (x,))
 
-        return self._split(vmap(logits_of)(w).transpose(1, 2))
+        batched = vmap(logits_of, in_dims=(0, None))
+        return self._accumulate(w.shape[0], lambda a, b: batched(w, self.x[a:b]).transpose(1, 2))
 
     # -- on a plane ---------------------------------------------------------------
     def _prepare_plane(self, plane: Plane) -> None:
-        """First-layer pre-activations at the origin and along u and v, (N, H) each."""
+        """First-layer pre-activations at the origin and along u and v, (3, N, H)."""
         if self._plane is plane:
             return
         name = self.layers[0]
@@ -287,10 +312,8 @@ class BatchedEvaluator:
         weight = self._param(three, f"{name}.weight")  # (3, H, D)
         bias = self._param(three, f"{name}.bias")  # (3, H)
         pre = flat @ weight.transpose(1, 2)  # (3, N, H)
-        pre[0] += bias[0]
-        pre[1] += bias[1]
-        pre[2] += bias[2]
-        self._first = pre.reshape(3, -1)  # (3, N * H)
+        pre += bias.unsqueeze(1)
+        self._first = pre
         self._plane = plane
 
     @torch.no_grad()
@@ -299,15 +322,19 @@ class BatchedEvaluator:
         if not self.layers or self.problem.batchnorm:
             return self.stack(plane.points(coords))
         self._prepare_plane(plane)
-        three = self._first  # (3, N * H): origin, u, v
-        n, h = self.x.shape[0], three.shape[1] // self.x.shape[0]
+        three = self._first  # (3, N, H): origin, u, v
+        hidden = three.shape[2]
         outs = []
         for part in torch.split(coords.to(three.dtype).to(three.device), self.chunk):
-            w = plane.points(part)  # (C, P)
+            weights = self._mlp_weights(plane.points(part))
             # the first layer is affine on the plane: [1, x, y] @ (origin, u, v)
             coef = torch.cat([torch.ones_like(part[:, :1]), part], dim=1)  # (C, 3)
-            first = (coef @ three).view(-1, n, h)  # (C, N, H)
-            outs.append(self._split(self._mlp_logits(w, first)))
+
+            def block_logits(a: int, b: int) -> torch.Tensor:
+                first = (coef @ three[:, a:b].reshape(3, -1)).view(-1, b - a, hidden)  # (C, n, H)
+                return self._mlp_rest(weights, first)
+
+            outs.append(self._accumulate(part.shape[0], block_logits))
         return {k: torch.cat([o[k] for o in outs]).cpu() for k in outs[0]}
 
 
