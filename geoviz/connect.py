@@ -83,6 +83,16 @@ class ConnectConfig:
             raise ConfigError(f"margin must be between 0 and 2, got {self.margin}.")
 
 
+class _TowardB(TowardPointObjective):
+    """L2 = 1/2 |w - w_B|^2, remembering the length of the final landing on w_B."""
+
+    landing = 0.0
+
+    def finish(self, w: torch.Tensor) -> torch.Tensor:
+        self.landing = float((w - self.target).norm())
+        return super().finish(w)
+
+
 def path_summary(profile: dict[str, list[float]], endpoint_losses: tuple[float, float]) -> dict[str, float]:
     """Barrier (max train loss - mean endpoint train loss) and minimum test accuracy."""
     return {
@@ -140,7 +150,7 @@ class ConnectTask:
             p.model,
             p.buffers,
             self.w_a,
-            TowardPointObjective(self.w_b, self.config.tolerance or self.solver.eps),
+            _TowardB(self.w_b, self.config.tolerance or self.solver.eps),
             p.x_train,
             self.solver,
             self.evaluate,
@@ -149,11 +159,15 @@ class ConnectTask:
             seed=p.setup.seed,
         )
 
-    def geodesic_profile(self, rows: list[dict]) -> dict[str, list[float]]:
-        """The geodesic's evaluated steps (equal Euclidean steps: evenly spaced in length)."""
-        evaluated = [r for r in rows if "train_loss" in r]
+    def geodesic_profile(self, rows: list[dict], landing: float = 0.0) -> dict[str, list[float]]:
+        """The geodesic's evaluated steps (equal Euclidean steps: evenly spaced in length).
+
+        ``landing``: the length of the final jump onto w_B, added to the last point.
+        """
+        evaluated = [dict(r) for r in rows if "train_loss" in r]
         start = {"path_length": 0.0, "functional_length": 0.0, **self.endpoints["a"]}
         evaluated = [start] + evaluated
+        evaluated[-1]["path_length"] += landing
         total = max(evaluated[-1]["path_length"], 1e-30)
         return {
             "fraction": [r["path_length"] / total for r in evaluated],
@@ -325,11 +339,12 @@ def connect_runner(
     def on_finish(runner: PathRunner) -> dict:
         path = runner.path
         rows = runner.rows()
-        geo_profile = task.geodesic_profile(rows)
+        landing = getattr(path.objective, "landing", 0.0)
+        geo_profile = task.geodesic_profile(rows, landing)
         geodesic = path_summary(geo_profile, task.endpoint_losses)
         geodesic.update(
             {
-                "length": path._path_length,
+                "length": path._path_length + landing,  # the steps, and the landing on w_B
                 "functional_length": path._functional_length,
                 "gradient_evaluations": path.gradient_evaluations,
                 "seconds": rows[-1]["seconds"] if rows else 0.0,

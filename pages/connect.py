@@ -63,6 +63,12 @@ def draw(runner) -> None:
     if runner.path.done and not summary and not runner.finished:
         st.info(f"The geodesic has ended ({runner.path.end_reason}). Training the Bezier curve for "
                 f"{runner.path.gradient_evaluations} SGD steps (as many as the geodesic's G·v products) and judging the line…")
+    evaluated = [r for r in runner.rows() if "distance_to_b" in r]
+    if evaluated:
+        task = runner.task
+        st.caption(f"Distance to w_B: {evaluated[-1]['distance_to_b']:.2f} of {task.distance:.2f} at the start"
+                   + (" (w_B aligned to w_A by weight matching; before: {:.2f})".format(task.distance_before_alignment)
+                      if task.config.align else "") + ".")
     left, right = st.columns(2)
     left.plotly_chart(plots_connect.profiles_figure(_profiles(runner)), key="connect:profiles")
     _, snapshots = runner.trajectory()
