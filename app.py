@@ -36,16 +36,23 @@ def home() -> None:
 
 
 def navigation():
-    """The app's pages, by URL path."""
-    return st.navigation(
-        [
-            st.Page(home, title="Home", icon=":material/home:", default=True),
-            st.Page(PAGES_DIR / "sparsify.py", title="Sparsify", icon=":material/content_cut:", url_path="sparsify"),
-            st.Page(PAGES_DIR / "continual.py", title="Continual", icon=":material/school:", url_path="continual"),
-            st.Page(PAGES_DIR / "connect.py", title="Connect", icon=":material/timeline:", url_path="connect"),
-            st.Page(PAGES_DIR / "runs.py", title="Runs", icon=":material/folder_open:", url_path="runs"),
-        ]
-    )
+    """The app's pages, by URL path, with their links at the top of the sidebar.
+
+    The links are drawn here rather than by Streamlit (see .streamlit/config.toml), so
+    a direct link to a page never shows Streamlit's list of the files in pages/.
+    """
+    pages = [
+        st.Page(home, title="Home", icon=":material/home:", default=True),
+        st.Page(PAGES_DIR / "sparsify.py", title="Sparsify", icon=":material/content_cut:", url_path="sparsify"),
+        st.Page(PAGES_DIR / "continual.py", title="Continual", icon=":material/school:", url_path="continual"),
+        st.Page(PAGES_DIR / "connect.py", title="Connect", icon=":material/timeline:", url_path="connect"),
+        st.Page(PAGES_DIR / "runs.py", title="Runs", icon=":material/folder_open:", url_path="runs"),
+    ]
+    current = st.navigation(pages, position="hidden")
+    for page in pages:
+        st.sidebar.page_link(page, width="stretch")
+    st.sidebar.divider()
+    return current
 
 
 def _threads() -> None:
@@ -62,4 +69,5 @@ if __name__ == "__main__":
     st.set_page_config(page_title="geoviz", page_icon=":material/route:", layout="wide")
     page = navigation()
     _live.keep_alive()
+    st.session_state["geoviz:routed"] = True  # see _live.through_app
     page.run()

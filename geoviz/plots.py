@@ -53,7 +53,13 @@ def as_table(rows: Sequence[Mapping] | pd.DataFrame) -> pd.DataFrame:
 
 def _figure(data: list[dict], shapes: list[dict], title: str, x_title: str, y_title: str, **layout) -> go.Figure:
     """One Figure from plain dicts: plotly's add_* helpers re-validate the whole figure
-    on every call (~10x slower), and the live page redraws every half second."""
+    on every call (~10x slower), and the live page redraws every second. A figure with
+    no point yet says so instead of showing made-up axes."""
+    if not any(_has_points(trace) for trace in data):
+        empty = {"showticklabels": False, "showgrid": False, "zeroline": False}
+        layout = {**layout, "xaxis": {**layout.get("xaxis", {}), **empty}, "yaxis": {**layout.get("yaxis", {}), **empty}}
+        note = {"text": "no step yet", "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 16, "color": _COLORS["grey"]}}
+        layout["annotations"] = [*layout.get("annotations", []), note]
     return go.Figure(
         {
             "data": data,
@@ -73,6 +79,11 @@ def _figure(data: list[dict], shapes: list[dict], title: str, x_title: str, y_ti
             },
         }
     )
+
+
+def _has_points(trace: dict) -> bool:
+    x = trace.get("x")
+    return x is not None and len(x) > 0 and not (len(x) == 1 and x[0] is None)
 
 
 def _evaluated(table: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -218,8 +229,7 @@ def trajectory_figure(
     """
     title = "Weight trajectory (PCA of the snapshots)"
     if len(steps) < 2:
-        note = {"text": "the trajectory appears after the first steps", "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}
-        return _figure([], [], title, "PC1", "PC2", annotations=[note])
+        return _figure([], [], title, "PC1", "PC2")
     steps = list(steps)
     index = _subsample(steps, max_points)
     if current is not None:  # make sure the highlighted point is in the picture

@@ -53,22 +53,21 @@ def sparsify_charts(
     st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca")
 
 
-def sparsify_summary(summary: dict) -> None:
-    """The final figures of a sparsification path beside its baselines."""
+def sparsify_summary(summary: dict, rows, target: float | None) -> None:
+    """The end of a sparsification path beside its baselines, once the path has ended."""
     if not summary.get("baselines"):
         return
     reference, baselines = summary.get("reference", {}), summary["baselines"]
+    evaluated = plots.as_table(rows)
+    last = evaluated[evaluated["pruned_accuracy"].notna()].iloc[-1] if "pruned_accuracy" in evaluated else {}
+    budget = f"{summary.get('gradient_evaluations')} gradient evaluations, as many as the path used"
     table = pd.DataFrame(
         [
             ("dense start network", reference.get("dense_accuracy"), 0.0, "—"),
-            ("geodesic path, then pruned", summary.get("accuracy"), summary.get("sparsity"), "inputs only"),
-            ("one-shot magnitude pruning", baselines.get("one_shot"), summary.get("sparsity"), "none"),
-            (
-                f"pruning + fine-tuning ({summary.get('gradient_evaluations')} gradient evaluations)",
-                baselines.get("finetune"),
-                summary.get("sparsity"),
-                "labels",
-            ),
+            ("end of the geodesic path, as is", summary.get("accuracy"), summary.get("sparsity"), "inputs only"),
+            ("end of the geodesic path, pruned to the target", last.get("pruned_accuracy"), target, "inputs only"),
+            ("one-shot magnitude pruning", baselines.get("one_shot"), target, "none"),
+            (f"pruning + fine-tuning ({budget})", baselines.get("finetune"), target, "labels"),
         ],
         columns=["network", "test accuracy", "sparsity", "data used"],
     )

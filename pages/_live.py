@@ -10,6 +10,7 @@ itself (pages are listed by ``st.navigation`` in app.py).
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -21,13 +22,36 @@ from geoviz.errors import ConfigError, GeovizError
 from geoviz.problem import Problem, SetupConfig, load_problem
 from geoviz.runner import PathRunner
 
-__all__ = ["Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options"]
+__all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options"]
 
-POLL_RUNNING = 0.5  # seconds between redraws while a path runs: fluid, yet cheap
-POLL_PAUSED = 1.0
+POLL_RUNNING = 1.0  # seconds between redraws while a path runs: live, yet cheap for the browser
+POLL_PAUSED = 2.0
 # a run that no page of its session has polled for this long stops itself (tab closed)
 ABANDON_AFTER = float(os.environ.get("GEOVIZ_ABANDON_AFTER", "30"))
 KEEP_ALIVE_EVERY = 5.0
+_log = logging.getLogger("geoviz.app")
+if os.environ.get("GEOVIZ_TIMING"):  # timings of the run button and the redraws, on stderr
+    _log.addHandler(logging.StreamHandler())
+    _log.setLevel(logging.DEBUG)
+
+
+# -- routing ------------------------------------------------------------------------
+def through_app() -> None:
+    """Make sure this run went through app.py (wide layout, page links, keep-alive).
+
+    On a freshly started server, Streamlit runs a page opened by a direct link once on
+    its own, in its compatibility mode for a pages/ folder; rerun (once) so that
+    app.py's st.navigation routes it. app.py marks every run it routes.
+    """
+    if not st.session_state.get("geoviz:routed") and not st.session_state.get("geoviz:rerouted"):
+        st.session_state["geoviz:rerouted"] = True
+        try:  # the switch that st.navigation itself flips (it does not run in that mode)
+            from streamlit.runtime.pages_manager import PagesManager
+
+            PagesManager.uses_pages_directory = False
+        except ImportError:
+            pass
+        st.rerun()
 
 
 # -- settings: sidebar widgets, restored from and written to the URL ---------------
@@ -71,6 +95,7 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
     so the address always reproduces the setup. A URL value that does not fit is
     reported in one sentence and replaced by the default.
     """
+    through_app()
     saved = st.session_state.setdefault(f"{page}:settings", {})
     params = st.query_params
     for control in controls:
@@ -159,6 +184,8 @@ def _status_ui(runner: PathRunner, total: int) -> None:
         st.error(f"The path failed at step {step}: {runner.message}")
     elif runner.finished and runner.message:
         line += f" · {runner.message}"
+    elif runner.alive and runner.path.done:
+        line += " · the path has ended; computing the baselines to compare with…"
     st.markdown(line)
 
 
@@ -174,6 +201,7 @@ def run_panel(
     make_runner: Callable[[], PathRunner] | None,
     draw: Callable[[PathRunner], None],
     total_steps: int,
+    placeholder: Callable[[], None] | None = None,
 ) -> PathRunner | None:
     """The buttons, the live view and the status line of a page.
 
@@ -183,6 +211,8 @@ def run_panel(
             GeovizError); None when the settings are invalid (Run is then disabled).
         draw: draws a runner's figures; called on every poll while the path grows.
         total_steps: the step budget, for the status line.
+        placeholder: draws the empty charts before the first run, so the page does
+            not jump when it starts (and the browser has loaded plotly by then).
 
     Returns:
         This session's runner of the page, if any.
@@ -194,20 +224,25 @@ def run_panel(
     if action == "run" and make_runner is not None:
         if runner is not None and runner.alive:
             runner.stop()
+        clicked = time.perf_counter()
         try:
             runner = make_runner()
         except GeovizError as err:
             st.error(str(err))
         else:
+            built = time.perf_counter()
             runner.start()
             st.session_state[key] = runner
             _wait_first_step(runner, 1.5)
+            _log.debug("run: built in %.3f s, first step after %.3f s", built - clicked, time.perf_counter() - built)
     elif action in ("pause", "resume", "step", "stop") and runner is not None:
         getattr(runner, action)()
     with buttons:
         _buttons_ui(page, runner, make_runner is not None)
     if runner is None:
         st.info("Choose the settings in the sidebar and press **Run**: the path is drawn as it grows.")
+        if placeholder is not None:
+            placeholder()
         return None
     _live_view(runner, draw, total_steps)
     return runner
@@ -222,8 +257,10 @@ def _live_view(runner: PathRunner, draw: Callable[[PathRunner], None], total: in
         runner.touch()
         if _phase(runner) != seen:  # buttons and polling must change: redraw the page
             st.rerun()
+        started = time.perf_counter()
         _status_ui(runner, total)
         draw(runner)
+        _log.debug("redraw at step %d in %.3f s", runner.path.step, time.perf_counter() - started)
 
     view()
 

@@ -9,7 +9,7 @@ import streamlit as st
 
 from geoviz import plots
 from geoviz.runs import default_runs_dir, list_runs, read_run, zip_run
-from pages import _charts
+from pages import _charts, _live
 
 
 def _zip_bytes(path: Path) -> bytes:
@@ -45,7 +45,7 @@ def replay(record) -> None:
             "replay",
             marker=at if at < last else None,
         )
-        _charts.sparsify_summary(summary)
+        _charts.sparsify_summary(summary, table, record.config.get("sparsify", {}).get("sparsity"))
     elif record.config.get("application") == "continual":
         _charts.continual_charts(shown, record.summary.get("start", {}), steps, snapshots, "replay", marker=at if at < last else None)
         _charts.continual_summary(record.summary, "replay")
@@ -54,6 +54,7 @@ def replay(record) -> None:
 
 
 def page() -> None:
+    _live.through_app()
     st.title("Runs")
     root = default_runs_dir()
     runs = list_runs(root)

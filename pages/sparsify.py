@@ -45,16 +45,18 @@ def draw(runner) -> None:
     """The live charts of a sparsification runner."""
     task, summary = runner.task, runner.summary
     steps, snapshots = runner.trajectory()
-    if summary.get("layer_sparsity"):
-        layers, title = summary["layer_sparsity"], "Per-layer sparsity, pruned (end)"
-    else:
-        layers = plots.layer_sparsity(task.problem.params(snapshots[-1]))
-        title = f"Per-layer sparsity at step {steps[-1]}"
+    layers = plots.layer_sparsity(task.problem.params(snapshots[-1]))
+    title = f"Per-layer sparsity at step {steps[-1]}"
     reference = {"dense_accuracy": task.dense_accuracy, "one_shot_accuracy": task.one_shot_accuracy}
     _charts.sparsify_charts(
         runner.rows(), reference, summary.get("baselines"), task.config.sparsity, layers, title, steps, snapshots, "live"
     )
-    _charts.sparsify_summary(summary)
+    _charts.sparsify_summary(summary, runner.rows(), task.config.sparsity)
+
+
+def placeholder() -> None:
+    """The charts, empty, before the first run."""
+    _charts.sparsify_charts([], {}, None, None, {}, "Per-layer sparsity", [], None, "live")
 
 
 def page() -> None:
@@ -76,7 +78,7 @@ def page() -> None:
             problem = _live.cached_problem(setup)
             return sparsify_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
-    _live.run_panel("sparsify", make_runner, draw, int(values["steps"]))
+    _live.run_panel("sparsify", make_runner, draw, int(values["steps"]), placeholder)
 
 
 if __name__ == "__main__":
