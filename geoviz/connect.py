@@ -361,6 +361,8 @@ def connect_runner(
         steps, snapshots = runner.trajectory()
         runner.curves = {"line": line, "bezier": bezier, "geodesic": PolylineCurve(snapshots.to(task.w_a.dtype))}
         writer.save_weights("bezier_control", problem.layout.unflatten(bezier.control))
+        # the three points as flat vectors, in the order of the snapshots (for replays)
+        writer.save_weights("connect_points", {"w_a": task.w_a, "w_b": task.w_b, "bezier_control": bezier.control})
         return {
             "reference": reference,
             "endpoints": task.endpoints,

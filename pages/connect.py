@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
+import torch
 
 from geoviz import plots_connect
 from geoviz.connect import SOLVER_DEFAULTS, THIRD_POINTS, ConnectConfig, LandscapeJob, connect_runner
@@ -135,6 +136,32 @@ def landscape_ui(runner, n: int) -> None:
         st.caption(f"{done}. Paths are projected on the plane; the geodesic leaves it, so its projection can cross high-loss regions it never visits.")
 
     view()
+
+
+def replay_record(record, key: str = "replay") -> None:
+    """A finished connect run read back from its folder (for the Runs page): the
+    profiles, the PCA with the line and the Bezier curve, the table, the landscape."""
+    from geoviz.connect import load_landscape
+    from geoviz.curves import BezierCurve, LineCurve
+
+    summary = record.summary
+    if not summary.get("profiles"):
+        st.info("This connect run has no summary yet (it ended before w_B, or is still running).")
+        return
+    left, right = st.columns(2)
+    left.plotly_chart(plots_connect.profiles_figure(summary["profiles"]), key=f"{key}:profiles")
+    _, snapshots = record.snapshots()
+    others = {}
+    if (record.path / "weights" / "connect_points.safetensors").is_file():
+        points = record.weights("connect_points")  # flat, in the snapshots' order
+        ts = torch.linspace(0, 1, 41)
+        others["line"] = LineCurve(points["w_a"], points["w_b"]).weights(ts)
+        others["bezier"] = BezierCurve(points["w_a"], points["bezier_control"], points["w_b"]).weights(ts)
+    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others), key=f"{key}:pca")
+    st.dataframe(pd.DataFrame(plots_connect.summary_rows(summary)), hide_index=True, key=f"{key}:table")
+    landscape = load_landscape(record.path)
+    if landscape is not None:
+        st.plotly_chart(plots_connect.landscape_figure(landscape, "train_loss"), key=f"{key}:contour")
 
 
 def page() -> None:

@@ -74,3 +74,29 @@ def test_connect_page_says_what_is_wrong(runs_dir, monkeypatch):
     at.button(key="connect:Run").click().run()
     assert not at.exception
     assert any("different seed" in e.value for e in at.error)
+
+
+def test_a_connect_run_replays_from_its_folder(runs_dir):
+    """What the Runs page can draw of a finished connect run, from disk only."""
+    from geoviz.connect import ConnectConfig, connect_runner, run_landscape
+    from geoviz.engine import SolverConfig
+    from geoviz.problem import SetupConfig, load_problem
+
+    problem = load_problem(SetupConfig(dataset="digits", model="mlp", seed=0))
+    runner = connect_runner(problem, ConnectConfig(), SolverConfig(eps=0.3, damping=1e-3), str(runs_dir))
+    assert runner.run() == "finished"
+    run_landscape(runner, 4)
+
+    def script(folder):
+        from geoviz.runs import read_run
+        from pages.connect import replay_record
+
+        replay_record(read_run(folder))
+
+    at = AppTest.from_function(script, args=(str(runner.writer.dir),), default_timeout=60)
+    at.run()
+    assert not at.exception
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3  # profiles, PCA with line and Bezier, landscape
+    assert "Bezier curve" in charts[1].proto.spec and "contour" in charts[2].proto.spec
+    assert list(at.dataframe[0].value["path"]) == ["geodesic", "straight line", "Bezier curve"]
