@@ -359,7 +359,7 @@ def connect_runner(
         bezier_summary, bezier_profile = task.judge(bezier)
         bezier_summary.update({"training_steps": path.gradient_evaluations, "seconds": bezier_seconds})
         steps, snapshots = runner.trajectory()
-        runner.curves = {"line": line, "bezier": bezier, "geodesic": PolylineCurve(snapshots.to(task.w_a.dtype))}
+        runner.curves = {"line": line, "bezier": bezier, "geodesic": PolylineCurve(snapshots.to(task.w_a.device, task.w_a.dtype))}
         writer.save_weights("bezier_control", problem.layout.unflatten(bezier.control))
         # the three points as flat vectors, in the order of the snapshots (for replays)
         writer.save_weights("connect_points", {"w_a": task.w_a, "w_b": task.w_b, "bezier_control": bezier.control})

@@ -81,7 +81,7 @@ class PolylineCurve:
         if vertices.shape[0] < 2:
             raise ConfigError("a polyline needs at least two vertices.")
         self.bends = vertices
-        seg = (vertices[1:] - vertices[:-1]).norm(dim=1).double()  # (S-1,)
+        seg = (vertices[1:] - vertices[:-1]).norm(dim=1).double().cpu()  # (S-1,)
         cum = torch.cat([torch.zeros(1, dtype=torch.float64), seg.cumsum(0)])
         self.length = float(cum[-1])
         self.knots = cum / max(self.length, 1e-30)  # (S,) in [0, 1]

@@ -116,13 +116,13 @@ def connect_pca_figure(
         return _figure([], [], title, "PC1", "PC2", annotations=[note])
     s = snapshots.shape[0]
     index = sorted(set(np.linspace(0, s - 1, min(s, max_points)).round().astype(int).tolist()))
-    pca = trajectory_pca(snapshots[index].float(), k=2)
+    pca = trajectory_pca(snapshots[index].detach().float().cpu(), k=2)
     xy = pca.coords.numpy()
     ev = pca.explained.numpy()
     data = [{"type": "scatter", "x": xy[:, 0], "y": xy[:, 1], "mode": "lines+markers", "name": "geodesic",
              "line": {"color": PATH_COLORS["geodesic"], "width": 2.5}, "marker": {"size": 5}}]
     for name, points in (others or {}).items():
-        proj = pca.project(points.float()).numpy()
+        proj = pca.project(points.detach().float().cpu()).numpy()
         data.append({"type": "scatter", "x": proj[:, 0], "y": proj[:, 1], "mode": "lines", "name": _LABELS.get(name, name),
                      "line": {"color": PATH_COLORS.get(name, "#7f7f7f"), "width": 2, "dash": "dash"}})
     data.append({"type": "scatter", "x": xy[:1, 0], "y": xy[:1, 1], "mode": "markers+text", "text": ["w_A"], "textposition": "top center",

@@ -166,6 +166,23 @@ def test_landscape_of_a_run_fills_progressively_and_is_saved(digits_run):
     assert saved["rows_done"] == 6 and len(saved["values"]["train_loss"]) == 6
 
 
+def test_plane_through_the_geodesic_midpoint(digits_run):
+    from dataclasses import replace
+
+    task = digits_run.task
+    saved = task.config
+    task.config = replace(saved, third="midpoint")
+    try:
+        landscape, shown = task.landscape(digits_run.curves, 3)
+        middle = digits_run.curves["geodesic"].weights(torch.tensor([0.5]))[0]
+    finally:
+        task.config = saved
+    # the midpoint lies in the plane: its projection gives it back exactly
+    back = landscape.plane.points(landscape.plane.project(middle.unsqueeze(0)).double())[0]
+    assert float((back - middle).norm()) < 1e-3 * float(middle.norm())
+    assert float(shown["points"][2, 1]) > 0.1  # the geodesic bends off the line
+
+
 def test_figures_draw_from_the_run_record(digits_run):
     from geoviz import plots_connect
 
