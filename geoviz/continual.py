@@ -143,10 +143,6 @@ class ContinualTask:
         index = torch.randperm(n1, generator=gen)[: config.memory].to(device)
         self.memory_x = self.t1.x_train[index]  # (M, C, H, W): the metric batch
         self.memory_y = self.t1.y_train[index]  # labels: replay only
-        self.objective = TaskLossObjective(
-            problem.model, problem.buffers, self.t2.x_train, self.t2.y_train,
-            batch_size=config.batch_size, seed=problem.setup.seed, output_slice=self.t2.head,
-        )
         with torch.no_grad():
             self._memory_reference = self._logits(problem.w0, self.memory_x)  # (M, K)
         self.start = self.evaluate(problem.w0)
@@ -194,13 +190,22 @@ class ContinualTask:
             "average": figures["average_accuracy"],
         }
 
+    def objective(self) -> TaskLossObjective:
+        """L2: task 2's cross-entropy on a fresh minibatch each step (a new, seeded stream)."""
+        p = self.problem
+        return TaskLossObjective(
+            p.model, p.buffers, self.t2.x_train, self.t2.y_train,
+            batch_size=self.config.batch_size, seed=p.setup.seed, output_slice=self.t2.head,
+        )
+
     def path(self) -> Path:
+        """A new path from w0; two paths of one task are the same path."""
         p = self.problem
         return Path(
             p.model,
             p.buffers,
             p.w0,
-            self.objective,
+            self.objective(),
             self.memory_x,
             self.solver,
             self.evaluate,

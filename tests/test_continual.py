@@ -143,6 +143,18 @@ def test_digits_class_incremental_default_cli_keeps_task1(tmp_path):
     assert abs(last["task1_accuracy"] - geo["task1"]) < 1e-12 and abs(last["task2_accuracy"] - geo["task2"]) < 1e-12
 
 
+def test_two_paths_of_one_task_are_the_same():
+    config = ContinualConfig(steps=6, eval_every=3, memory=30)
+    problem, seq = load_continual(SetupConfig(), config)
+    task = ContinualTask(problem, seq, config, SolverConfig(cg_iterations=3))
+    first, second = ([r.row() for r in task.path()] for _ in range(2))
+    assert [r["objective"] for r in first] == [r["objective"] for r in second]
+    assert first[-1]["task2_accuracy"] == second[-1]["task2_accuracy"]
+    w1, _ = task.train_baseline("replay", 5)
+    w2, _ = task.train_baseline("replay", 5)
+    assert torch.equal(w1, w2)
+
+
 def test_penalty_mode_is_labelled_and_keeps_task1(tmp_path):
     setup, config = SetupConfig(), ContinualConfig(steps=300, eval_every=100)
     problem, seq = load_continual(setup, config)
