@@ -158,8 +158,7 @@ def _request(page: str, action: str) -> None:
     st.session_state[f"{page}:action"] = action
 
 
-def _buttons_ui(page: str, runner: PathRunner | None, ready: bool) -> None:
-    phase = _phase(runner)
+def _buttons_ui(page: str, phase: str, ready: bool) -> None:
     run, pause, step, stop, _ = st.columns([1, 1, 1, 1, 4])
     run.button("Run", type="primary", disabled=not ready, on_click=_request, args=(page, "run"), key=f"{page}:Run", width="stretch")
     if phase == "paused":
@@ -236,20 +235,39 @@ def run_panel(
             _wait_first_step(runner, 1.5)
             _log.debug("run: built in %.3f s, first step after %.3f s", built - clicked, time.perf_counter() - built)
     elif action in ("pause", "resume", "step", "stop") and runner is not None:
+        before = len(runner.rows())
         getattr(runner, action)()
+        if action == "step":  # one more step, then paused again
+            _wait_for(runner, lambda r: len(r.rows()) > before and _phase(r) != "running")
+        else:
+            _wait_for(runner, _ACKNOWLEDGED[action])
+    phase = _phase(runner)  # one view of the runner for the buttons and the poller
     with buttons:
-        _buttons_ui(page, runner, make_runner is not None)
+        _buttons_ui(page, phase, make_runner is not None)
     if runner is None:
         st.info("Choose the settings in the sidebar and press **Run**: the path is drawn as it grows.")
         if placeholder is not None:
             placeholder()
         return None
-    _live_view(runner, draw, total_steps)
+    _live_view(runner, phase, draw, total_steps)
     return runner
 
 
-def _live_view(runner: PathRunner, draw: Callable[[PathRunner], None], total: int) -> None:
-    seen = _phase(runner)
+# when the runner has taken a button's action in (it finishes the step it is in first)
+_ACKNOWLEDGED = {
+    "pause": lambda r: _phase(r) != "running",
+    "resume": lambda r: _phase(r) != "paused",
+    "stop": lambda r: _phase(r) == "done",
+}
+
+
+def _wait_for(runner: PathRunner, done: Callable[[PathRunner], bool], timeout: float = 2.0) -> None:
+    deadline = time.time() + timeout
+    while not done(runner) and time.time() < deadline:
+        time.sleep(0.01)
+
+
+def _live_view(runner: PathRunner, seen: str, draw: Callable[[PathRunner], None], total: int) -> None:
     every = {"running": POLL_RUNNING, "paused": POLL_PAUSED}.get(seen)
 
     @st.fragment(run_every=every)

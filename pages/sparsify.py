@@ -16,16 +16,17 @@ from geoviz.sparsify import SparsifyConfig, sparsify_runner
 from pages import _charts, _live
 from pages._live import Control
 
+_SOLVER, _SPARSIFY = SolverConfig(), SparsifyConfig()  # the engine's defaults are the page's
 CONTROLS = (
     Control("dataset", "Dataset", "digits", "The task the start network was trained on. digits (8×8) ships with scikit-learn; the others need their files.", DATASET_NAMES),
     Control("model", "Model", "mlp", "The network whose weights the path moves.", MODEL_NAMES),
-    Control("sparsity", "Target sparsity", 0.9, "Fraction of the prunable weights the path drives to zero (a global magnitude mask). Higher: a longer path, and more for the rest of the network to absorb.", step=0.05, format="%.2f"),
-    Control("eps", "Step length ε", 0.05, "Euclidean length |θ| of each step. Smaller steps follow the curved path more closely but need more of them.", step=0.01, format="%.3f"),
-    Control("damping", "Damping ρ", 1e-3, "μ = ρ·λmax(G). Small ρ: move only where the outputs barely change (closer to a geodesic). Large ρ: plain gradient descent on the masked weights. The paper's equivalent β is shown in the status line.", step=1e-4, format="%.1e"),
+    Control("sparsity", "Target sparsity", _SPARSIFY.sparsity, "Fraction of the prunable weights the path drives to zero (a global magnitude mask). Higher: a longer path, and more for the rest of the network to absorb.", step=0.05, format="%.2f"),
+    Control("eps", "Step length ε", _SOLVER.eps, "Euclidean length |θ| of each step. Smaller steps follow the curved path more closely but need more of them.", step=0.01, format="%.3f"),
+    Control("damping", "Damping ρ", _SOLVER.damping, "μ = ρ·λmax(G). Small ρ: move only where the outputs barely change (closer to a geodesic). Large ρ: plain gradient descent on the masked weights. The paper's equivalent β is shown in the status line.", step=1e-4, format="%.1e"),
     Control("metric", "Metric", "output", "How a change of function is measured: output (squared change of the logits, the paper's choice) or fisher (KL divergence of the predictions).", METRIC_KINDS),
     Control("mode", "Mode", "exact", "exact: the constrained step of the paper (damped CG on G). penalty: Adam on output distance + λ·L2, the authors' later practical variant.", MODES),
-    Control("steps", "Step budget", 2000, "The most steps the path may take; it usually ends sooner, when the masked weights are near zero.", step=50),
-    Control("eval_every", "Evaluate every", 10, "Test accuracy is measured every this many steps (and at the first and last).", step=1),
+    Control("steps", "Step budget", _SPARSIFY.steps, "The most steps the path may take; it usually ends sooner, when the masked weights are near zero.", step=50),
+    Control("eval_every", "Evaluate every", _SPARSIFY.eval_every, "Test accuracy is measured every this many steps (and at the first and last).", step=1),
     Control("seed", "Seed", 0, "Seeds the start network's training and the metric batches: the same seed gives the same path.", step=1),
     Control("device", "Device", "auto", "auto uses CUDA when a GPU is present.", _live.device_options()),
 )
