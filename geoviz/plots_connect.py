@@ -43,7 +43,7 @@ def profiles_figure(profiles: Mapping[str, Mapping[str, Sequence[float]]]) -> go
                      "line": {"color": color, "width": 2, "dash": "dot"}, "legendgroup": name})
     return _figure(
         data, [], "Loss and accuracy along the paths", "Euclidean length along the path  Σ|Δw|", "train loss",
-        yaxis2={"title": {"text": "test accuracy"}, "overlaying": "y", "side": "right", "range": [max(0.0, lowest - 0.05), 1.005], "showgrid": False},
+        yaxis2={"title": {"text": "test accuracy"}, "overlaying": "y", "side": "right", "range": [max(0.0, lowest - 0.05), 1.005], "showgrid": False, "tickformat": ".2f"},
         height=460,
     )
 

@@ -94,6 +94,13 @@ def draw(runner) -> None:
         })
 
 
+def placeholder() -> None:
+    """The charts, empty, before the first run."""
+    left, right = st.columns(2)
+    left.plotly_chart(plots_connect.profiles_figure({}), key="connect:profiles")
+    right.plotly_chart(plots_connect.connect_pca_figure(torch.empty(0, 0)), key="connect:pca")
+
+
 def _cost_sentence(cost: dict, n: int) -> str:
     return (f"A {n} × {n} grid is {cost['evaluations']:,} network evaluations on {cost['rows_per_evaluation']:,} rows each "
             f"(≈ {cost['multiply_adds'] / 1e9:.1f} G multiply-adds; {cost['method']}).")
@@ -183,7 +190,7 @@ def page() -> None:
             problem = _live.cached_problem(setup)
             return connect_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
-    runner = _live.run_panel("connect", make_runner, draw, int(values["steps"]))
+    runner = _live.run_panel("connect", make_runner, draw, int(values["steps"]), placeholder)
     landscape_ui(runner, max(2, int(values["grid"])))
 
 
