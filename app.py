@@ -25,14 +25,17 @@ def home() -> None:
     )
     st.plotly_chart(geodesic_sketch(), key="sketch")
     st.caption("A sketch, not a measurement: in a curved valley of good networks the straight line climbs out; the geodesic follows the valley.")
-    for path, title, text in (
+    cards = (
         ("pages/sparsify.py", "Sparsify", "Drive 90% of the weights to zero while keeping accuracy; compare with one-shot pruning and fine-tuning."),
         ("pages/continual.py", "Continual", "Learn a second task without forgetting the first; compare with fine-tuning, EWC and replay."),
-        ("pages/connect.py", "Connect", "Find a low-loss path between two independently trained networks (coming soon)."),
+        ("pages/connect.py", "Connect", "Find a low-loss path between two networks trained from different seeds; compare with the straight line and a Bezier curve."),
         ("pages/runs.py", "Runs", "Every path this server has walked: replay its charts, download its record."),
-    ):
-        st.page_link(path, label=f"Try it: {title}", icon=":material/arrow_forward:")
-        st.caption(text)
+    )
+    for column, (path, title, text) in zip(st.columns(len(cards)), cards):
+        with column.container(border=True, height="stretch"):
+            st.markdown(f"**{title}**")
+            st.caption(text)
+            st.page_link(path, label=f"Try it: {title}", icon=":material/arrow_forward:")
 
 
 def navigation():

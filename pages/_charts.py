@@ -11,7 +11,7 @@ import streamlit as st
 
 from geoviz import plots
 
-__all__ = ["sparsify_charts", "sparsify_summary", "generic_charts", "x_axis_ui"]
+__all__ = ["sparsify_charts", "sparsify_numbers", "sparsify_summary", "generic_charts", "x_axis_ui"]
 
 
 def x_axis_ui(key: str) -> str:
@@ -40,6 +40,7 @@ def sparsify_charts(
 ) -> None:
     """Accuracy, loss, sparsity, per-layer sparsity and the PCA of the trajectory."""
     table = plots.as_table(rows)
+    sparsify_numbers(table, reference)
     x = x_axis_ui(f"{key}:x")
     x_marker = None
     if marker is not None and x in table and len(table):
@@ -51,6 +52,20 @@ def sparsify_charts(
     left.plotly_chart(plots.sparsity_figure(table, target, marker=marker), key=f"{key}:sparsity")
     right.plotly_chart(plots.layer_sparsity_figure(layers, target, layers_title), key=f"{key}:layers")
     st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca")
+
+
+def sparsify_numbers(rows, reference: dict) -> None:
+    """The latest evaluated point in four large numbers, beside their references."""
+    table = plots.as_table(rows)
+    if "test_accuracy" not in table or table["test_accuracy"].notna().sum() == 0:
+        return
+    last = table[table["test_accuracy"].notna()].iloc[-1]
+    dense, one_shot = reference.get("dense_accuracy"), reference.get("one_shot_accuracy")
+    a, b, c, d = st.columns(4)
+    a.metric("test accuracy", f"{last['test_accuracy']:.3f}", None if dense is None else f"{last['test_accuracy'] - dense:+.3f} vs dense")
+    b.metric("if pruned now", f"{last['pruned_accuracy']:.3f}", None if one_shot is None else f"{last['pruned_accuracy'] - one_shot:+.3f} vs one-shot")
+    c.metric("masked weights left", f"{last['remaining_norm']:.1%}", help="|(1-m)·w| as a fraction of its start; the path ends near zero")
+    d.metric("functional length", f"{last['functional_length']:.3g}", help="Σ√(θᵀGθ): how far the outputs have moved, summed over the steps")
 
 
 def sparsify_summary(summary: dict, rows, target: float | None) -> None:
@@ -71,15 +86,10 @@ def sparsify_summary(summary: dict, rows, target: float | None) -> None:
         ],
         columns=["network", "test accuracy", "sparsity", "data used"],
     )
+    table["test accuracy"] = table["test accuracy"].map(lambda v: "—" if v is None or v != v else f"{v:.4f}")
+    table["sparsity"] = table["sparsity"].map(lambda v: "—" if v is None or v != v else f"{v:.3f}")
     st.subheader("Summary")
-    st.dataframe(
-        table,
-        hide_index=True,
-        column_config={
-            "test accuracy": st.column_config.NumberColumn(format="%.4f"),
-            "sparsity": st.column_config.NumberColumn(format="%.3f"),
-        },
-    )
+    st.table(table.set_index("network"))
     st.caption(f"The path ended: {summary.get('end_reason', '')}.")
 
 

@@ -116,7 +116,11 @@ def test_short_sparsify_run_completes_with_its_points():
     assert "of variance" in pca["layout"]["xaxis"]["title"]["text"]
     assert 2 <= len(_points(pca["data"][0]["x"])) <= 40
     assert any(title.startswith("Per-layer sparsity at step 30") for title in figures)
-    assert at.dataframe, "the summary table"
+    summary = at.table[0].value
+    assert len(summary) == 5 and summary["data used"].tolist()[-1] == "labels"
+    one_shot = runner.summary["baselines"]["one_shot"]
+    assert summary["test accuracy"].tolist()[3] == f"{one_shot:.4f}"
+    assert [m.label for m in at.metric] == ["test accuracy", "if pruned now", "masked weights left", "functional length"]
     record = Path(runner.writer.dir)
     assert json.loads((record / "status.json").read_text())["status"] == "finished"
 
