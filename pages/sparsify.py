@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import streamlit as st
+import torch
 
 from geoviz import plots
 from geoviz.data import DATASET_NAMES
@@ -45,9 +46,12 @@ def configs(values: dict) -> tuple[SetupConfig, SparsifyConfig, SolverConfig]:
 def draw(runner) -> None:
     """The live charts of a sparsification runner."""
     task, summary = runner.task, runner.summary
-    steps, snapshots = runner.trajectory()
-    layers = plots.layer_sparsity(task.problem.params(snapshots[-1]))
-    title = f"Per-layer sparsity at step {steps[-1]}"
+    steps, snapshots = runner.trajectory()  # kept on a memory budget: maybe not the last step
+    step, w = runner.path.step, runner.path.w.detach().float().cpu()  # the current point
+    if steps[-1] != step:
+        steps, snapshots = [*steps, step], torch.cat([snapshots, w[None]])
+    layers = plots.layer_sparsity(task.problem.params(w))
+    title = f"Per-layer sparsity at step {step}"
     reference = {"dense_accuracy": task.dense_accuracy, "one_shot_accuracy": task.one_shot_accuracy}
     _charts.sparsify_charts(
         runner.rows(), reference, summary.get("baselines"), task.config.sparsity, layers, title, steps, snapshots, "live"
