@@ -67,10 +67,12 @@ def draw(runner) -> None:
     task, summary = runner.task, runner.summary
     steps, snapshots = runner.trajectory()
     _charts.continual_charts(runner.rows(), ContinualTask.scores(task.start), steps, snapshots, "live")
-    if summary.get("baselines"):
-        _charts.continual_summary(summary, "live")
-    elif runner.path.done and not runner.finished:
-        st.caption(f"Training fine-tune, EWC and replay with {runner.path.gradient_evaluations} gradient evaluations each…")
+    _charts.continual_summary(summary, "live")  # once the path has ended and the baselines are trained
+
+
+def placeholder() -> None:
+    """The charts, empty, before the first run."""
+    _charts.continual_charts([], {}, [], None, "live")
 
 
 def page() -> None:
@@ -94,7 +96,7 @@ def page() -> None:
             problem = _live.cached_problem(setup, sequence.start_classes)
             return continual_runner(problem, sequence, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
-    _live.run_panel("continual", make_runner, draw, int(values["steps"]))
+    _live.run_panel("continual", make_runner, draw, int(values["steps"]), placeholder)
 
 
 if __name__ == "__main__":
