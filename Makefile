@@ -28,3 +28,4 @@ test: install-test
 bench:
 	$(PYTHON) bench/step_cost.py
 	$(PYTHON) bench/sparsify_time.py
+	$(PYTHON) bench/continual.py
