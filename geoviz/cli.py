@@ -82,7 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(cl, default_steps=150)
     from geoviz.continual import DEFAULT_SOLVER as continual_solver
 
-    cl.set_defaults(eps=continual_solver.eps, damping=continual_solver.damping, cg_iterations=continual_solver.cg_iterations)
+    cl.set_defaults(
+        eps=continual_solver.eps, damping=continual_solver.damping, cg_iterations=continual_solver.cg_iterations,
+        metric_batch=None,  # the metric batch is the memory: --memory sets it
+    )
     cl.add_argument("--scenario", default="class-incremental", help="class-incremental, task-incremental or permuted")
     cl.add_argument("--split", default="0-4/5-9", help="classes of task 1 / task 2 (split scenarios)")
     cl.add_argument("--memory", type=int, default=100, help="task-1 examples kept: the metric batch (inputs), the replay buffer")
@@ -230,6 +233,9 @@ def _cmd_continual(args) -> int:
         eval_every=args.eval_every, ewc_lambda=args.ewc_lambda,
     )
     config.validate()
+    if args.metric_batch is not None:
+        raise ConfigError("--metric-batch does not apply to continual: the metric is measured on the whole memory; set its size with --memory.")
+    args.metric_batch = config.memory
     solver = solver_from(args)
     progress = Progress(args.steps, args.quiet, "continual")
     problem, sequence = load_continual(setup_from(args), config, progress=progress.training)

@@ -196,6 +196,7 @@ BAD = [  # (arguments, a phrase the one sentence must hold)
     (["--split", "0-4/3-9"], "must not share classes"),
     (["--scenario", "permuted", "--split", "0-2/3-9"], "leave the split at its default"),
     (["--eps", "0"], "eps must be a positive number"),
+    (["--metric-batch", "50"], "set its size with --memory"),
 ]
 
 
