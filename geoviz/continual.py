@@ -6,8 +6,8 @@ that barely change the outputs on the memory, the path gains task 2 while keepin
 task 1 (METHOD.md, application 2).
 
 Baselines get the same number of gradient evaluations as the path used
-(``Path.gradient_evaluations``: metric products and power iterations in exact
-mode, one per step in penalty mode), each one SGD step on a task-2 minibatch:
+(``Path.gradient_evaluations``: metric products, power iterations and the
+task-2 gradient in exact mode, one per step in penalty mode), each one SGD step on a task-2 minibatch:
 
 - ``finetune``: task-2 cross-entropy only (it forgets task 1);
 - ``ewc``: plus (lambda / 2) sum_i F_i (w_i - w0_i)^2, F the diagonal Fisher of

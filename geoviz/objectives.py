@@ -94,6 +94,8 @@ class TowardPointObjective:
 class TaskLossObjective:
     """L2(w) = cross-entropy of a new task on a fresh minibatch each call."""
 
+    gradient_cost = 1  # one forward and backward per step, counted for the baselines
+
     def __init__(
         self,
         model: nn.Module,
