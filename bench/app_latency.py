@@ -32,6 +32,33 @@ from appserver import FIRST_CHART_POINTS, AppServer, launch_chromium  # noqa: E4
 from geoviz.runs import list_runs, read_run  # noqa: E402
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _pin_browser(core: int) -> None:
+    """Move this script's Chromium processes to one core (renderers fork from them)."""
+    for pid in _descendants(os.getpid()):
+        try:
+            if "chrom" in Path(f"/proc/{pid}/comm").read_text():
+                os.sched_setaffinity(pid, {core})
+        except OSError:
+            pass
+
+
 def _rate(run_dir: Path) -> tuple[int, float]:
     table = read_run(run_dir).table
     steps, seconds = int(table["step"].max()), float(table["seconds"].max())
@@ -40,7 +67,7 @@ def _rate(run_dir: Path) -> tuple[int, float]:
 
 def cli_run(args, runs: Path, env: dict) -> dict:
     command = [
-        sys.executable, "-m", "geoviz", "sparsify", "--quiet", "--json", "--out", str(runs),
+        *args.prefix, sys.executable, "-m", "geoviz", "sparsify", "--quiet", "--json", "--out", str(runs),
         "--sparsity", str(args.sparsity), "--steps", str(args.steps), "--eval-every", str(args.eval_every),
     ]  # fmt: skip
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
@@ -76,7 +103,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--pin", action="store_true",
+        help="server and CLI on core 0, the browser on core 1: as if the browser ran on the user's machine",
+    )  # fmt: skip
     args = parser.parse_args()
+    args.prefix = ["taskset", "-c", "0"] if args.pin else []
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,8 +116,10 @@ def main() -> None:
         runs.mkdir()
         # one thread for torch in both, so that neither fights the other for the 2 cores
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "GEOVIZ_RUNS": str(runs)}
-        with AppServer(runs, env=env) as server, sync_playwright() as pw:
+        with AppServer(runs, env=env, prefix=args.prefix) as server, sync_playwright() as pw:
             browser = launch_chromium(pw)
+            if args.pin:
+                _pin_browser(1)
             warm = page_run(browser, server, args, runs)  # trains/loads the start network once
             cli_run(args, runs, env)
             print(f"warm-up (cold server): first point {warm['first_point_s']:.2f} s")
@@ -94,7 +128,8 @@ def main() -> None:
                 clis.append(cli_run(args, runs, env))
                 pages.append(page_run(browser, server, args, runs))
             browser.close()
-    print(f"settings: digits mlp, sparsity {args.sparsity}, steps {args.steps}, eval every {args.eval_every}, CPU")
+    where = "server and CLI pinned to core 0, browser to core 1" if args.pin else "server, CLI and browser share the cores"
+    print(f"settings: digits mlp, sparsity {args.sparsity}, steps {args.steps}, eval every {args.eval_every}, CPU; {where}")
     print(f"{'repeat':>6} {'first point s':>14} {'page steps/s':>13} {'CLI steps/s':>12} {'ratio':>6}")
     for i, (p, c) in enumerate(zip(pages, clis)):
         print(f"{i:>6} {p['first_point_s']:>14.2f} {p['rate']:>13.1f} {c['rate']:>12.1f} {p['rate'] / c['rate']:>6.2f}")

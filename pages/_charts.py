@@ -37,8 +37,13 @@ def sparsify_charts(
     snapshots,
     key: str,
     marker: int | None = None,
+    moving: bool = False,
 ) -> None:
-    """Accuracy, loss, sparsity, per-layer sparsity and the PCA of the trajectory."""
+    """Accuracy, loss, sparsity, per-layer sparsity and the PCA of the trajectory.
+
+    ``moving``: the path is growing; the charts are drawn static (no hover, zoom or
+    toolbar), which costs the browser much less on every redraw.
+    """
     table = plots.as_table(rows)
     sparsify_numbers(table, reference)
     x = x_axis_ui(f"{key}:x")
@@ -46,12 +51,13 @@ def sparsify_charts(
     if marker is not None and x in table and len(table):
         x_marker = float(table.loc[(table["step"] - marker).abs().idxmin(), x])
     left, right = st.columns(2)
-    left.plotly_chart(plots.accuracy_figure(table, reference, baselines, marker=marker), key=f"{key}:accuracy")
-    right.plotly_chart(plots.loss_figure(table, x, marker=x_marker), key=f"{key}:loss")
+    config = {"staticPlot": True} if moving else None
+    left.plotly_chart(plots.accuracy_figure(table, reference, baselines, marker=marker), key=f"{key}:accuracy", config=config)
+    right.plotly_chart(plots.loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
     left, right = st.columns(2)
-    left.plotly_chart(plots.sparsity_figure(table, target, marker=marker), key=f"{key}:sparsity")
-    right.plotly_chart(plots.layer_sparsity_figure(layers, target, layers_title), key=f"{key}:layers")
-    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca")
+    left.plotly_chart(plots.sparsity_figure(table, target, marker=marker), key=f"{key}:sparsity", config=config)
+    right.plotly_chart(plots.layer_sparsity_figure(layers, target, layers_title), key=f"{key}:layers", config=config)
+    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca", config=config)
 
 
 def sparsify_numbers(rows, reference: dict) -> None:

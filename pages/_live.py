@@ -24,7 +24,11 @@ from geoviz.runner import PathRunner
 
 __all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options"]
 
-POLL_RUNNING = 1.0  # seconds between redraws while a path runs: live, yet cheap for the browser
+# seconds between redraws while a path runs: live, yet cheap. A redraw costs the browser
+# far more than the server (~0.15 s of CPU per plotly chart against ~0.05 s in all on
+# the server): with the browser on the same 2 cores, redrawing 5 charts every second
+# halved the path's speed (bench/app_latency.py).
+POLL_RUNNING = float(os.environ.get("GEOVIZ_POLL", "1.5"))
 POLL_PAUSED = 2.0
 # a run that no page of its session has polled for this long stops itself (tab closed)
 ABANDON_AFTER = float(os.environ.get("GEOVIZ_ABANDON_AFTER", "30"))

@@ -54,7 +54,8 @@ def draw(runner) -> None:
     title = f"Per-layer sparsity at step {step}"
     reference = {"dense_accuracy": task.dense_accuracy, "one_shot_accuracy": task.one_shot_accuracy}
     _charts.sparsify_charts(
-        runner.rows(), reference, summary.get("baselines"), task.config.sparsity, layers, title, steps, snapshots, "live"
+        runner.rows(), reference, summary.get("baselines"), task.config.sparsity, layers, title, steps, snapshots, "live",
+        moving=runner.alive,
     )
     _charts.sparsify_summary(summary, runner.rows(), task.config.sparsity)
 

@@ -38,18 +38,26 @@ class AppServer:
         runs_dir: the server's runs folder ($GEOVIZ_RUNS).
         env: extra environment variables.
         log: file that receives the server's output.
+        prefix: words put before the command (e.g. ``["taskset", "-c", "0"]``).
     """
 
-    def __init__(self, runs_dir: str | os.PathLike, env: dict | None = None, log: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        runs_dir: str | os.PathLike,
+        env: dict | None = None,
+        log: str | os.PathLike | None = None,
+        prefix: list[str] | None = None,
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "GEOVIZ_RUNS": str(runs_dir), **(env or {})}
         self.log_path = Path(log) if log else Path(runs_dir) / "server.log"
         self.proc: subprocess.Popen | None = None
+        self.prefix = list(prefix or [])
 
     def __enter__(self) -> AppServer:
         command = [
-            sys.executable, "-m", "streamlit", "run", "app.py",
+            *self.prefix, sys.executable, "-m", "streamlit", "run", "app.py",
             "--server.headless", "true",
             "--server.address", "127.0.0.1",
             "--server.port", str(self.port),
