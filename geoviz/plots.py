@@ -57,7 +57,8 @@ def _figure(data: list[dict], shapes: list[dict], title: str, x_title: str, y_ti
     no point yet says so instead of showing made-up axes."""
     if not any(_has_points(trace) for trace in data):
         empty = {"showticklabels": False, "showgrid": False, "zeroline": False}
-        layout = {**layout, "xaxis": {**layout.get("xaxis", {}), **empty}, "yaxis": {**layout.get("yaxis", {}), **empty}}
+        for axis in ("xaxis", "yaxis", *(k for k in layout if k.startswith("yaxis"))):
+            layout = {**layout, axis: {**layout.get(axis, {}), **empty}}
         note = {"text": "no step yet", "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 16, "color": _COLORS["grey"]}}
         layout["annotations"] = [*layout.get("annotations", []), note]
     return go.Figure(
