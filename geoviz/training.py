@@ -463,11 +463,14 @@ def train_network(
                             hidden=hidden, dataset=dataset.name)
     model.to(device)
 
-    cached = _MEMORY_CACHE.get(key)
+    # the in-process cache is keyed by the file too: another cache folder is
+    # another cache (a test that points at an empty folder must really train)
+    memory_key = str(weights_path)
+    cached = _MEMORY_CACHE.get(memory_key)
     if cached is None and weights_path.is_file():
         try:
             cached = _split_state(load_file(str(weights_path)))
-            _MEMORY_CACHE[key] = cached
+            _MEMORY_CACHE[memory_key] = cached
         except Exception:  # unreadable or half-written by another tool: retrain
             cached = None
     if cached is not None:
@@ -494,7 +497,7 @@ def train_network(
         model.eval()
         params_cpu = {k: v.detach().cpu().clone() for k, v in model.named_parameters()}
         buffers_cpu = {k: v.detach().cpu().clone() for k, v in model.named_buffers()}
-        _MEMORY_CACHE[key] = (params_cpu, buffers_cpu)
+        _MEMORY_CACHE[memory_key] = (params_cpu, buffers_cpu)
         test_loss, test_acc = evaluate(model, dict(model.named_parameters()),
                                        dict(model.named_buffers()),
                                        dataset.x_test, dataset.y_test)
