@@ -300,14 +300,23 @@ def runs_table(runs) -> pd.DataFrame:
     lines = []
     for run in runs:
         table, summary = run.table, run.summary
+        application = run.config.get("application", "")
+        geodesic = summary.get("geodesic", {})
+        if application == "continual":  # the average over both tasks
+            accuracy = geodesic.get("average", _last(table, "average_accuracy"))
+        elif application == "connect":  # the worst point of the path
+            accuracy = geodesic.get("min_accuracy", _last(table, "test_accuracy"))
+        else:
+            accuracy = summary.get("accuracy", _last(table, "test_accuracy"))
         lines.append(
             {
                 "run": run.name,
-                "application": run.config.get("application", ""),
+                "application": application,
                 "status": run.state,
                 "steps": int(table["step"].max()) if "step" in table and len(table) else 0,
-                "test accuracy": summary.get("accuracy", _last(table, "test_accuracy")),
+                "test accuracy": accuracy,
                 "sparsity": summary.get("sparsity", _last(table, "sparsity")),
+                "barrier": geodesic.get("barrier") if application == "connect" else None,
                 "message": run.status.get("message", ""),
             }
         )

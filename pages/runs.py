@@ -49,6 +49,10 @@ def replay(record) -> None:
     elif record.config.get("application") == "continual":
         _charts.continual_charts(shown, record.summary.get("start", {}), steps, snapshots, "replay", marker=at if at < last else None)
         _charts.continual_summary(record.summary, "replay")
+    elif record.config.get("application") == "connect":
+        from pages.connect import replay_record
+
+        replay_record(record)
     else:
         _charts.generic_charts(shown, "replay")
 

@@ -100,3 +100,27 @@ def test_a_connect_run_replays_from_its_folder(runs_dir):
     assert len(charts) == 3  # profiles, PCA with line and Bezier, landscape
     assert "Bezier curve" in charts[1].proto.spec and "contour" in charts[2].proto.spec
     assert list(at.dataframe[0].value["path"]) == ["geodesic", "straight line", "Bezier curve"]
+
+
+def test_runs_page_replays_a_connect_run(runs_dir, monkeypatch):
+    """The Runs page sends a connect run to its own replay (profiles, PCA, table)."""
+    from geoviz.connect import ConnectConfig, connect_runner
+    from geoviz.engine import SolverConfig
+    from geoviz.problem import SetupConfig, load_problem
+
+    monkeypatch.setenv("GEOVIZ_RUNS", str(runs_dir))
+    problem = load_problem(SetupConfig(dataset="digits", model="mlp", seed=0))
+    runner = connect_runner(problem, ConnectConfig(), SolverConfig(eps=0.3, damping=1e-3), str(runs_dir))
+    assert runner.run() == "finished"
+    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
+    at.query_params["run"] = runner.writer.dir.name
+    at.run()
+    at.switch_page("pages/runs.py")
+    at.run()
+    assert not at.exception, at.exception
+    listing = at.dataframe[0].value
+    row = listing[listing["run"] == runner.writer.dir.name]
+    assert row["application"].item() == "connect"
+    assert row["barrier"].item() == pytest.approx(runner.summary["geodesic"]["barrier"])
+    assert list(at.dataframe[1].value["path"]) == ["geodesic", "straight line", "Bezier curve"]
+    assert len(at.get("plotly_chart")) >= 2

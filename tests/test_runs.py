@@ -108,3 +108,22 @@ def test_sigterm_cli_run_says_interrupted(runs_dir):
     run = read_run(run_dir)
     assert run.state == "interrupted" and len(run.table) > 0
     assert isinstance(run.table, pd.DataFrame) and (run_dir / "steps.parquet").exists()
+
+
+def test_runs_table_shows_each_applications_key_figure(runs_dir):
+    from geoviz.plots import runs_table
+
+    summaries = {
+        "sparsify": {"accuracy": 0.96, "sparsity": 0.9},
+        "continual": {"geodesic": {"task1": 0.9, "task2": 0.98, "average": 0.94}},
+        "connect": {"geodesic": {"barrier": 0.03, "min_accuracy": 0.95}},
+    }
+    for application, summary in summaries.items():
+        writer = RunWriter(runs_dir, application, {}, name=f"run-{application}")
+        writer.append({"step": 1})
+        writer.write_summary(summary)
+        writer.close("finished")
+    table = runs_table(list_runs(runs_dir)).set_index("application")
+    assert table.loc["sparsify", "test accuracy"] == 0.96 and table.loc["sparsify", "sparsity"] == 0.9
+    assert table.loc["continual", "test accuracy"] == 0.94
+    assert table.loc["connect", "test accuracy"] == 0.95 and table.loc["connect", "barrier"] == 0.03
