@@ -19,7 +19,7 @@ from geoviz.data import (
     write_idx,
 )
 from geoviz.errors import ConfigError, DatasetNotFoundError
-from geoviz.models import MODEL_NAMES, build_model, has_batchnorm, prunable_names
+from geoviz.models import build_model, has_batchnorm, prunable_names
 from geoviz.training import (
     TrainConfig,
     default_train_config,

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from geoviz.engine import SolverConfig
 from geoviz.problem import SetupConfig, load_problem
