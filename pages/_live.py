@@ -19,7 +19,9 @@ from dataclasses import dataclass, replace
 import streamlit as st
 
 from geoviz.errors import ConfigError, GeovizError
+from geoviz.data import load_dataset
 from geoviz.problem import Problem, SetupConfig, load_problem
+from geoviz.training import resolve_device, train_network
 from geoviz.runner import PathRunner
 
 __all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options"]
@@ -129,8 +131,8 @@ def device_options() -> tuple[str, ...]:
 
 # -- the start network, trained once per setup and shared by every session -----------
 @st.cache_resource(show_spinner=False)
-def _shared_problem(setup: SetupConfig, classes: tuple | None, _progress=None) -> Problem:
-    return load_problem(setup, classes=classes, progress=_progress)
+def _shared_problem(setup: SetupConfig, classes: tuple | None) -> Problem:
+    return load_problem(setup, classes=classes)
 
 
 def cached_problem(setup: SetupConfig, classes: Sequence[int] | None = None) -> Problem:
@@ -145,7 +147,14 @@ def cached_problem(setup: SetupConfig, classes: Sequence[int] | None = None) -> 
         bar.progress(min(1.0, fraction), text=f"Training the start network ({fraction:.0%}); cached afterwards")
 
     try:
-        problem = _shared_problem(setup, None if classes is None else tuple(classes), progress)
+        # Train (or load) outside st.cache_resource: an element drawn from inside a
+        # cached function breaks its replay (CacheReplayClosureError, seen on a fresh
+        # machine where the network is not on disk yet). geoviz caches networks on
+        # disk and in memory, so this is instant once trained.
+        data = load_dataset(setup.dataset, setup.data_dir, setup.download)
+        train_network(data, setup.model, setup.seed, hidden=setup.hidden, device=resolve_device(setup.device),
+                      progress=progress, classes=classes)
+        problem = _shared_problem(setup, None if classes is None else tuple(classes))
     finally:
         bar.empty()
     return replace(problem, model=copy.deepcopy(problem.model))

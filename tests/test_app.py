@@ -265,3 +265,35 @@ def test_runs_page_lists_opens_and_replays_a_run():
     assert list(_points(figures["Test accuracy along the path"]["data"][0]["x"])) == [1, 3, 6]
     pca = next(spec for title, spec in figures.items() if title.startswith("Weight trajectory"))
     assert pca["data"][2]["name"] == "now: step 6"
+
+
+def test_first_run_on_a_fresh_machine_trains_with_a_progress_bar(tmp_path, monkeypatch):
+    """No network on disk yet (as in CI or on a new laptop): the page trains it, shows its
+    progress, and runs; drawing the bar must not break Streamlit's cache replay."""
+    from pages import _live
+
+    monkeypatch.setenv("GEOVIZ_CACHE", str(tmp_path / "empty-cache"))
+    _live._shared_problem.clear()
+    seen = []
+    original = _live.train_network
+
+    def spy(*args, **kwargs):
+        shown = kwargs["progress"]
+        kwargs["progress"] = lambda f: (seen.append(f), shown(f))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_live, "train_network", spy)
+    at = _app("pages/sparsify.py")
+    _set(at, SHORT)
+    _click(at, "Run")
+    runner = _finish(at)
+    assert seen and seen[-1] == 1.0, "the network was trained here, with progress"
+    assert runner.state == "finished"
+    assert list((tmp_path / "empty-cache").rglob("*.safetensors"))
+    # a second browser session is served from the cache: nothing drawn during the
+    # first session's training may be replayed into it
+    again = _app("pages/sparsify.py")
+    _set(again, SHORT)
+    _click(again, "Run")
+    assert _finish(again).state == "finished"
+    _live._shared_problem.clear()
