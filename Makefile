@@ -29,3 +29,4 @@ bench:
 	$(PYTHON) bench/step_cost.py
 	$(PYTHON) bench/sparsify_time.py
 	$(PYTHON) bench/continual.py
+	$(PYTHON) bench/landscape.py
