@@ -270,6 +270,8 @@ class Path:
         self._lambda = torch.full((), float("nan"))
         self._eigvec: torch.Tensor | None = None
         self._u: torch.Tensor | None = None
+        self._w_next: torch.Tensor | None = None
+        self._nan_tensor: torch.Tensor | None = None
         self._adam: torch.optim.Optimizer | None = None
         self._w_param: torch.Tensor | None = None
         self._start_value: float | None = None
@@ -308,13 +310,14 @@ class Path:
         distance = functional_distance(out, reference, cfg.metric)
         (g_dist,) = torch.autograd.grad(distance, w)
         weight = cfg.penalty_weight * (1.0 + self.step / cfg.penalty_ramp)
-        g = g_dist + weight * grad_fn
+        w.grad = g_dist.add_(grad_fn, alpha=weight)
         self.gradient_evaluations += 1
-        before = self.w.clone()
-        w.grad = g
         self._adam.step()
-        theta = w.detach() - before
-        nan = torch.full((), float("nan"), device=theta.device)
+        # the next point is Adam's parameter itself (copied, so that self.w and the
+        # optimiser's tensor never alias); theta is what the step moved
+        self._w_next = w.detach().clone()
+        theta = self._w_next - self.w
+        nan = self._nan(theta.device)
         return theta, {
             "cg_iterations": 0,
             "cg_residual": nan,
@@ -345,7 +348,7 @@ class Path:
             theta, info = self._exact_step(inputs, grad)
         else:
             theta, info = self._penalty_step(inputs, self._reference_outputs()[index], grad)
-        w_next = self.w + theta
+        w_next = self.w + theta if self.config.mode == "exact" else self._w_next
         if self.config.mode == "penalty":
             # the functional length of a free step: the finite distance on the first
             # 64 examples of the batch, which agrees with theta^T G theta to leading
@@ -371,9 +374,6 @@ class Path:
         if value > self.config.explode_factor * max(self._start_value, 1e-12):
             raise DivergedError(f"The path diverged at step {self.step}: the objective exploded to {value:.3g}.")
         self.w = w_next
-        if self._adam is not None:
-            with torch.no_grad():
-                self._w_param.copy_(self.w)
         self._path_length += eps_length
         self._functional_length += math.sqrt(max(functional_sq, 0.0))
         finished = distance is not None and figures[7] <= self.objective.tolerance
@@ -401,6 +401,11 @@ class Path:
             seconds=self._elapsed,
             metrics=metrics,
         )
+
+    def _nan(self, device: torch.device) -> torch.Tensor:
+        if self._nan_tensor is None:
+            self._nan_tensor = torch.full((), float("nan"), device=device)
+        return self._nan_tensor
 
     def _metric_index(self) -> torch.Tensor:
         n = self.metric_pool.shape[0]
