@@ -56,6 +56,7 @@ def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
     s.add_argument("--metric-batch", type=int, default=_DEFAULT_SOLVER.metric_batch)
     s.add_argument("--penalty-weight", type=float, default=_DEFAULT_SOLVER.penalty_weight, help="lambda of the penalty mode")
     s.add_argument("--penalty-lr", type=float, default=_DEFAULT_SOLVER.penalty_lr, help="Adam learning rate of the penalty mode")
+    s.add_argument("--penalty-ramp", type=int, default=_DEFAULT_SOLVER.penalty_ramp, help="steps over which the penalty's lambda grows by its start value")
     s.add_argument("--steps", type=int, default=default_steps, help="step budget of the path")
     o = parser.add_argument_group("output")
     o.add_argument("--out", default=None, help="folder for run folders (default ./runs or $GEOVIZ_RUNS)")
@@ -127,6 +128,7 @@ def solver_from(args) -> SolverConfig:
         metric_batch=args.metric_batch,
         penalty_weight=args.penalty_weight,
         penalty_lr=args.penalty_lr,
+        penalty_ramp=args.penalty_ramp,
     )
     solver.validate()
     return solver

@@ -90,6 +90,7 @@ BAD = [  # (arguments, a phrase the one sentence must hold)
     (["--dataset", "mnist", "--data-dir", "/nonexistent-geoviz"], "/nonexistent-geoviz"),
     (["--model", "vgg11"], "32x32"),
     (["--steps", "0"], "steps must be at least 1"),
+    (["--mode", "penalty", "--penalty-ramp", "0"], "penalty_ramp must be at least 1 step"),
 ]
 
 
