@@ -63,8 +63,11 @@ class SolverConfig:
     # solve keeps improving from step to step: 10 warm did better than 20 cold.
     cg_iterations: int = 10
     cg_tolerance: float = 1e-4  # on |r| / |v|
-    power_iterations: int = 10
-    eigen_refresh: int = 20  # steps between lambda_max refreshes (warm-started)
+    power_iterations: int = 10  # for the first lambda_max estimate
+    eigen_refresh: int = 20  # steps between lambda_max refreshes
+    # a refresh starts from the last eigenvector, which moves little in 20 steps:
+    # a few iterations suffice (mu is a scale knob, not a precise quantity)
+    refresh_iterations: int = 3
     metric_batch: int = 256
     # penalty mode: Adam on D(f(w), f(w0)) + weight * L2(w)
     penalty_lr: float = 1e-3
@@ -289,8 +292,9 @@ class Path:
             if start is None:
                 gen = torch.Generator(device="cpu").manual_seed(self.seed)
                 start = torch.randn(self.w.shape, generator=gen, dtype=self.w.dtype).to(self.w.device)
-            lam, self._eigvec = top_eigenvalue(product, start, cfg.power_iterations)
-            self.gradient_evaluations += cfg.power_iterations
+            iterations = cfg.power_iterations if self._eigvec is None else cfg.refresh_iterations
+            lam, self._eigvec = top_eigenvalue(product, start, iterations)
+            self.gradient_evaluations += iterations
             self._lambda = lam.clamp_min(1e-12)
         mu = cfg.damping * self._lambda
         x0 = self._u if cfg.warm_start else None
