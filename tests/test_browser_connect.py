@@ -10,28 +10,13 @@ import os
 import re
 from pathlib import Path
 
-import pytest
 
-from appserver import CHROMIUM, AppServer, launch_chromium
+from appserver import AppServer, launch_chromium
+from test_browser import _require_browser
 
 SHOTS = Path(os.environ.get("GEOVIZ_SCREENSHOTS", Path(__file__).parent / "screenshots"))
 TRACES = "() => document.querySelectorAll('.js-plotly-plot .trace').length"
 CONTOUR = "() => document.querySelectorAll('.js-plotly-plot .contour, .js-plotly-plot .hm').length"
-
-
-def _require_browser():
-    missing = []
-    try:
-        from playwright.sync_api import sync_playwright  # noqa: F401
-    except ImportError:
-        missing.append("the playwright package")
-    if not Path(CHROMIUM).exists():
-        missing.append(f"Chromium at {CHROMIUM}")
-    if missing:
-        reason = "browser tests need " + " and ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(reason + " (CI is set: these tests must run)")
-        pytest.skip(reason)
 
 
 def test_connect_page_in_the_browser(runs_dir):
