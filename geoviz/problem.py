@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -48,6 +49,13 @@ class Problem:
 
     def params(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.layout.unflatten(w)
+
+    def to(self, device: str | torch.device) -> Problem:
+        """The same start network and data on another device (a copy)."""
+        device = torch.device(device)
+        move = {k: getattr(self, k).to(device) for k in ("w0", "x_train", "y_train", "x_test", "y_test")}
+        buffers = {k: v.to(device) for k, v in self.buffers.items()}
+        return replace(self, device=device, model=copy.deepcopy(self.model).to(device), buffers=buffers, **move)
 
     def buffers_at(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         """BatchNorm statistics recomputed at w (METHOD.md); the start buffers otherwise."""

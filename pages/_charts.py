@@ -11,7 +11,7 @@ import streamlit as st
 
 from geoviz import plots
 
-__all__ = ["sparsify_charts", "sparsify_numbers", "sparsify_summary", "generic_charts", "x_axis_ui"]
+__all__ = ["sparsify_charts", "sparsify_curves", "sparsify_pictures", "sparsify_numbers", "sparsify_summary", "generic_charts", "x_axis_ui"]
 
 
 def x_axis_ui(key: str) -> str:
@@ -44,20 +44,33 @@ def sparsify_charts(
     ``moving``: the path is growing; the charts are drawn static (no hover, zoom or
     toolbar), which costs the browser much less on every redraw.
     """
+    sparsify_curves(rows, reference, baselines, target, key, marker, moving)
+    sparsify_pictures(layers, target, layers_title, steps, snapshots, key, marker, moving)
+
+
+def sparsify_curves(rows, reference: dict, baselines: dict | None, target: float, key: str,
+                    marker: int | None = None, moving: bool = False) -> None:
+    """The figures along the path: four numbers, then accuracy, loss and sparsity against step."""
     table = plots.as_table(rows)
     sparsify_numbers(table, reference)
     x = x_axis_ui(f"{key}:x")
     x_marker = None
     if marker is not None and x in table and len(table):
         x_marker = float(table.loc[(table["step"] - marker).abs().idxmin(), x])
-    left, right = st.columns(2)
     config = {"staticPlot": True} if moving else None
+    left, middle, right = st.columns(3)
     left.plotly_chart(plots.accuracy_figure(table, reference, baselines, marker=marker), key=f"{key}:accuracy", config=config)
-    right.plotly_chart(plots.loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
-    left, right = st.columns(2)
-    left.plotly_chart(plots.sparsity_figure(table, target, marker=marker), key=f"{key}:sparsity", config=config)
-    right.plotly_chart(plots.layer_sparsity_figure(layers, target, layers_title), key=f"{key}:layers", config=config)
-    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca", config=config)
+    middle.plotly_chart(plots.loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
+    right.plotly_chart(plots.sparsity_figure(table, target, marker=marker), key=f"{key}:sparsity", config=config)
+
+
+def sparsify_pictures(layers: dict, target: float, layers_title: str, steps: list[int], snapshots, key: str,
+                      marker: int | None = None, moving: bool = False) -> None:
+    """The pictures of one point and of the whole trajectory: per-layer sparsity and the PCA."""
+    config = {"staticPlot": True} if moving else None
+    left, right = st.columns([2, 3])
+    left.plotly_chart(plots.layer_sparsity_figure(layers, target, layers_title), key=f"{key}:layers", config=config)
+    right.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca", config=config)
 
 
 def sparsify_numbers(rows, reference: dict) -> None:

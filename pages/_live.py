@@ -32,6 +32,10 @@ __all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel
 # halved the path's speed (bench/app_latency.py).
 POLL_RUNNING = float(os.environ.get("GEOVIZ_POLL", "1.5"))
 POLL_PAUSED = 2.0
+# pictures that change slowly (per-layer bars, the PCA of the trajectory) are redrawn
+# every third poll: with five charts every 1.5 s the page kept 0.77 of the CLI's
+# steps/s, with five every 3 s 0.91 (bench/app_latency.py)
+PICTURES_EVERY = 3
 # a run that no page of its session has polled for this long stops itself (tab closed)
 ABANDON_AFTER = float(os.environ.get("GEOVIZ_ABANDON_AFTER", "30"))
 KEEP_ALIVE_EVERY = 5.0
@@ -214,6 +218,7 @@ def run_panel(
     draw: Callable[[PathRunner], None],
     total_steps: int,
     placeholder: Callable[[], None] | None = None,
+    draw_pictures: Callable[[PathRunner], None] | None = None,
 ) -> PathRunner | None:
     """The buttons, the live view and the status line of a page.
 
@@ -225,6 +230,8 @@ def run_panel(
         total_steps: the step budget, for the status line.
         placeholder: draws the empty charts before the first run, so the page does
             not jump when it starts (and the browser has loaded plotly by then).
+        draw_pictures: draws the figures that change slowly, below ``draw``'s, in a
+            fragment of their own that polls ``PICTURES_EVERY`` times less often.
 
     Returns:
         This session's runner of the page, if any.
@@ -262,7 +269,7 @@ def run_panel(
         if placeholder is not None:
             placeholder()
         return None
-    _live_view(runner, phase, draw, total_steps)
+    _live_view(runner, phase, draw, total_steps, draw_pictures)
     return runner
 
 
@@ -280,7 +287,10 @@ def _wait_for(runner: PathRunner, done: Callable[[PathRunner], bool], timeout: f
         time.sleep(0.01)
 
 
-def _live_view(runner: PathRunner, seen: str, draw: Callable[[PathRunner], None], total: int) -> None:
+def _live_view(
+    runner: PathRunner, seen: str, draw: Callable[[PathRunner], None], total: int,
+    draw_pictures: Callable[[PathRunner], None] | None = None,
+) -> None:
     every = {"running": POLL_RUNNING, "paused": POLL_PAUSED}.get(seen)
 
     @st.fragment(run_every=every)
@@ -294,6 +304,17 @@ def _live_view(runner: PathRunner, seen: str, draw: Callable[[PathRunner], None]
         _log.debug("redraw at step %d in %.3f s", runner.path.step, time.perf_counter() - started)
 
     view()
+    if draw_pictures is None:
+        return
+
+    # paused, a path only moves on Step, which reruns the whole page
+    @st.fragment(run_every=POLL_RUNNING * PICTURES_EVERY if seen == "running" else None)
+    def pictures() -> None:
+        started = time.perf_counter()
+        draw_pictures(runner)
+        _log.debug("pictures at step %d in %.3f s", runner.path.step, time.perf_counter() - started)
+
+    pictures()
 
 
 def keep_alive() -> None:

@@ -44,20 +44,23 @@ def configs(values: dict) -> tuple[SetupConfig, SparsifyConfig, SolverConfig]:
 
 
 def draw(runner) -> None:
-    """The live charts of a sparsification runner."""
+    """The live figures along the path of a sparsification runner."""
     task, summary = runner.task, runner.summary
+    reference = {"dense_accuracy": task.dense_accuracy, "one_shot_accuracy": task.one_shot_accuracy}
+    _charts.sparsify_curves(runner.rows(), reference, summary.get("baselines"), task.config.sparsity, "live", moving=runner.alive)
+
+
+def draw_pictures(runner) -> None:
+    """Per-layer sparsity at the current point, the PCA of the trajectory (redrawn less often), the summary."""
+    task = runner.task
     steps, snapshots = runner.trajectory()  # kept on a memory budget: maybe not the last step
     step, w = runner.path.step, runner.path.w.detach().float().cpu()  # the current point
     if steps[-1] != step:
         steps, snapshots = [*steps, step], torch.cat([snapshots, w[None]])
     layers = plots.layer_sparsity(task.problem.params(w))
-    title = f"Per-layer sparsity at step {step}"
-    reference = {"dense_accuracy": task.dense_accuracy, "one_shot_accuracy": task.one_shot_accuracy}
-    _charts.sparsify_charts(
-        runner.rows(), reference, summary.get("baselines"), task.config.sparsity, layers, title, steps, snapshots, "live",
-        moving=runner.alive,
-    )
-    _charts.sparsify_summary(summary, runner.rows(), task.config.sparsity)
+    _charts.sparsify_pictures(layers, task.config.sparsity, f"Per-layer sparsity at step {step}", steps, snapshots, "live",
+                              moving=runner.alive)
+    _charts.sparsify_summary(runner.summary, runner.rows(), task.config.sparsity)
 
 
 def placeholder() -> None:
@@ -84,7 +87,7 @@ def page() -> None:
             problem = _live.cached_problem(setup)
             return sparsify_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
-    _live.run_panel("sparsify", make_runner, draw, int(values["steps"]), placeholder)
+    _live.run_panel("sparsify", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,71 @@
+"""The engine on CUDA: the same paths and figures as on the CPU.
+
+Skipped where there is no GPU (CI has none); `bash bench/gpu.sh` runs them on a lent
+GPU machine.
+"""
+
+import pytest
+import torch
+
+from geoviz.connect import ConnectConfig, ConnectTask
+from geoviz.engine import SolverConfig
+from geoviz.landscape import Landscape, Plane
+from geoviz.problem import SetupConfig, load_problem
+from geoviz.sparsify import SparsifyConfig, SparsifyTask, sparsify_runner
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+
+
+def _path_rows(device: str, mode: str, steps: int = 40):
+    # one start network (trained on the CPU), moved: training on each device would
+    # give two different networks
+    problem = load_problem(SetupConfig(device="cpu")).to(device)
+    solver = SolverConfig(mode=mode, penalty_lr=3e-3, penalty_ramp=20)
+    task = SparsifyTask(problem, SparsifyConfig(sparsity=0.9, steps=steps, eval_every=10), solver)
+    path = task.path()
+    rows = [r.row() for r in path]
+    return rows, path.w.cpu(), path.gradient_evaluations
+
+
+@pytest.mark.parametrize("mode", ["exact", "penalty"])
+def test_cuda_path_follows_the_cpu_path(mode):
+    cpu_rows, cpu_w, cpu_evals = _path_rows("cpu", mode)
+    gpu_rows, gpu_w, gpu_evals = _path_rows("cuda", mode)
+    assert len(gpu_rows) == len(cpu_rows) and gpu_evals == cpu_evals
+    # same seed, same batches: float32 rounding differs between the devices, so the
+    # two paths agree closely but not bit for bit. Adam divides by the root of tiny
+    # second moments, which magnifies rounding: the penalty path is compared looser.
+    tol = 1e-3 if mode == "exact" else 2e-2
+    gap = float((gpu_w - cpu_w).norm() / cpu_w.norm())
+    assert gap < tol, f"weights differ by {gap:.2e} (relative) after {len(cpu_rows)} steps"
+    for key in ("objective", "path_length"):
+        assert gpu_rows[-1][key] == pytest.approx(cpu_rows[-1][key], rel=tol)
+    assert gpu_rows[-1]["test_accuracy"] == pytest.approx(cpu_rows[-1]["test_accuracy"], abs=0.02)
+
+
+def test_cuda_sparsify_run_keeps_accuracy(tmp_path):
+    problem = load_problem(SetupConfig(device="cuda"))
+    runner = sparsify_runner(problem, SparsifyConfig(), SolverConfig(), str(tmp_path))
+    assert runner.run() == "finished"
+    s = runner.summary
+    assert s["sparsity"] > 0.899 and s["accuracy"] >= s["dense_accuracy"] - 0.03
+    assert s["accuracy"] > s["baselines"]["one_shot"] + 0.1
+    assert runner.writer.config["device"].startswith("cuda")
+
+
+def test_cuda_landscape_equals_direct_evaluation():
+    problem = load_problem(SetupConfig(device="cuda"))
+    task = ConnectTask(problem, ConnectConfig(), SolverConfig())
+    third = 0.5 * (task.w_a + task.w_b) + 0.1 * torch.randn_like(task.w_a)
+    plane = Plane.through(task.w_a, task.w_b, third)
+    points = torch.stack([task.w_a, task.w_b, third])
+    coords = plane.project(points).cpu()
+    xs = torch.sort(torch.cat([coords[:, 0], torch.tensor([-3.0])])).values
+    ys = torch.sort(torch.cat([coords[:, 1], torch.tensor([-5.0])])).values
+    grid = Landscape.empty(plane, xs, ys)
+    for _ in grid.fill(task.evaluator, rows_per_chunk=2):
+        pass
+    for (x, y), w in zip(coords.tolist(), points):
+        i, j = ys.tolist().index(y), xs.tolist().index(x)
+        loss, _ = problem.evaluate(w, task.data.x_train, task.data.y_train)
+        assert float(grid.values["train_loss"][i, j]) == pytest.approx(loss, rel=1e-3, abs=1e-5)
