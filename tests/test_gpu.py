@@ -27,25 +27,28 @@ def _path_rows(device: str, mode: str, steps: int = 40):
     return rows, path.w.cpu(), path.gradient_evaluations
 
 
-@pytest.mark.parametrize("mode", ["exact", "penalty"])
-def test_cuda_path_follows_the_cpu_path(mode):
-    cpu_rows, cpu_w, cpu_evals = _path_rows("cpu", mode)
-    gpu_rows, gpu_w, gpu_evals = _path_rows("cuda", mode)
+def test_cuda_exact_path_follows_the_cpu_path():
+    cpu_rows, cpu_w, cpu_evals = _path_rows("cpu", "exact")
+    gpu_rows, gpu_w, gpu_evals = _path_rows("cuda", "exact")
     assert len(gpu_rows) == len(cpu_rows) and gpu_evals == cpu_evals
-    # same seed, same batches: float32 rounding differs between the devices, so the
-    # two paths agree closely but not bit for bit. Adam divides by the root of tiny
-    # second moments, which magnifies rounding: the penalty path is compared looser.
-    tol = 1e-3 if mode == "exact" else 2e-2
+    # same start, seed and batches: float32 rounding differs between the devices, so
+    # the two paths agree closely but not bit for bit
     gap = float((gpu_w - cpu_w).norm() / cpu_w.norm())
-    assert gap < tol, f"weights differ by {gap:.2e} (relative) after {len(cpu_rows)} steps"
+    assert gap < 1e-3, f"weights differ by {gap:.2e} (relative) after {len(cpu_rows)} steps"
     for key in ("objective", "path_length"):
-        assert gpu_rows[-1][key] == pytest.approx(cpu_rows[-1][key], rel=tol)
-    assert gpu_rows[-1]["test_accuracy"] == pytest.approx(cpu_rows[-1]["test_accuracy"], abs=0.02)
+        assert gpu_rows[-1][key] == pytest.approx(cpu_rows[-1][key], rel=1e-3)
+    assert gpu_rows[-1]["test_accuracy"] == pytest.approx(cpu_rows[-1]["test_accuracy"], abs=0.01)
 
 
-def test_cuda_sparsify_run_keeps_accuracy(tmp_path):
+# The penalty path is not compared step by step: at the start the distance's gradient
+# is zero up to rounding, and Adam divides it by its own root mean square, so each
+# device's rounding noise becomes a full-size first step (seen: weights 14% apart
+# after 40 steps). Its outcome is compared instead.
+@pytest.mark.parametrize("mode", ["exact", "penalty"])
+def test_cuda_sparsify_run_keeps_accuracy(mode, tmp_path):
     problem = load_problem(SetupConfig(device="cuda"))
-    runner = sparsify_runner(problem, SparsifyConfig(), SolverConfig(), str(tmp_path))
+    solver = SolverConfig(mode=mode, penalty_lr=3e-3, penalty_ramp=20)
+    runner = sparsify_runner(problem, SparsifyConfig(), solver, str(tmp_path))
     assert runner.run() == "finished"
     s = runner.summary
     assert s["sparsity"] > 0.899 and s["accuracy"] >= s["dense_accuracy"] - 0.03
