@@ -2,6 +2,7 @@
 steps/s a path sustains while the page draws it, against the CLI on the same settings.
 
     python bench/app_latency.py [--sparsity 0.9 --steps 300 --eval-every 10 --repeats 2]
+    python bench/app_latency.py --compare GEOVIZ_POLL=3 --repeats 5   # A/B of page settings
 
 Starts the real app on a free loopback port and drives it with headless Chromium (on
 the same CPU, as a user's browser would be). Warm start network cache and server first,
@@ -9,6 +10,10 @@ then, per repeat, one CLI run and one page run (each page run in a fresh browser
 session), side by side. Steps/s are read the same way for both: from the run record
 (steps / path seconds, the engine's own clock, which pauses do not count). The browser
 runs on the same CPU as the server, so its drawing is charged to the page.
+
+With ``--compare NAME=VALUE`` a second server runs with that environment setting (a
+page's poll interval, say), and its page runs alternate with the first's: an A/B of
+page settings that the machine's drift affects alike.
 """
 
 from __future__ import annotations
@@ -107,8 +112,12 @@ def main() -> None:
         "--pin", action="store_true",
         help="server and CLI on core 0, the browser on core 1: as if the browser ran on the user's machine",
     )  # fmt: skip
+    parser.add_argument("--compare", action="append", default=[], metavar="NAME=VALUE",
+                        help="run a second server with this environment setting, alternating with the first")
     args = parser.parse_args()
     args.prefix = ["taskset", "-c", "0"] if args.pin else []
+    if args.compare:
+        return compare(args)
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,6 +146,41 @@ def main() -> None:
     cli_rate = sum(c["rate"] for c in clis) / len(clis)
     first = max(p["first_point_s"] for p in pages)
     print(f"first point drawn within {first:.2f} s (worst of {len(pages)}); page {page_rate:.1f} steps/s vs CLI {cli_rate:.1f} steps/s: ratio {page_rate / cli_rate:.2f}")
+
+
+def compare(args) -> None:
+    """Two servers, A (as is) and B (with ``--compare`` settings), page runs alternating."""
+    from contextlib import ExitStack
+
+    from playwright.sync_api import sync_playwright
+
+    extra = dict(item.split("=", 1) for item in args.compare)
+    with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
+        base = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        servers, runs = {}, {}
+        for name, env in (("A", base), ("B", {**base, **extra})):
+            runs[name] = Path(tmp) / name
+            runs[name].mkdir()
+            servers[name] = stack.enter_context(AppServer(runs[name], env={**env, "GEOVIZ_RUNS": str(runs[name])}, prefix=args.prefix))
+        pw = stack.enter_context(sync_playwright())
+        browser = launch_chromium(pw)
+        if args.pin:
+            _pin_browser(1)
+        for name in servers:  # warm: load the start network, plotly, the server's imports
+            page_run(browser, servers[name], args, runs[name])
+        results = {"A": [], "B": []}
+        for i in range(args.repeats):
+            for name in (("A", "B") if i % 2 == 0 else ("B", "A")):
+                results[name].append(page_run(browser, servers[name], args, runs[name]))
+        browser.close()
+    print(f"A: as configured; B: {' '.join(args.compare)}; digits mlp, {args.steps} steps, CPU")
+    for name, rows in results.items():
+        rates = [r["rate"] for r in rows]
+        print(f"{name}: page steps/s {sum(rates) / len(rates):.1f} (runs {', '.join(f'{r:.1f}' for r in rates)}); "
+              f"first point within {max(r['first_point_s'] for r in rows):.2f} s")
+    a = sum(r["rate"] for r in results["A"]) / len(results["A"])
+    b = sum(r["rate"] for r in results["B"]) / len(results["B"])
+    print(f"B/A page steps/s: {b / a:.2f}")
 
 
 if __name__ == "__main__":

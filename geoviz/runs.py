@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 __all__ = [
@@ -211,7 +212,8 @@ class RunWriter:
     def save_weights(self, name: str, params: dict[str, torch.Tensor]) -> None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in params.items()}
         tmp = self.dir / "weights" / f".{name}.tmp"
-        save_file(tensors, str(tmp))
+        # safetensors keeps its own order of names: the flat order goes in the metadata
+        save_file(tensors, str(tmp), metadata={"order": json.dumps(list(tensors))})
         os.replace(tmp, self.dir / "weights" / f"{name}.safetensors")
 
     def write_summary(self, summary: dict) -> None:
@@ -254,7 +256,29 @@ class RunRecord:
         return steps, torch.stack(ws)
 
     def weights(self, name: str) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path / "weights" / f"{name}.safetensors"))
+        """Saved parameters by name, in the model's (flat vector's) order where recorded."""
+        file = str(self.path / "weights" / f"{name}.safetensors")
+        tensors = load_file(file)
+        with safe_open(file, framework="pt") as f:
+            order = json.loads((f.metadata() or {}).get("order", "null"))
+        return {n: tensors[n] for n in order} if order and set(order) == set(tensors) else tensors
+
+    def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """A flat snapshot as named parameters, laid out like the start weights.
+
+        None when the run did not record its parameters' order (runs before it did).
+        """
+        file = self.path / "weights" / "start.safetensors"
+        if not file.exists():
+            return None
+        with safe_open(str(file), framework="pt") as f:
+            if "order" not in (f.metadata() or {}):
+                return None
+        start = self.weights("start")
+        sizes = [t.numel() for t in start.values()]
+        if sum(sizes) != w.numel():
+            return None
+        return {n: part.view(t.shape) for (n, t), part in zip(start.items(), torch.split(w, sizes))}
 
 
 def _pid_alive(pid: int) -> bool:

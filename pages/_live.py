@@ -35,7 +35,7 @@ POLL_PAUSED = 2.0
 # pictures that change slowly (per-layer bars, the PCA of the trajectory) are redrawn
 # every third poll: with five charts every 1.5 s the page kept 0.77 of the CLI's
 # steps/s, with five every 3 s 0.91 (bench/app_latency.py)
-PICTURES_EVERY = 3
+PICTURES_EVERY = int(os.environ.get("GEOVIZ_PICTURES_EVERY", "3"))
 # a run that no page of its session has polled for this long stops itself (tab closed)
 ABANDON_AFTER = float(os.environ.get("GEOVIZ_ABANDON_AFTER", "30"))
 KEEP_ALIVE_EVERY = 5.0

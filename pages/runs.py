@@ -17,6 +17,20 @@ def _zip_bytes(path: Path) -> bytes:
         return zip_run(path, tmp).read_bytes()
 
 
+def _layers_at(record, at: int, last: int, steps: list[int], snapshots) -> tuple[dict, str]:
+    """Per-layer sparsity at the slider's step: the final weights at the end (the mask
+    applied exactly), else the latest snapshot at or before the step."""
+    final = (record.path / "weights" / "final.safetensors").exists()
+    if at >= last and final:
+        return plots.layer_sparsity(record.weights("final")), "Per-layer sparsity at the end"
+    params = record.unflatten(snapshots[-1]) if steps else None
+    if params is not None:
+        return plots.layer_sparsity(params), f"Per-layer sparsity at step {steps[-1]}"
+    if final:  # a run from before snapshots could be laid out
+        return plots.layer_sparsity(record.weights("final")), "Per-layer sparsity at the end"
+    return {}, "Per-layer sparsity"
+
+
 def replay(record) -> None:
     """The run's charts, drawn from its record up to the step chosen on the slider."""
     table = record.table
@@ -31,15 +45,14 @@ def replay(record) -> None:
     steps, snapshots = [steps[i] for i in keep], snapshots[keep] if keep else snapshots
     if record.config.get("application") == "sparsify":
         summary = record.summary
-        final = (record.path / "weights" / "final.safetensors").exists()
-        layers = plots.layer_sparsity(record.weights("final")) if final else {}
+        layers, title = _layers_at(record, at, last, steps, snapshots)
         _charts.sparsify_charts(
             shown,
             summary.get("reference", {}),
             summary.get("baselines"),
             record.config.get("sparsify", {}).get("sparsity"),
             layers,
-            "Per-layer sparsity at the end",
+            title,
             steps,
             snapshots,
             "replay",

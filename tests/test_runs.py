@@ -127,3 +127,25 @@ def test_runs_table_shows_each_applications_key_figure(runs_dir):
     assert table.loc["sparsify", "test accuracy"] == 0.96 and table.loc["sparsify", "sparsity"] == 0.9
     assert table.loc["continual", "test accuracy"] == 0.94
     assert table.loc["connect", "test accuracy"] == 0.95 and table.loc["connect", "barrier"] == 0.03
+
+
+def test_snapshots_read_back_as_named_parameters(runs_dir):
+    from geoviz.metric import FlatParams
+    from geoviz.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mlp", (1, 8, 8), 10)
+    layout = FlatParams.of(model)
+    w = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    writer = RunWriter(runs_dir, "sparsify", {})
+    writer.save_weights("start", layout.unflatten(w))
+    writer.snapshot(7, 2 * w)
+    writer.close("finished")
+    run = read_run(writer.dir)
+    # safetensors sorts names (net.1.bias before net.1.weight); the model's order is kept
+    assert list(run.weights("start")) == list(layout.names)
+    steps, snapshots = run.snapshots()
+    params = run.unflatten(snapshots[0])
+    assert steps == [7] and list(params) == list(layout.names)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(params[name], 2 * p.detach())
