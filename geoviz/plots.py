@@ -183,6 +183,18 @@ def sparsity_figure(rows, target: float | None = None, marker: float | None = No
     return _figure(data, shapes, "Sparsity along the path", "step", "fraction", yaxis={"range": [-0.02, 1.02]})
 
 
+def variance_share(fraction: float) -> str:
+    """A share of variance for an axis title: 99.97% and 0.03%, not 100.0% and 0.0%."""
+    percent = 100.0 * float(fraction)
+    if 0.1 <= percent <= 99.9:
+        return f"{percent:.1f}%"
+    for digits in (2, 3):
+        text = f"{percent:.{digits}f}"
+        if float(text) not in (0.0, 100.0):
+            return f"{text}%"
+    return ">99.999%" if percent > 50 else "<0.001%"
+
+
 def layer_sparsity(params: Mapping[str, torch.Tensor], names: Sequence[str] | None = None, zero: float = 1e-3) -> dict:
     """Fraction of weights with |w| <= ``zero`` per tensor (default: every tensor of 2+ dimensions)."""
     names = list(names) if names is not None else [n for n, p in params.items() if p.ndim >= 2]
@@ -262,7 +274,7 @@ def trajectory_figure(
             "marker": {"size": 20, "color": _COLORS["one_shot"], "symbol": "star", "line": {"width": 1, "color": "black"}},
         },
     ]
-    return _figure(data, [], title, f"PC1 ({ev[0]:.1%} of variance)", f"PC2 ({ev[1]:.1%} of variance)")
+    return _figure(data, [], title, f"PC1 ({variance_share(ev[0])} of variance)", f"PC2 ({variance_share(ev[1])} of variance)")
 
 
 def geodesic_sketch(n: int = 120) -> go.Figure:

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import torch
 
 from geoviz.landscape import trajectory_pca
-from geoviz.plots import _figure
+from geoviz.plots import _figure, variance_share
 
 __all__ = ["PATH_COLORS", "profiles_figure", "landscape_figure", "connect_pca_figure", "summary_rows"]
 
@@ -127,7 +127,7 @@ def connect_pca_figure(
                      "line": {"color": PATH_COLORS.get(name, "#7f7f7f"), "width": 2, "dash": "dash"}})
     data.append({"type": "scatter", "x": xy[:1, 0], "y": xy[:1, 1], "mode": "markers+text", "text": ["w_A"], "textposition": "top center",
                  "name": "w_A", "showlegend": False, "marker": {"size": 12, "color": "black"}})
-    return _figure(data, [], title, f"PC1 ({ev[0]:.1%} of variance)", f"PC2 ({ev[1]:.1%} of variance)")
+    return _figure(data, [], title, f"PC1 ({variance_share(ev[0])} of variance)", f"PC2 ({variance_share(ev[1])} of variance)")
 
 
 def summary_rows(summary: Mapping) -> list[dict]:

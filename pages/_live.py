@@ -28,14 +28,14 @@ __all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel
 
 # seconds between redraws while a path runs: live, yet cheap. A redraw costs the browser
 # far more than the server (~0.15 s of CPU per plotly chart against ~0.05 s in all on
-# the server): with the browser on the same 2 cores, redrawing 5 charts every second
-# halved the path's speed (bench/app_latency.py).
-POLL_RUNNING = float(os.environ.get("GEOVIZ_POLL", "1.5"))
+# the server), and with the browser on the same 2 cores every redraw slows the path.
+# Side by side (bench/app_latency.py --compare), a 2 s poll kept 1.25x the steps/s of
+# a 1.5 s one.
+POLL_RUNNING = float(os.environ.get("GEOVIZ_POLL", "2.0"))
 POLL_PAUSED = 2.0
 # pictures that change slowly (per-layer bars, the PCA of the trajectory) are redrawn
-# every third poll: with five charts every 1.5 s the page kept 0.77 of the CLI's
-# steps/s, with five every 3 s 0.91 (bench/app_latency.py)
-PICTURES_EVERY = int(os.environ.get("GEOVIZ_PICTURES_EVERY", "3"))
+# every other poll: redrawing them at every poll cost 0.75x the page's steps/s (A/B)
+PICTURES_EVERY = int(os.environ.get("GEOVIZ_PICTURES_EVERY", "2"))
 # a run that no page of its session has polled for this long stops itself (tab closed)
 ABANDON_AFTER = float(os.environ.get("GEOVIZ_ABANDON_AFTER", "30"))
 KEEP_ALIVE_EVERY = 5.0
