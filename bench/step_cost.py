@@ -4,7 +4,8 @@ Measured side by side in one run (interleaved rounds, median of rounds), so the
 ratios hold even on a busy machine:
 
 - SGD step: forward + backward + parameter update on the metric batch.
-- one G v product, both backends (``autograd`` double backward, ``func`` jvp+vjp).
+- one G v product, each backend (``linear``: linearised forward over kept activations,
+  ``autograd``: double backward, ``func``: torch.func jvp+vjp).
 - exact-mode step (k CG iterations, warm start, amortised lambda_max refresh).
 - penalty-mode step.
 
@@ -91,7 +92,7 @@ def bench_case(case, device, rounds, repeats, k):
 
     v = torch.randn_like(w0)
     products = {}
-    for backend in ("autograd", "func"):
+    for backend in ("linear", "autograd", "func"):
         product, _ = make_metric_product(model, layout, buffers, x, w0, "output", backend)
         products[backend] = product
 
@@ -105,11 +106,11 @@ def bench_case(case, device, rounds, repeats, k):
     for p in paths.values():
         next(p)  # first step pays for lambda_max and the penalty's reference outputs
 
-    times = {key: [] for key in ("sgd", "gv_autograd", "gv_func", "exact", "penalty")}
+    times = {key: [] for key in ("sgd", "gv_linear", "gv_autograd", "gv_func", "exact", "penalty")}
     for _ in range(rounds):
         times["sgd"].append(_timeit(sgd_step, device, repeats))
-        times["gv_autograd"].append(_timeit(lambda: products["autograd"](v), device, repeats))
-        times["gv_func"].append(_timeit(lambda: products["func"](v), device, repeats))
+        for backend, product in products.items():
+            times[f"gv_{backend}"].append(_timeit(lambda: product(v), device, repeats))
         times["exact"].append(_timeit(lambda: next(paths["exact"]), device, max(1, repeats // k)))
         times["penalty"].append(_timeit(lambda: next(paths["penalty"]), device, repeats))
     med = {key: statistics.median(val) for key, val in times.items()}
@@ -129,13 +130,14 @@ def main() -> None:
     device = resolve_device(args.device)
     k = SolverConfig().cg_iterations
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, CG iterations k={k}, metric batch 256")
-    print(f"{'case':28s} {'SGD ms':>8s} {'Gv/SGD autograd':>16s} {'Gv/SGD func':>12s} {'exact/SGD':>10s} {'target':>7s} {'penalty/SGD':>12s} {'target':>7s}")
+    print(f"engine backend: {SolverConfig().backend}")
+    print(f"{'case':28s} {'SGD ms':>8s} {'Gv/SGD linear':>14s} {'autograd':>9s} {'func':>6s} {'exact/SGD':>10s} {'target':>7s} {'penalty/SGD':>12s} {'target':>7s}")
     for case in cases(device):
         name, med = bench_case(case, device, args.rounds, args.repeats, k)
         sgd = med["sgd"]
         exact, penalty = med["exact"] / sgd, med["penalty"] / sgd
         print(
-            f"{name:28s} {1000 * sgd:8.3f} {med['gv_autograd'] / sgd:16.2f} {med['gv_func'] / sgd:12.2f} "
+            f"{name:28s} {1000 * sgd:8.3f} {med['gv_linear'] / sgd:14.2f} {med['gv_autograd'] / sgd:9.2f} {med['gv_func'] / sgd:6.2f} "
             f"{exact:10.2f} {'ok' if exact <= k + 2 else 'MISS':>7s} {penalty:12.2f} {'ok' if penalty <= 1.5 else 'MISS':>7s}"
         )
 

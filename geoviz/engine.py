@@ -54,7 +54,7 @@ class SolverConfig:
     damping: float = 1e-4
     metric: str = "output"
     # how G v is computed: "autograd" (double backward, faster in eager) or "func"
-    backend: str = "autograd"
+    backend: str = "linear"
     # start CG from the previous step's solution, rescaled: successive steps solve
     # nearly the same system, so the slow (near-null) directions keep converging
     warm_start: bool = True
@@ -83,7 +83,7 @@ class SolverConfig:
         if self.mode not in MODES:
             raise ConfigError(f"Unknown mode '{self.mode}'; choose exact or penalty.")
         if self.backend not in BACKENDS:
-            raise ConfigError(f"Unknown backend '{self.backend}'; choose autograd or func.")
+            raise ConfigError(f"Unknown backend '{self.backend}'; choose {', '.join(BACKENDS)}.")
         if self.metric not in METRIC_KINDS:
             raise ConfigError(f"Unknown metric '{self.metric}'; choose output or fisher.")
         if not (self.eps > 0 and math.isfinite(self.eps)):

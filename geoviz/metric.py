@@ -24,6 +24,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from geoviz.errors import ConfigError
+from geoviz.linearize import record_chain
 
 __all__ = [
     "METRIC_KINDS",
@@ -99,7 +100,7 @@ def _apply_output_hessian(kind: str, logits: torch.Tensor, u: torch.Tensor) -> t
     return (probs * u - probs * (probs * u).sum(-1, keepdim=True)) / batch
 
 
-BACKENDS = ("autograd", "func")
+BACKENDS = ("linear", "autograd", "func")
 
 
 def make_metric_product(
@@ -122,6 +123,10 @@ def make_metric_product(
       respect to u (one backward through the backward graph), J^T (H J v) one more
       backward through the kept forward graph. No forward per product; about 2x
       faster in eager mode on small networks (bench/step_cost.py measures it).
+    - ``linear``: for chain-shaped networks (``geoviz.linearize``), J v by a
+      linearised forward pass over the activations kept from the one forward pass
+      (two products per layer), J^T (H J v) by a backward through the kept graph.
+      Building it is one forward pass; other networks fall back to ``autograd``.
 
     Args:
         model: the module; used only through ``functional_call`` (eval mode).
@@ -157,9 +162,31 @@ def make_metric_product(
 
         return product, logits
 
+    if backend == "linear":
+        with torch.enable_grad():
+            w_leaf = w.detach().requires_grad_(True)
+            params = layout.unflatten(w_leaf)
+            out, chain = record_chain(
+                model, lambda: functional_call(model, ({**params, **buffers},), (inputs,)), params, buffers, inputs
+            )
+            out = out.reshape(out.shape[0], -1)
+        if chain is not None:
+            logits = out.detach()
+
+            def product(v: torch.Tensor) -> torch.Tensor:
+                jv = chain.jvp(layout.unflatten(v))  # v -> J v: (B, K)
+                hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
+                with torch.enable_grad():
+                    (gv,) = torch.autograd.grad(out, w_leaf, hjv, retain_graph=True)  # -> J^T H J v / B
+                return gv
+
+            return product, logits
+        # not a chain of known layers: the double-backward product on the same graph
+    else:
+        with torch.enable_grad():
+            w_leaf = w.detach().requires_grad_(True)
+            out = f(w_leaf)  # (B, K), graph kept
     with torch.enable_grad():
-        w_leaf = w.detach().requires_grad_(True)
-        out = f(w_leaf)  # (B, K), graph kept
         dummy = torch.zeros_like(out, requires_grad=True)
         (pulled,) = torch.autograd.grad(out, w_leaf, dummy, create_graph=True)  # J^T u, linear in u
     logits = out.detach()
@@ -189,8 +216,8 @@ def metric_vector_product(
         vector: flat (P,) tensor in the order of
             ``torch.nn.utils.parameters_to_vector(model.parameters())``.
         kind: ``"output"`` (H = I) or ``"fisher"`` (softmax Fisher).
-        backend: ``"func"`` (torch.func jvp then vjp) or ``"autograd"`` (see
-            :func:`make_metric_product`).
+        backend: ``"func"`` (torch.func jvp then vjp), ``"autograd"`` or
+            ``"linear"`` (see :func:`make_metric_product`).
 
     Returns:
         G v as a flat (P,) tensor of the same dtype and device as ``vector``.

@@ -55,7 +55,7 @@ def _setup(factory, shape, seed=0):
     return model, torch.randn(shape, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("backend", ["func", "autograd"])
+@pytest.mark.parametrize("backend", ["func", "autograd", "linear"])
 @pytest.mark.parametrize("kind", ["output", "fisher"])
 @pytest.mark.parametrize("name,factory,shape", CASES)
 def test_metric_vector_product_matches_explicit_jacobian(name, factory, shape, kind, backend):
@@ -182,3 +182,54 @@ def test_fisher_length_is_twice_the_kl_to_second_order():
         t = 1e-4
         finite = float(functional_distance(logits(w + t * v), logits(w), kind)) / t**2
         assert abs(finite - quad) / quad < 1e-3, kind
+
+
+class _Residual(nn.Module):
+    """Not a chain: the skip connection adds the input back."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 6)
+        self.b = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.b(x + torch.relu(self.a(x)))
+
+
+def _small_vgg():
+    from geoviz.models import VGG
+
+    return VGG((4, "M", 8, "M"), num_classes=3, in_channels=2, image_size=8)
+
+
+def _lenet_like():
+    from geoviz.models import MLP
+
+    return MLP((1, 4, 4), hidden=(7, 5), num_classes=3)
+
+
+@pytest.mark.parametrize(
+    "factory,shape,is_chain",
+    [
+        (_mlp, (7, 6), True),
+        (_conv_bn, (5, 2, 4, 4), True),
+        (_lenet_like, (6, 1, 4, 4), True),
+        (_small_vgg, (4, 2, 8, 8), True),  # in-place ReLU, max-pools, torch.flatten before the head
+        (_Residual, (7, 6), False),
+    ],
+)
+def test_linearised_product_is_used_for_chains_and_matches_dense(factory, shape, is_chain):
+    from geoviz.linearize import record_chain
+
+    model, inputs = _setup(factory, shape)
+    layout = FlatParams.of(model)
+    w = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    buffers = dict(model.named_buffers())
+    params = layout.unflatten(w)
+    _, chain = record_chain(model, lambda: torch.func.functional_call(model, ({**params, **buffers},), (inputs,)), params, buffers, inputs)
+    assert (chain is not None) == is_chain
+    dense = _dense_metric(model, inputs, "fisher")
+    product, _ = make_metric_product(model, layout, buffers, inputs, w, "fisher", "linear")
+    for _ in range(2):
+        v = torch.randn(layout.size, dtype=torch.float64)
+        assert (product(v) - dense @ v).norm() / (dense @ v).norm() < 1e-6
