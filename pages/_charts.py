@@ -11,7 +11,7 @@ import streamlit as st
 
 from geoviz import plots
 
-__all__ = ["sparsify_charts", "sparsify_curves", "sparsify_pictures", "sparsify_numbers", "sparsify_summary", "generic_charts", "x_axis_ui"]
+__all__ = ["sparsify_charts", "sparsify_curves", "sparsify_pictures", "sparsify_numbers", "sparsify_summary", "generic_charts", "continual_curves", "continual_pictures", "x_axis_ui"]
 
 
 def x_axis_ui(key: str) -> str:
@@ -119,17 +119,30 @@ def generic_charts(rows, key: str) -> None:
     st.plotly_chart(plots.loss_figure(table, x), key=f"{key}:loss")
 
 
-def continual_charts(rows, start: dict, steps: list[int], snapshots, key: str, marker: int | None = None) -> None:
+def continual_charts(rows, start: dict, steps: list[int], snapshots, key: str, marker: int | None = None,
+                     moving: bool = False) -> None:
     """Per-task accuracy and loss along a continual path, and the PCA of its trajectory."""
+    continual_curves(rows, start, key, marker, moving)
+    continual_pictures(steps, snapshots, key, marker, moving)
+
+
+def continual_curves(rows, start: dict, key: str, marker: int | None = None, moving: bool = False) -> None:
+    """Per-task accuracy and loss along a continual path (static while the path grows)."""
     table = plots.as_table(rows)
     x = x_axis_ui(f"{key}:x")
     x_marker = None
     if marker is not None and x in table and len(table):
         x_marker = float(table.loc[(table["step"] - marker).abs().idxmin(), x])
+    config = {"staticPlot": True} if moving else None
     left, right = st.columns(2)
-    left.plotly_chart(plots.task_accuracy_figure(table, x, start, marker=x_marker), key=f"{key}:accuracy")
-    right.plotly_chart(plots.task_loss_figure(table, x, marker=x_marker), key=f"{key}:loss")
-    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca")
+    left.plotly_chart(plots.task_accuracy_figure(table, x, start, marker=x_marker), key=f"{key}:accuracy", config=config)
+    right.plotly_chart(plots.task_loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
+
+
+def continual_pictures(steps: list[int], snapshots, key: str, marker: int | None = None, moving: bool = False) -> None:
+    """The PCA of a continual path's trajectory."""
+    config = {"staticPlot": True} if moving else None
+    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca", config=config)
 
 
 def continual_summary(summary: dict, key: str) -> None:

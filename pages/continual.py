@@ -63,11 +63,15 @@ def memory_ui(memory: int, scenario: str) -> None:
 
 
 def draw(runner) -> None:
-    """The live charts of a continual-learning runner."""
-    task, summary = runner.task, runner.summary
+    """The live per-task curves of a continual-learning runner."""
+    _charts.continual_curves(runner.rows(), ContinualTask.scores(runner.task.start), "live", moving=runner.alive)
+
+
+def draw_pictures(runner) -> None:
+    """The PCA of the trajectory (redrawn less often), then the summary once the baselines are trained."""
     steps, snapshots = runner.trajectory()
-    _charts.continual_charts(runner.rows(), ContinualTask.scores(task.start), steps, snapshots, "live")
-    _charts.continual_summary(summary, "live")  # once the path has ended and the baselines are trained
+    _charts.continual_pictures(steps, snapshots, "live", moving=runner.alive)
+    _charts.continual_summary(runner.summary, "live")
 
 
 def placeholder() -> None:
@@ -96,7 +100,7 @@ def page() -> None:
             problem = _live.cached_problem(setup, sequence.start_classes)
             return continual_runner(problem, sequence, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
-    _live.run_panel("continual", make_runner, draw, int(values["steps"]), placeholder)
+    _live.run_panel("continual", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
 
 
 if __name__ == "__main__":
