@@ -53,6 +53,8 @@ def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
     s.add_argument("--damping", type=float, default=_DEFAULT_SOLVER.damping, help="rho in mu = rho * lambda_max(G)")
     s.add_argument("--metric", default="output", help=f"one of {', '.join(METRIC_KINDS)}")
     s.add_argument("--cg-iterations", type=int, default=_DEFAULT_SOLVER.cg_iterations)
+    s.add_argument("--backend", default=_DEFAULT_SOLVER.backend,
+                   help="how G v is computed: linear (linearised forward; other networks fall back to autograd), autograd, func")
     s.add_argument("--metric-batch", type=int, default=_DEFAULT_SOLVER.metric_batch)
     s.add_argument("--penalty-weight", type=float, default=_DEFAULT_SOLVER.penalty_weight, help="lambda of the penalty mode")
     s.add_argument("--penalty-lr", type=float, default=_DEFAULT_SOLVER.penalty_lr, help="Adam learning rate of the penalty mode")
@@ -125,6 +127,7 @@ def solver_from(args) -> SolverConfig:
         damping=args.damping,
         metric=args.metric,
         cg_iterations=args.cg_iterations,
+        backend=args.backend,
         metric_batch=args.metric_batch,
         penalty_weight=args.penalty_weight,
         penalty_lr=args.penalty_lr,

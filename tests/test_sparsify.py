@@ -91,6 +91,7 @@ BAD = [  # (arguments, a phrase the one sentence must hold)
     (["--model", "vgg11"], "32x32"),
     (["--steps", "0"], "steps must be at least 1"),
     (["--mode", "penalty", "--penalty-ramp", "0"], "penalty_ramp must be at least 1 step"),
+    (["--backend", "jax"], "Unknown backend 'jax'; choose linear, autograd, func"),
 ]
 
 
