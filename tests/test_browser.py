@@ -100,16 +100,25 @@ def test_sparsify_runs_to_the_end_in_the_browser(server, page):
     page.screenshot(path=str(SHOTS / "sparsify_finished.png"))
 
 
-def test_pause_step_resume_stop_in_the_browser(server, page):
-    page.goto(f"{server.url}/sparsify?steps=2000&sparsity=0.9&eval_every=10")
+def _run_pause_step(page, url: str, drawn: str, timeout: float = 60_000, polling: int = 50) -> int:
+    """Open ``url``, click Run, wait until ``drawn()`` (JS) is true, then Pause and Step.
+
+    Returns the step the path was paused at; it is paused one step later on return.
+    """
+    page.goto(url)
     _button(page, "Run").wait_for(timeout=90_000)
-    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)  # the empty charts
     _button(page, "Run").click()
-    page.wait_for_function(f"({FIRST_CHART_POINTS})() > 0", timeout=60_000, polling=50)
+    page.wait_for_function(drawn, timeout=timeout, polling=polling)
     _button(page, "Pause").click()
     step = int(_status(page, r"^paused · step (\d+)").group(1))
     _button(page, "Step").click()
     _status(page, rf"^paused · step {step + 1} ")
+    return step
+
+
+def test_pause_step_resume_stop_in_the_browser(server, page):
+    step = _run_pause_step(page, f"{server.url}/sparsify?steps=2000&sparsity=0.9&eval_every=10", f"({FIRST_CHART_POINTS})() > 0")
     page.screenshot(path=str(SHOTS / "sparsify_paused.png"))
     _button(page, "Resume").click()
     _status(page, r"^running · step")

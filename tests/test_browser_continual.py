@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from test_browser import SHOTS, TRACES, _button, _status, browser, page, server  # noqa: F401 (fixtures)
+from test_browser import SHOTS, TRACES, _button, _run_pause_step, _status, browser, page, server  # noqa: F401 (fixtures)
 
 BARS = "() => document.querySelectorAll('.js-plotly-plot .barlayer .point').length"
 
@@ -36,15 +36,8 @@ def test_continual_runs_to_the_end_in_the_browser(server, page):
 
 
 def test_continual_pause_and_step_in_the_browser(server, page):
-    page.goto(f"{server.url}/continual?steps=3000&eval_every=10&scenario=permuted")
-    _button(page, "Run").wait_for(timeout=90_000)
-    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
-    _button(page, "Run").click()
-    page.wait_for_function(f"({TRACES})() >= 3", timeout=120_000, polling=100)
-    _button(page, "Pause").click()
-    step = int(_status(page, r"^paused · step (\d+)").group(1))
-    _button(page, "Step").click()
-    _status(page, rf"^paused · step {step + 1} ")
+    url = f"{server.url}/continual?steps=3000&eval_every=10&scenario=permuted"
+    _run_pause_step(page, url, f"({TRACES})() >= 3", timeout=120_000, polling=100)
     _button(page, "Stop").click()
     _status(page, r"^stopped · step")
     page.screenshot(path=str(SHOTS / "continual_stopped.png"), full_page=True)
