@@ -257,28 +257,30 @@ class RunRecord:
 
     def weights(self, name: str) -> dict[str, torch.Tensor]:
         """Saved parameters by name, in the model's (flat vector's) order where recorded."""
-        file = str(self.path / "weights" / f"{name}.safetensors")
-        tensors = load_file(file)
-        with safe_open(file, framework="pt") as f:
-            order = json.loads((f.metadata() or {}).get("order", "null"))
-        return {n: tensors[n] for n in order} if order and set(order) == set(tensors) else tensors
+        return self._load_weights(name)[0]
 
     def unflatten(self, w: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """A flat snapshot as named parameters, laid out like the start weights.
 
         None when the run did not record its parameters' order (runs before it did).
         """
-        file = self.path / "weights" / "start.safetensors"
-        if not file.exists():
+        if not (self.path / "weights" / "start.safetensors").exists():
             return None
-        with safe_open(str(file), framework="pt") as f:
-            if "order" not in (f.metadata() or {}):
-                return None
-        start = self.weights("start")
+        start, ordered = self._load_weights("start")
         sizes = [t.numel() for t in start.values()]
-        if sum(sizes) != w.numel():
+        if not ordered or sum(sizes) != w.numel():
             return None
         return {n: part.view(t.shape) for (n, t), part in zip(start.items(), torch.split(w, sizes))}
+
+    def _load_weights(self, name: str) -> tuple[dict[str, torch.Tensor], bool]:
+        """(tensors, whether they are in the recorded flat order) of one weights file."""
+        file = str(self.path / "weights" / f"{name}.safetensors")
+        tensors = load_file(file)
+        with safe_open(file, framework="pt") as f:
+            order = json.loads((f.metadata() or {}).get("order", "null"))
+        if order and set(order) == set(tensors):
+            return {n: tensors[n] for n in order}, True
+        return tensors, False
 
 
 def _pid_alive(pid: int) -> bool:
