@@ -162,42 +162,32 @@ def make_metric_product(
 
         return product, logits
 
-    if backend == "linear":
-        with torch.enable_grad():
-            w_leaf = w.detach().requires_grad_(True)
-            params = layout.unflatten(w_leaf)
-            out, chain = record_chain(
-                model, lambda: functional_call(model, ({**params, **buffers},), (inputs,)), params, buffers, inputs
-            )
-            out = out.reshape(out.shape[0], -1)
-        if chain is not None:
-            logits = out.detach()
-
-            def product(v: torch.Tensor) -> torch.Tensor:
-                jv = chain.jvp(layout.unflatten(v))  # v -> J v: (B, K)
-                hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
-                with torch.enable_grad():
-                    (gv,) = torch.autograd.grad(out, w_leaf, hjv, retain_graph=True)  # -> J^T H J v / B
-                return gv
-
-            return product, logits
-        # not a chain of known layers: the double-backward product on the same graph
-    else:
-        with torch.enable_grad():
-            w_leaf = w.detach().requires_grad_(True)
-            out = f(w_leaf)  # (B, K), graph kept
+    chain = None
     with torch.enable_grad():
-        dummy = torch.zeros_like(out, requires_grad=True)
-        (pulled,) = torch.autograd.grad(out, w_leaf, dummy, create_graph=True)  # J^T u, linear in u
+        w_leaf = w.detach().requires_grad_(True)
+        if backend == "linear":
+            out, chain = record_chain(model, lambda: f(w_leaf), layout.unflatten(w_leaf), buffers, inputs)
+        else:
+            out = f(w_leaf)  # (B, K), graph kept
+        if chain is None:  # autograd, or not a chain of known layers: the double-backward product
+            dummy = torch.zeros_like(out, requires_grad=True)
+            (pulled,) = torch.autograd.grad(out, w_leaf, dummy, create_graph=True)  # J^T u, linear in u
     logits = out.detach()
 
-    def product(v: torch.Tensor) -> torch.Tensor:
+    def jacobian_vector(v: torch.Tensor) -> torch.Tensor:
+        if chain is not None:
+            return chain.jvp(layout.unflatten(v))  # the linearised forward pass
         with torch.enable_grad():
-            (jv,) = torch.autograd.grad(pulled, dummy, v, retain_graph=True)  # v -> J v: (B, K)
-            hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
+            return torch.autograd.grad(pulled, dummy, v, retain_graph=True)[0]  # through the backward graph
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        jv = jacobian_vector(v)  # v -> J v: (B, K)
+        hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
+        with torch.enable_grad():
             (gv,) = torch.autograd.grad(out, w_leaf, hjv, retain_graph=True)  # -> J^T H J v / B: (P,)
         return gv
 
+    product.linearised = chain is not None  # which way J v went (tests and benchmarks read it)
     return product, logits
 
 
