@@ -45,13 +45,23 @@ class _Layer:
 
 
 class Chain:
-    """The recorded layers of one forward pass; ``jvp(v_params)`` gives J v."""
+    """The recorded layers of one forward pass.
+
+    ``jvp(v_params)`` gives J v; ``vjp(g, out_params)`` writes J^T g into a parameter
+    dict of (views of) one flat vector. Both run over the kept activations, with no
+    autograd graph.
+    """
 
     def __init__(self, layers: list[_Layer], params: dict[str, torch.Tensor], output_shape: torch.Size):
         self.layers = layers
         self.params = params
         self.output_shape = output_shape
         self._steps: list[Callable] = [self._step(layer) for layer in layers]
+        self._transposes: list[Callable] = [self._transpose(layer) for layer in layers]
+        # the inputs do not move: layers up to the first one with weights need no
+        # gradient with respect to their input
+        self._first = next((i for i, layer in enumerate(layers) if _owned(layer, params)), len(layers))
+        self.covered = {name for layer in layers for name in _owned(layer, params)}
 
     def jvp(self, v: dict[str, torch.Tensor]) -> torch.Tensor:
         """J v as (B, K) for a direction given as a parameter dict."""
@@ -61,6 +71,16 @@ class Chain:
         if t is None:
             return torch.zeros(self.output_shape, dtype=self.layers[-1].a_out.dtype, device=self.layers[-1].a_out.device)
         return t.reshape(self.output_shape[0], -1)
+
+    def vjp(self, g: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+        """J^T g for g of shape (B, K), written into ``out`` (name -> tensor of the
+        parameter's shape). Entries of parameters the chain does not use are left as
+        they are: see ``covered``."""
+        if not self.layers:
+            return
+        g = g.reshape(self.layers[-1].a_out.shape)
+        for i in range(len(self.layers) - 1, self._first - 1, -1):
+            g = self._transposes[i](g, out, i > self._first)
 
     def _step(self, layer: _Layer) -> Callable:
         m, p, a_in = layer.module, layer.prefix, layer.a_in
@@ -124,6 +144,82 @@ class Chain:
             return None if t is None else t.reshape(shape_out)
 
         return reshape
+
+    def _transpose(self, layer: _Layer) -> Callable:
+        """g (shaped like the layer's output) -> g with respect to its input, writing
+        the layer's weight gradients into ``out`` on the way."""
+        m, p, a_in = layer.module, layer.prefix, layer.a_in
+        shape_in, shape_out = a_in.shape, layer.a_out.shape
+
+        if isinstance(m, nn.Linear):
+            weight = self.params[f"{p}weight"]
+            a2 = a_in.reshape(-1, a_in.shape[-1])
+
+            def linear(g, out, need_input):
+                g2 = g.reshape(-1, shape_out[-1])
+                torch.mm(g2.t(), a2, out=out[f"{p}weight"])  # straight into the flat vector
+                if f"{p}bias" in out:
+                    torch.sum(g2, 0, out=out[f"{p}bias"])
+                return (g2 @ weight).reshape(shape_in) if need_input else None
+
+            return linear
+        if isinstance(m, nn.Conv2d):
+            weight = self.params[f"{p}weight"]
+            has_bias = f"{p}bias" in self.params
+            args = (list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], m.groups)
+
+            def conv(g, out, need_input):
+                g_in, g_w, g_b = torch.ops.aten.convolution_backward(
+                    g.reshape(shape_out), a_in, weight, [weight.shape[0]] if has_bias else None, *args,
+                    [need_input, True, has_bias],
+                )
+                out[f"{p}weight"].copy_(g_w)
+                if has_bias:
+                    out[f"{p}bias"].copy_(g_b)
+                return g_in
+
+            return conv
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            scale, xhat = layer.extra
+            view = (1, -1) + (1,) * (a_in.ndim - 2)
+            dims = [0, *range(2, a_in.ndim)]
+
+            def batchnorm(g, out, need_input):
+                g = g.reshape(shape_out)
+                if f"{p}weight" in out:
+                    torch.sum(g * xhat, dims, out=out[f"{p}weight"])
+                    torch.sum(g, dims, out=out[f"{p}bias"])
+                return g * scale.view(view) if need_input else None
+
+            return batchnorm
+        if isinstance(m, _ACTIVATIONS):
+            slope = layer.extra
+
+            def activation(g, out, need_input):
+                return g.reshape(shape_out) * slope
+
+            return activation
+        if isinstance(m, nn.MaxPool2d):
+            index, _ = layer.extra
+
+            def maxpool(g, out, need_input):
+                # windows may overlap: two outputs can take their maximum at one input
+                g_in = torch.zeros(shape_in, dtype=g.dtype, device=g.device)
+                return g_in.flatten(2).scatter_add_(2, index, g.reshape(index.shape)).view(shape_in)
+
+            return maxpool
+
+        def reshape(g, out, need_input):  # Flatten, Dropout (eval), Identity
+            return g.reshape(shape_in)
+
+        return reshape
+
+
+def _owned(layer: _Layer, params: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the parameters a recorded layer uses."""
+    if not isinstance(layer.module, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)):
+        return []
+    return [f"{layer.prefix}{n}" for n in ("weight", "bias") if f"{layer.prefix}{n}" in params]
 
 
 def _extra(layer: _Layer, buffers: dict[str, torch.Tensor], params: dict[str, torch.Tensor]):
@@ -189,7 +285,7 @@ def record_chain(
     for module, a_in, a_out in calls:
         if a_in is None or not isinstance(module, _KNOWN) or not _follows(a_in, previous):
             return out, None
-        if isinstance(module, nn.Conv2d) and module.padding_mode != "zeros":
+        if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
             return out, None
         prefix = leaves[module] + "." if leaves[module] else ""
         layer = _Layer(prefix, module, a_in, a_out)

@@ -16,6 +16,7 @@ module's parameter dict (views, no copies), so any ``nn.Module`` works through
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -102,6 +103,9 @@ def _apply_output_hessian(kind: str, logits: torch.Tensor, u: torch.Tensor) -> t
 
 BACKENDS = ("linear", "autograd", "func")
 
+# model -> the input shape (without the batch) it was found not to be a chain for
+_NOT_CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 
 def make_metric_product(
     model: nn.Module,
@@ -125,8 +129,11 @@ def make_metric_product(
       faster in eager mode on small networks (bench/step_cost.py measures it).
     - ``linear``: for chain-shaped networks (``geoviz.linearize``), J v by a
       linearised forward pass over the activations kept from the one forward pass
-      (two products per layer), J^T (H J v) by a backward through the kept graph.
-      Building it is one forward pass; other networks fall back to ``autograd``.
+      (two products per layer), J^T (H J v) by the transposed pass over the same
+      activations, written straight into the flat result. No autograd graph at
+      all: building it is one forward pass without grad. Other networks fall back
+      to ``autograd`` (and the model is remembered as not a chain for that input
+      shape, so the next build does not try again).
 
     Args:
         model: the module; used only through ``functional_call`` (eval mode).
@@ -162,32 +169,52 @@ def make_metric_product(
 
         return product, logits
 
-    chain = None
+    if backend == "linear" and not model.training and _NOT_CHAINS.get(model) != inputs.shape[1:]:
+        # no graph: J v and J^T u both run over the activations kept here
+        w_fixed = w.detach()
+        with torch.no_grad():
+            logits, chain = record_chain(model, lambda: f(w_fixed), layout.unflatten(w_fixed), buffers, inputs)
+        if chain is not None:
+            uncovered = [n for n in layout.names if n not in chain.covered]
+
+            def product(v: torch.Tensor) -> torch.Tensor:
+                jv = chain.jvp(layout.unflatten(v))  # the linearised forward pass: (B, K)
+                hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
+                gv = torch.empty(layout.size, dtype=v.dtype, device=v.device)
+                parts = layout.unflatten(gv)
+                chain.vjp(hjv, parts)  # -> J^T H J v / B, written in place
+                for name in uncovered:
+                    parts[name].zero_()
+                return gv
+
+            product.linearised = True
+            return product, logits
+        _NOT_CHAINS[model] = inputs.shape[1:]  # remembered: the next build goes straight to autograd
+
+    # the double-backward product, for any network. Gradients are taken with respect
+    # to the parameters' views and concatenated here: cheaper than autograd's own
+    # concatenation into the flat leaf
     with torch.enable_grad():
         w_leaf = w.detach().requires_grad_(True)
-        if backend == "linear":
-            out, chain = record_chain(model, lambda: f(w_leaf), layout.unflatten(w_leaf), buffers, inputs)
-        else:
-            out = f(w_leaf)  # (B, K), graph kept
-        if chain is None:  # autograd, or not a chain of known layers: the double-backward product
-            dummy = torch.zeros_like(out, requires_grad=True)
-            (pulled,) = torch.autograd.grad(out, w_leaf, dummy, create_graph=True)  # J^T u, linear in u
+        views = list(layout.unflatten(w_leaf).values())
+        out = functional_call(model, ({**dict(zip(layout.names, views)), **buffers},), (inputs,))
+        out = out.reshape(out.shape[0], -1)  # (B, K), graph kept
+        dummy = torch.zeros_like(out, requires_grad=True)
+        # J^T u, linear in u (a parameter the outputs do not use has a zero row)
+        pulled = torch.autograd.grad(out, views, dummy, create_graph=True, materialize_grads=True)
+    used = [i for i, g in enumerate(pulled) if g.requires_grad]
     logits = out.detach()
 
-    def jacobian_vector(v: torch.Tensor) -> torch.Tensor:
-        if chain is not None:
-            return chain.jvp(layout.unflatten(v))  # the linearised forward pass
-        with torch.enable_grad():
-            return torch.autograd.grad(pulled, dummy, v, retain_graph=True)[0]  # through the backward graph
-
     def product(v: torch.Tensor) -> torch.Tensor:
-        jv = jacobian_vector(v)  # v -> J v: (B, K)
-        hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
+        parts = list(layout.unflatten(v).values())
         with torch.enable_grad():
-            (gv,) = torch.autograd.grad(out, w_leaf, hjv, retain_graph=True)  # -> J^T H J v / B: (P,)
-        return gv
+            # J v: through the backward graph
+            (jv,) = torch.autograd.grad([pulled[i] for i in used], dummy, [parts[i] for i in used], retain_graph=True)
+            hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
+            grads = torch.autograd.grad(out, views, hjv, retain_graph=True, materialize_grads=True)  # -> J^T H J v / B
+        return torch.cat([g.reshape(-1) for g in grads])
 
-    product.linearised = chain is not None  # which way J v went (tests and benchmarks read it)
+    product.linearised = False
     return product, logits
 
 

@@ -49,7 +49,7 @@ def _setup(factory, shape, seed=0):
     model = factory().double().eval()
     # non-trivial BatchNorm statistics, used in eval mode
     for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     return model, torch.randn(shape, dtype=torch.float64)
@@ -208,9 +208,40 @@ def _lenet_like():
     return MLP((1, 4, 4), hidden=(7, 5), num_classes=3)
 
 
+def _strided_pools():
+    """Overlapping max-pool windows (two outputs can share an input), a strided and
+    grouped convolution, BatchNorm1d and Tanh: the transposed pass must add, not copy."""
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2),
+        nn.Tanh(),
+        nn.MaxPool2d(3, stride=1, padding=1),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 6),
+        nn.BatchNorm1d(6),
+        nn.ReLU(),
+        nn.Linear(6, 3),
+    )
+
+
+class _Unused(nn.Module):
+    """A parameter the outputs never use: its rows of G are zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(6, 4)
+        self.act = nn.ReLU()
+        self.spare = nn.Linear(2, 2)
+        self.b = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.b(self.act(self.a(x)))
+
+
 @pytest.mark.parametrize(
     "factory,shape,is_chain",
     [
+        (_strided_pools, (5, 2, 8, 8), True),
+        (_Unused, (7, 6), True),
         (_mlp, (7, 6), True),
         (_conv_bn, (5, 2, 4, 4), True),
         (_lenet_like, (6, 1, 4, 4), True),
@@ -224,8 +255,9 @@ def test_linearised_product_is_used_for_chains_and_matches_dense(factory, shape,
     w = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
     buffers = dict(model.named_buffers())
     dense = _dense_metric(model, inputs, "fisher")
-    product, _ = make_metric_product(model, layout, buffers, inputs, w, "fisher", "linear")
-    assert product.linearised == is_chain
-    for _ in range(2):
-        v = torch.randn(layout.size, dtype=torch.float64)
-        assert (product(v) - dense @ v).norm() / (dense @ v).norm() < 1e-6
+    for backend in ("linear", "autograd"):
+        product, _ = make_metric_product(model, layout, buffers, inputs, w, "fisher", backend)
+        assert product.linearised == (is_chain and backend == "linear")
+        for _ in range(2):
+            v = torch.randn(layout.size, dtype=torch.float64)
+            assert (product(v) - dense @ v).norm() / (dense @ v).norm() < 1e-6, backend
