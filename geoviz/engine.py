@@ -26,7 +26,8 @@ from torch import nn
 from torch.func import functional_call
 
 from geoviz.errors import ConfigError, DivergedError
-from geoviz.metric import BACKENDS, METRIC_KINDS, FlatParams, functional_distance, make_metric_product, top_eigenvalue
+from geoviz.linearize import RowSpace
+from geoviz.metric import BACKENDS, METRIC_KINDS, FlatParams, functional_distance, make_step_product, top_eigenvalue
 
 __all__ = [
     "MODES",
@@ -164,8 +165,13 @@ def solve_step(
     max_iterations: int,
     tolerance: float,
     x0: torch.Tensor | None = None,
+    space: RowSpace | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One constrained step: theta = eps * u / |u| with (G + mu I) u = v.
+
+    With a ``space`` (:class:`geoviz.linearize.RowSpace`), ``product`` acts on its
+    coordinates: conjugate gradients solve the reduced system and the complement of
+    the span is solved exactly. ``v``, ``x0``, theta and u are full vectors either way.
 
     Returns:
         theta (P,) and a record with the CG iterations, relative residual, the
@@ -173,11 +179,16 @@ def solve_step(
         and ``u`` itself (to warm-start the next solve).
     """
     mu = torch.as_tensor(mu, dtype=v.dtype, device=v.device)
-    u, r, info = conjugate_gradient(lambda p: product(p).addcmul_(p, mu), v, max_iterations, tolerance, x0)
+    b = v if space is None else space.restrict(v)
+    if x0 is not None and space is not None:
+        x0 = space.restrict(x0)
+    u_r, r, info = conjugate_gradient(lambda p: product(p).addcmul_(p, mu), b, max_iterations, tolerance, x0)
+    # theta^T G theta without another product: G u = (b - r) - mu u, and G vanishes
+    # on the complement of the span
+    ugu = torch.dot(u_r, b) - torch.dot(u_r, r) - mu * u_r.square().sum()
+    u = u_r if space is None else space.complete(u_r, v, b, mu)
     u_norm = u.norm().clamp_min(1e-30)
     theta = (eps / u_norm) * u
-    # theta^T G theta without another product: G u = (b - r) - mu u
-    ugu = torch.dot(u, v) - torch.dot(u, r) - mu * u_norm.square()
     functional = (eps / u_norm) ** 2 * ugu.clamp_min(0.0)
     return theta, {  # 0-d tensors, fetched together by the caller
         "cg_iterations": info.iterations,
@@ -291,8 +302,9 @@ class Path:
     # -- the two kinds of step -------------------------------------------------
     def _exact_step(self, inputs: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, dict]:
         cfg = self.config
-        product, _ = make_metric_product(
-            self.model, self.layout, self.buffers, inputs, self.w, cfg.metric, cfg.backend
+        # about k + 1 products per step, and a few more for lambda_max now and then
+        product, space = make_step_product(
+            self.model, self.layout, self.buffers, inputs, self.w, cfg.metric, cfg.backend, cfg.cg_iterations + 1
         )
         if self._eigvec is None or (self.step - 1) % cfg.eigen_refresh == 0:
             start = self._eigvec
@@ -300,12 +312,14 @@ class Path:
                 gen = torch.Generator(device="cpu").manual_seed(self.seed)
                 start = torch.randn(self.w.shape, generator=gen, dtype=self.w.dtype).to(self.w.device)
             iterations = cfg.power_iterations if self._eigvec is None else cfg.refresh_iterations
-            lam, self._eigvec = top_eigenvalue(product, start, iterations)
+            # G lives on the span: its top eigenpair is the reduced operator's
+            lam, vec = top_eigenvalue(product, start if space is None else space.restrict(start), iterations)
+            self._eigvec = vec if space is None else space.extend(vec)
             self.gradient_evaluations += iterations
             self._lambda = lam.clamp_min(1e-12)
         mu = cfg.damping * self._lambda
         x0 = self._u if cfg.warm_start else None
-        theta, info = solve_step(product, -grad, mu, cfg.eps, cfg.cg_iterations, cfg.cg_tolerance, x0)
+        theta, info = solve_step(product, -grad, mu, cfg.eps, cfg.cg_iterations, cfg.cg_tolerance, x0, space)
         self._u = info.pop("u")
         info["damping_mu"] = mu
         self.gradient_evaluations += info.pop("products")

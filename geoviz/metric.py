@@ -25,13 +25,14 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from geoviz.errors import ConfigError
-from geoviz.linearize import record_chain
+from geoviz.linearize import Chain, RowSpace, record_chain, row_space
 
 __all__ = [
     "METRIC_KINDS",
     "BACKENDS",
     "FlatParams",
     "make_metric_product",
+    "make_step_product",
     "metric_vector_product",
     "top_eigenvalue",
     "functional_distance",
@@ -142,7 +143,7 @@ def make_metric_product(
         inputs: metric batch, shape (B, ...).
         w: flat weights (P,).
         kind: ``"output"`` or ``"fisher"``.
-        backend: ``"autograd"`` or ``"func"``.
+        backend: ``"linear"``, ``"autograd"`` or ``"func"``.
 
     Returns:
         (product, logits): product maps a flat (P,) vector to G v (P,); logits are
@@ -169,27 +170,10 @@ def make_metric_product(
 
         return product, logits
 
-    if backend == "linear" and not model.training and _NOT_CHAINS.get(model) != inputs.shape[1:]:
-        # no graph: J v and J^T u both run over the activations kept here
-        w_fixed = w.detach()
-        with torch.no_grad():
-            logits, chain = record_chain(model, lambda: f(w_fixed), layout.unflatten(w_fixed), buffers, inputs)
-        if chain is not None:
-            uncovered = [n for n in layout.names if n not in chain.covered]
-
-            def product(v: torch.Tensor) -> torch.Tensor:
-                jv = chain.jvp(layout.unflatten(v))  # the linearised forward pass: (B, K)
-                hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
-                gv = torch.empty(layout.size, dtype=v.dtype, device=v.device)
-                parts = layout.unflatten(gv)
-                chain.vjp(hjv, parts)  # -> J^T H J v / B, written in place
-                for name in uncovered:
-                    parts[name].zero_()
-                return gv
-
-            product.linearised = True
-            return product, logits
-        _NOT_CHAINS[model] = inputs.shape[1:]  # remembered: the next build goes straight to autograd
+    if backend == "linear":
+        logits, chain = _record(model, layout, buffers, inputs, w)
+        if chain is not None:  # no graph: J v and J^T u both run over the kept activations
+            return _chain_product(chain, layout.unflatten, layout.size, layout.names, kind, logits), logits
 
     # the double-backward product, for any network. Gradients are taken with respect
     # to the parameters' views and concatenated here: cheaper than autograd's own
@@ -216,6 +200,70 @@ def make_metric_product(
 
     product.linearised = False
     return product, logits
+
+
+def _record(model, layout, buffers, inputs, w) -> tuple[torch.Tensor | None, Chain | None]:
+    """One forward pass without grad, its layers recorded: (logits (B, K), chain), or
+    (None, None) when the network is not a chain (remembered for the input shape, so
+    the next build does not try again)."""
+    if model.training or _NOT_CHAINS.get(model) == inputs.shape[1:]:
+        return None, None
+    w_fixed = w.detach()
+    params = layout.unflatten(w_fixed)
+    with torch.no_grad():
+        out, chain = record_chain(
+            model, lambda: functional_call(model, ({**params, **buffers},), (inputs,)), params, buffers, inputs
+        )
+    if chain is None:
+        _NOT_CHAINS[model] = inputs.shape[1:]
+        return None, None
+    return out.reshape(out.shape[0], -1), chain
+
+
+def _chain_product(chain, unflatten, size: int, names, kind: str, logits: torch.Tensor):
+    """v -> G v over a recorded chain, for vectors laid out by ``unflatten``."""
+    uncovered = [n for n in names if n not in chain.covered]
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        jv = chain.jvp(unflatten(v))  # the linearised forward pass: (B, K)
+        hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
+        gv = torch.empty(size, dtype=v.dtype, device=v.device)
+        parts = unflatten(gv)
+        chain.vjp(hjv, parts)  # -> J^T H J v / B, written in place
+        for name in uncovered:
+            parts[name].zero_()
+        return gv
+
+    product.linearised = True
+    return product
+
+
+def make_step_product(
+    model: nn.Module,
+    layout: FlatParams,
+    buffers: dict[str, torch.Tensor],
+    inputs: torch.Tensor,
+    w: torch.Tensor,
+    kind: str,
+    backend: str,
+    products: int,
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], RowSpace | None]:
+    """The product a step's solve should use for about ``products`` products.
+
+    With the ``linear`` backend on a chain that has a wide Linear layer (more inputs
+    than rows in the batch), the product works in :class:`geoviz.linearize.RowSpace`
+    coordinates, returned alongside (None otherwise: the product is
+    :func:`make_metric_product`'s, on full vectors).
+    """
+    if backend == "linear":
+        logits, chain = _record(model, layout, buffers, inputs, w)
+        if chain is not None:
+            space = row_space(chain, layout.names, layout.shapes, products)
+            if space is None:
+                return _chain_product(chain, layout.unflatten, layout.size, layout.names, kind, logits), None
+            return _chain_product(space.chain, space.unflatten, space.size, layout.names, kind, logits), space
+    product, _ = make_metric_product(model, layout, buffers, inputs, w, kind, backend)
+    return product, None
 
 
 def metric_vector_product(

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from geoviz.engine import solve_step
-from geoviz.metric import FlatParams, make_metric_product, metric_vector_product
+from geoviz.metric import FlatParams, make_metric_product, make_step_product, metric_vector_product
 
 
 def _mlp():
@@ -135,6 +135,50 @@ def test_step_matches_dense_trust_region_solution(name, factory, shape, rho):
     assert abs(dense_mu - mu) / mu < 1e-5
     # (3) the functional length computed without a product
     assert abs(info["functional_sq"] - float(theta @ g @ theta)) <= 1e-8 * max(float(theta @ g @ theta), 1e-12)
+
+
+def _wide():
+    """A first layer with more inputs (20) than the batch has rows, a deeper one too."""
+    return nn.Sequential(nn.Linear(20, 12), nn.Tanh(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 3))
+
+
+@pytest.mark.parametrize("warm", [False, True])
+@pytest.mark.parametrize("rho", [1e-3, 1e-1])
+def test_row_space_step_matches_dense_solution(rho, warm):
+    """CG on the row-space coordinates plus the exact complement is the same step."""
+    model, inputs = _setup(_wide, (5, 20), seed=2)
+    g = _dense_metric(model, inputs, "output")
+    layout = FlatParams.of(model)
+    w = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    product, space = make_step_product(model, layout, {}, inputs, w, "output", "linear", products=1000)
+    assert space is not None and set(space.bases) == {"0.weight", "2.weight", "4.weight"}  # 20, 12, 9 inputs; 5 rows
+    assert space.size == 12 * 5 + 12 + 9 * 5 + 9 + 3 * 5 + 3
+    # the reduced operator is E^T G E, and E is an isometry
+    for _ in range(2):
+        v_r = torch.randn(space.size, dtype=torch.float64)
+        assert (product(v_r) - space.restrict(g @ space.extend(v_r))).norm() / product(v_r).norm() < 1e-10
+        assert abs(space.extend(v_r).norm() - v_r.norm()) < 1e-10 * v_r.norm()
+    v = torch.randn(w.numel(), dtype=torch.float64)
+    mu = rho * float(torch.linalg.eigvalsh(g).max())
+    eps = 0.05
+    x0 = torch.randn_like(v) if warm else None
+    theta, info = solve_step(product, v, mu, eps, max_iterations=500, tolerance=1e-12, x0=x0, space=space)
+    u = torch.linalg.solve(g + mu * torch.eye(len(v), dtype=v.dtype), v)
+    assert (info["u"] - u).norm() / u.norm() < 1e-8
+    assert (theta - eps * u / u.norm()).norm() / eps < 1e-8
+    assert abs(info["functional_sq"] - float(theta @ g @ theta)) <= 1e-8 * float(theta @ g @ theta)
+
+
+def test_row_space_only_where_it_pays():
+    """No reduction when the batch has as many rows as the layer has inputs, or for a
+    single product; the engine then gets the plain product."""
+    model, inputs = _setup(_wide, (40, 20), seed=2)
+    layout = FlatParams.of(model)
+    w = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    assert make_step_product(model, layout, {}, inputs, w, "output", "linear", products=11)[1] is None
+    model, inputs = _setup(_wide, (5, 20), seed=2)
+    assert make_step_product(model, layout, {}, inputs, w, "output", "linear", products=1)[1] is None
+    assert make_step_product(model, layout, {}, inputs, w, "output", "autograd", products=11)[1] is None
 
 
 def test_trajectory_pca_matches_sklearn():
