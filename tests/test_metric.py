@@ -142,15 +142,16 @@ def _wide():
     return nn.Sequential(nn.Linear(20, 12), nn.Tanh(), nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, 3))
 
 
+@pytest.mark.parametrize("kind", ["output", "fisher"])
 @pytest.mark.parametrize("warm", [False, True])
 @pytest.mark.parametrize("rho", [1e-3, 1e-1])
-def test_row_space_step_matches_dense_solution(rho, warm):
+def test_row_space_step_matches_dense_solution(rho, warm, kind):
     """CG on the row-space coordinates plus the exact complement is the same step."""
     model, inputs = _setup(_wide, (5, 20), seed=2)
-    g = _dense_metric(model, inputs, "output")
+    g = _dense_metric(model, inputs, kind)
     layout = FlatParams.of(model)
     w = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
-    product, space = make_step_product(model, layout, {}, inputs, w, "output", "linear", products=1000)
+    product, space = make_step_product(model, layout, {}, inputs, w, kind, "linear", products=1000)
     assert space is not None and set(space.bases) == {"0.weight", "2.weight", "4.weight"}  # 20, 12, 9 inputs; 5 rows
     assert space.size == 12 * 5 + 12 + 9 * 5 + 9 + 3 * 5 + 3
     # the reduced operator is E^T G E, and E is an isometry
