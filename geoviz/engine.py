@@ -294,7 +294,6 @@ class Path:
         self._adam: torch.optim.Optimizer | None = None
         self._w_flat: torch.Tensor | None = None
         self._net: nn.Module | None = None
-        self._w_views: list[torch.Tensor] = []
         self._start_value: float | None = None
         self._t0 = time.perf_counter()
         self._elapsed = 0.0
