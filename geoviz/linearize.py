@@ -99,8 +99,12 @@ class Chain:
 
             def linear(t, v):
                 out = F.linear(a_dir, v[f"{p}weight"], v.get(f"{p}bias"))
+                if t is None:
+                    return out
                 t = reshape_in(t)
-                return out if t is None else out + F.linear(t, weight)
+                if t.ndim == 2:  # in place, one kernel: out += t W^T
+                    return out.addmm_(t, weight.t())
+                return out.add_(F.linear(t, weight))
 
             return linear
         if isinstance(m, nn.Conv2d):
@@ -110,7 +114,7 @@ class Chain:
             def conv(t, v):
                 out = F.conv2d(a_in, v[f"{p}weight"], v.get(f"{p}bias"), **kw)
                 t = reshape_in(t)
-                return out if t is None else out + F.conv2d(t, weight, None, **kw)
+                return out if t is None else out.add_(F.conv2d(t, weight, None, **kw))
 
             return conv
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
