@@ -1,4 +1,4 @@
-"""J v for chain-shaped networks by a linearised forward pass over kept activations.
+"""J v and J^T u for chain-shaped networks, over the activations of one forward pass.
 
 For a network that is a chain of standard layers (Linear, Conv2d, BatchNorm in eval
 mode, ReLU, Tanh, max-pooling, Flatten, Dropout in eval mode, Identity), the
@@ -6,24 +6,25 @@ directional derivative of the outputs along a weight direction v follows the cha
 layer by layer:
 
     t_out = layer(t_in; W) + layer(a_in; V)      (Linear, Conv2d: two products)
-    t_out = t_in * relu'(a)                      (activations: a mask)
+    t_out = act'(a) t_in                         (activations: their backward kernel)
 
-with a_in the activations of the one forward pass at w, kept from when the graph was
-built. This is what forward-mode AD computes, without recomputing the primal and
-without the backward-through-the-backward graph of the double-backward trick: two
-matrix products per layer and no graph to build for them.
+with a_in the activations kept from the one forward pass at w. J^T u runs the same
+chain backwards (each layer's transpose), writing the weight gradients straight into
+a flat vector. This is what forward- and reverse-mode AD compute, without recomputing
+the primal and without any autograd graph: two matrix products per layer each way.
 
 :func:`record_chain` runs that forward pass with hooks and returns the layers, or
 None when the network is not such a chain (a layer called twice, an operation between
 layers other than a reshape, a layer it does not know): the caller then uses the
-double-backward product instead.
+double-backward product instead. :class:`RowSpace` gives the coordinates in which a
+step's system is smaller when a Linear layer has more inputs than the batch has rows.
 """
 
 from __future__ import annotations
 
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -355,36 +356,30 @@ class RowSpace:
     first layer's 784 inputs become 256 coordinates.
     """
 
-    def __init__(self, chain: Chain, names: tuple[str, ...], shapes: tuple[torch.Size, ...], reduce: list[int]):
-        self.names = names
-        self.shapes = shapes
+    def __init__(self, chain: Chain, layout, reduce: list[int]):
+        """``layout``: the full vector's :class:`geoviz.metric.FlatParams`; ``reduce``:
+        the indices of the chain's Linear layers to see through their inputs."""
         self.bases: dict[str, torch.Tensor] = {}
         layers = list(chain.layers)
         for i in reduce:
-            layer = layers[i]
-            q, r = torch.linalg.qr(layer.a_in.t())  # (d, N) = Q R: A Q = R^T
-            self.bases[f"{layer.prefix}weight"] = q
-            layers[i] = _Layer(layer.prefix, layer.module, layer.a_in, layer.a_out, layer.extra, r.t())
+            q, r = torch.linalg.qr(layers[i].a_in.t())  # (d, N) = Q R: A Q = R^T
+            self.bases[f"{layers[i].prefix}weight"] = q
+            layers[i] = replace(layers[i], a_dir=r.t())
         self.chain = Chain(layers, chain.params, chain.output_shape)
-        self.reduced_shapes = tuple(
-            torch.Size((s[0], self.bases[n].shape[1])) if n in self.bases else s for n, s in zip(names, shapes)
-        )
-        self.full_sizes = [s.numel() for s in shapes]
-        self.sizes = [s.numel() for s in self.reduced_shapes]
-        self.size = sum(self.sizes)
+        self.layout = layout
+        # the reduced vector: the same parameters, the reduced weights (out, r)
+        self.reduced = replace(layout, shapes=tuple(
+            torch.Size((s[0], self.bases[n].shape[1])) if n in self.bases else s for n, s in zip(layout.names, layout.shapes)
+        ))
 
-    def _parts(self, flat: torch.Tensor, reduced: bool) -> list[torch.Tensor]:
-        sizes, shapes = (self.sizes, self.reduced_shapes) if reduced else (self.full_sizes, self.shapes)
-        return [p.view(s) for p, s in zip(torch.split(flat, sizes), shapes)]
-
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """A reduced vector as a parameter dict (the reduced layers' weights are (out, r))."""
-        return dict(zip(self.names, self._parts(flat, True)))
+    @property
+    def size(self) -> int:
+        return self.reduced.size
 
     def restrict(self, v: torch.Tensor) -> torch.Tensor:
         """E^T v: a full vector's coordinates (the reduced blocks projected on the span)."""
-        out = torch.empty(self.size, dtype=v.dtype, device=v.device)
-        for name, src, dst in zip(self.names, self._parts(v, False), self._parts(out, True)):
+        out = torch.empty(self.reduced.size, dtype=v.dtype, device=v.device)
+        for name, src, dst in zip(self.layout.names, self.layout.unflatten(v).values(), self.reduced.unflatten(out).values()):
             if name in self.bases:
                 torch.mm(src, self.bases[name], out=dst)
             else:
@@ -393,8 +388,8 @@ class RowSpace:
 
     def extend(self, v_r: torch.Tensor) -> torch.Tensor:
         """E v_r: the full vector with these coordinates (nothing outside the span)."""
-        out = torch.empty(sum(self.full_sizes), dtype=v_r.dtype, device=v_r.device)
-        for name, src, dst in zip(self.names, self._parts(v_r, True), self._parts(out, False)):
+        out = torch.empty(self.layout.size, dtype=v_r.dtype, device=v_r.device)
+        for name, src, dst in zip(self.layout.names, self.reduced.unflatten(v_r).values(), self.layout.unflatten(out).values()):
             if name in self.bases:
                 torch.mm(src, self.bases[name].t(), out=dst)
             else:
@@ -406,19 +401,20 @@ class RowSpace:
         the reduced system (v_r = E^T v)."""
         out = torch.empty_like(v)
         inv_mu = 1.0 / mu
-        for name, src, b, full, dst in zip(
-            self.names, self._parts(u_r, True), self._parts(v_r, True), self._parts(v, False), self._parts(out, False)
+        reduced, full = self.reduced.unflatten, self.layout.unflatten
+        for name, src, b, whole, dst in zip(
+            self.layout.names, reduced(u_r).values(), reduced(v_r).values(), full(v).values(), full(out).values()
         ):
             if name in self.bases:
                 # (u_r - v_r / mu) Q^T + v / mu
                 torch.mm(src.addcmul(b, inv_mu, value=-1.0), self.bases[name].t(), out=dst)
-                dst.addcmul_(full, inv_mu)
+                dst.addcmul_(whole, inv_mu)
             else:
                 dst.copy_(src)
         return out
 
 
-def row_space(chain: Chain, names: tuple[str, ...], shapes: tuple[torch.Size, ...], products: int) -> RowSpace | None:
+def row_space(chain: Chain, layout, products: int) -> RowSpace | None:
     """The reduction worth making for about ``products`` products, or None.
 
     A Linear layer (out x d) with N < d input rows is reduced when the multiply-adds
@@ -439,4 +435,4 @@ def row_space(chain: Chain, names: tuple[str, ...], shapes: tuple[torch.Size, ..
         cost = 2 * d * rows * rows + 3 * out * d * rows
         if saved > 2 * cost:
             reduce.append(i)
-    return RowSpace(chain, names, shapes, reduce) if reduce else None
+    return RowSpace(chain, layout, reduce) if reduce else None

@@ -173,7 +173,7 @@ def make_metric_product(
     if backend == "linear":
         logits, chain = _record(model, layout, buffers, inputs, w)
         if chain is not None:  # no graph: J v and J^T u both run over the kept activations
-            return _chain_product(chain, layout.unflatten, layout.size, layout.names, kind, logits), logits
+            return _chain_product(chain, layout, kind, logits), logits
 
     # the double-backward product, for any network. Gradients are taken with respect
     # to the parameters' views and concatenated here: cheaper than autograd's own
@@ -220,15 +220,15 @@ def _record(model, layout, buffers, inputs, w) -> tuple[torch.Tensor | None, Cha
     return out.reshape(out.shape[0], -1), chain
 
 
-def _chain_product(chain, unflatten, size: int, names, kind: str, logits: torch.Tensor):
-    """v -> G v over a recorded chain, for vectors laid out by ``unflatten``."""
-    uncovered = [n for n in names if n not in chain.covered]
+def _chain_product(chain: Chain, layout: FlatParams, kind: str, logits: torch.Tensor):
+    """v -> G v over a recorded chain, for vectors laid out by ``layout``."""
+    uncovered = [n for n in layout.names if n not in chain.covered]
 
     def product(v: torch.Tensor) -> torch.Tensor:
-        jv = chain.jvp(unflatten(v))  # the linearised forward pass: (B, K)
+        jv = chain.jvp(layout.unflatten(v))  # the linearised forward pass: (B, K)
         hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
-        gv = torch.empty(size, dtype=v.dtype, device=v.device)
-        parts = unflatten(gv)
+        gv = torch.empty(layout.size, dtype=v.dtype, device=v.device)
+        parts = layout.unflatten(gv)
         chain.vjp(hjv, parts)  # -> J^T H J v / B, written in place
         for name in uncovered:
             parts[name].zero_()
@@ -258,10 +258,10 @@ def make_step_product(
     if backend == "linear":
         logits, chain = _record(model, layout, buffers, inputs, w)
         if chain is not None:
-            space = row_space(chain, layout.names, layout.shapes, products)
+            space = row_space(chain, layout, products)
             if space is None:
-                return _chain_product(chain, layout.unflatten, layout.size, layout.names, kind, logits), None
-            return _chain_product(space.chain, space.unflatten, space.size, layout.names, kind, logits), space
+                return _chain_product(chain, layout, kind, logits), None
+            return _chain_product(space.chain, space.reduced, kind, logits), space
     product, _ = make_metric_product(model, layout, buffers, inputs, w, kind, backend)
     return product, None
 
