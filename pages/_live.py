@@ -267,13 +267,13 @@ def run_panel(
         if runner is not None and runner.alive:
             runner.stop()
         clicked = time.perf_counter()
-        _freeze_for_run()
         try:
             runner = make_runner()
         except GeovizError as err:
             st.error(str(err))
         else:
             built = time.perf_counter()
+            _freeze_for_run()  # only once there is a run to end it: a failed build keeps nothing frozen
             runner.start()
             st.session_state[key] = runner
             _wait_first_step(runner, 1.5)
