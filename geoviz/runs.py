@@ -31,6 +31,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from geoviz.metric import FlatParams
+
 __all__ = [
     "default_runs_dir",
     "RunWriter",
@@ -267,10 +269,10 @@ class RunRecord:
         if not (self.path / "weights" / "start.safetensors").exists():
             return None
         start, ordered = self._load_weights("start")
-        sizes = [t.numel() for t in start.values()]
-        if not ordered or sum(sizes) != w.numel():
+        layout = FlatParams(tuple(start), tuple(t.shape for t in start.values()))
+        if not ordered or layout.size != w.numel():
             return None
-        return {n: part.view(t.shape) for (n, t), part in zip(start.items(), torch.split(w, sizes))}
+        return layout.unflatten(w)
 
     def _load_weights(self, name: str) -> tuple[dict[str, torch.Tensor], bool]:
         """(tensors, whether they are in the recorded flat order) of one weights file."""
