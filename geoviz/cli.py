@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from geoviz.engine import MODES, SolverConfig
+from geoviz.engine import MODES, SolverConfig, flush_denormals
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.metric import METRIC_KINDS
 from geoviz.problem import SetupConfig
@@ -321,6 +321,7 @@ _HANDLERS: dict[str, Callable] = {"sparsify": _cmd_sparsify, "continual": _cmd_c
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    flush_denormals()  # before any parallel op, so the intra-op workers inherit it
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from geoviz.engine import Path
+from geoviz.engine import Path, flush_denormals
 from geoviz.errors import DivergedError, GeovizError
 from geoviz.runs import RunWriter, SnapshotBudget
 
@@ -111,8 +111,12 @@ class PathRunner:
 
     def start(self) -> None:
         """Run in a background (daemon) thread."""
-        self._thread = threading.Thread(target=self.run, name="geoviz-path", daemon=True)
+        self._thread = threading.Thread(target=self._run_thread, name="geoviz-path", daemon=True)
         self._thread.start()
+
+    def _run_thread(self) -> None:
+        flush_denormals()  # before the thread's first parallel op, so its workers inherit it
+        self.run()
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
