@@ -362,7 +362,7 @@ class Path:
         # autograd hands over the distance's gradients as it makes them (no .grad to
         # add into), and the objective's part is added to them in one call
         grads = list(torch.autograd.grad(distance, self._params, materialize_grads=True))
-        torch._foreach_add_(grads, list(self.layout.unflatten(grad_fn).values()), alpha=weight)
+        torch._foreach_add_(grads, self.layout.views(grad_fn), alpha=weight)
         self.gradient_evaluations += 1
         self._adam.step(grads)
         # the next point is Adam's vector, copied so that self.w and the optimiser's
