@@ -16,7 +16,7 @@ ratios hold even on a busy machine:
 
 Targets (issue 2): penalty <= 1.5x SGD; exact <= (k + 2)x SGD.
 
-    python bench/step_cost.py [--threads 1] [--rounds 7]
+    python bench/step_cost.py [--threads 1] [--rounds 7] [--vgg11 --only vgg11 --batch 64 --repeats 2]
 """
 
 from __future__ import annotations
@@ -47,23 +47,23 @@ def _case(name, model, x, y, device):
     return name, model, layout, buffers, w0, x.to(device), y.to(device)
 
 
-def cases(device):
+def cases(device, vgg11=False, batch=256):
     from geoviz.data import load_dataset
 
     out = []
     digits = load_dataset("digits")
     torch.manual_seed(0)
-    out.append(_case("digits mlp 64-128-128-10", build_model("mlp", (1, 8, 8), 10), digits.x_train[:256], digits.y_train[:256], device))
+    out.append(_case("digits mlp 64-128-128-10", build_model("mlp", (1, 8, 8), 10), digits.x_train[:batch], digits.y_train[:batch], device))
     try:
         fashion = load_dataset("fashion-mnist")
         torch.manual_seed(0)
-        out.append(_case("fashion lenet300", build_model("lenet300", (1, 28, 28), 10), fashion.x_train[:256], fashion.y_train[:256], device))
+        out.append(_case("fashion lenet300", build_model("lenet300", (1, 28, 28), 10), fashion.x_train[:batch], fashion.y_train[:batch], device))
     except Exception as err:  # the Debian package may be missing on a laptop
         print(f"(skipping fashion-mnist: {err})")
-    if device.type == "cuda":
+    if device.type == "cuda" or vgg11:
         torch.manual_seed(0)
-        x = torch.randn(256, 3, 32, 32)
-        y = torch.randint(0, 10, (256,))
+        x = torch.randn(batch, 3, 32, 32)
+        y = torch.randint(0, 10, (batch,))
         out.append(_case("vgg11 cifar-shaped", build_model("vgg11", (3, 32, 32), 10), x, y, device))
     return out
 
@@ -134,17 +134,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--vgg11", action="store_true", help="VGG11 on CIFAR-shaped input on a CPU too (always on a GPU)")
+    parser.add_argument("--batch", type=int, default=256, help="the metric batch (and the SGD step's)")
+    parser.add_argument("--only", default="", help="only the cases whose name contains this (e.g. vgg11)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from geoviz.training import resolve_device
 
     device = resolve_device(args.device)
     k = SolverConfig().cg_iterations
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, CG iterations k={k}, metric batch 256")
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, CG iterations k={k}, metric batch {args.batch}")
     print(f"engine backend: {SolverConfig().backend}")
     print("Gv/SGD: one full product per backend; 'step': the product the exact step runs (row-space coordinates where that pays)")
     print(f"{'case':28s} {'SGD ms':>8s} {'Gv/SGD linear':>14s} {'autograd':>9s} {'func':>6s} {'step':>6s} {'exact/SGD':>10s} {'target':>7s} {'penalty/SGD':>12s} {'target':>7s}")
-    for case in cases(device):
+    for case in cases(device, args.vgg11, args.batch):
+        if args.only not in case[0]:
+            continue
         name, med = bench_case(case, device, args.rounds, args.repeats, k)
         sgd = med["sgd"]
         exact, penalty = med["exact"] / sgd, med["penalty"] / sgd

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from geoviz.engine import MODES, SolverConfig, flush_denormals
+from geoviz.engine import MODES, SolverConfig, denormals_flushed
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.metric import METRIC_KINDS
 from geoviz.problem import SetupConfig
@@ -321,7 +321,12 @@ _HANDLERS: dict[str, Callable] = {"sparsify": _cmd_sparsify, "continual": _cmd_c
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    flush_denormals()  # before any parallel op, so the intra-op workers inherit it
+    # before any parallel op, so that the intra-op workers inherit it
+    with denormals_flushed():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -15,6 +15,7 @@ D(f(w), f(w0)) + lambda L2(w). It is labelled as such everywhere.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -39,6 +40,8 @@ __all__ = [
     "StepRecord",
     "Path",
     "flush_denormals",
+    "flushing_denormals",
+    "denormals_flushed",
 ]
 
 MODES = ("exact", "penalty")
@@ -53,10 +56,28 @@ def flush_denormals() -> None:
     and every product that touches them is 10-100x slower: a digits step went from
     1.8 to 11 ms. The flag lives in each thread's floating-point state, and the
     intra-op worker threads copy it when they are created, so it is set first
-    thing in the CLI and in the app's path thread; workers created earlier keep
-    their own. TensorFlow sets the same mode in its compute threads.
+    thing in the app's path thread (and, through :func:`denormals_flushed`, in the
+    CLI); workers created earlier keep their own. TensorFlow sets the same mode in
+    its compute threads.
     """
     torch.set_flush_denormal(True)
+
+
+def flushing_denormals() -> bool:
+    """Whether this thread treats subnormal floats as zero now."""
+    return float(torch.full((1,), 1e-40, dtype=torch.float32) * 1.5) == 0.0
+
+
+@contextlib.contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """:func:`flush_denormals` for a block; the thread's mode is restored after it."""
+    was = flushing_denormals()
+    flush_denormals()
+    try:
+        yield
+    finally:
+        if not was:
+            torch.set_flush_denormal(False)
 
 
 @dataclass(frozen=True)

@@ -96,4 +96,18 @@ def test_app_path_thread_flushes_subnormals():
     runner.start()
     runner.join(60)
     assert runner.state == "finished" and seen == [0.0, 0.0]
-    assert float((torch.full((64,), 1e-40) * 1.5).sum()) > 0  # this (test) thread is left alone
+
+
+def test_cli_flushes_subnormals_and_gives_the_thread_back():
+    from geoviz import cli
+    from geoviz.engine import flushing_denormals
+
+    torch.set_flush_denormal(False)
+    seen = []
+    original = cli._main
+    try:
+        cli._main = lambda argv: seen.append(flushing_denormals()) or 0
+        assert cli.main(["sparsify"]) == 0
+    finally:
+        cli._main = original
+    assert seen == [True] and not flushing_denormals()
