@@ -178,6 +178,7 @@ def sparsify_runner(
             "gradient_evaluations": path.gradient_evaluations,
             "path_seconds": final.get("seconds"),
             "end_reason": path.end_reason,
+            "mode": path.config.mode,
         }
 
     runner = PathRunner(

@@ -87,10 +87,12 @@ def sparsify_numbers(rows, reference: dict) -> None:
     d.metric("functional length", f"{last['functional_length']:.3g}", help="Σ√(θᵀGθ): how far the outputs have moved, summed over the steps")
 
 
-def sparsify_summary(summary: dict, rows, target: float | None) -> None:
+def sparsify_summary(summary: dict, rows, target: float | None, mode: str | None = None) -> None:
     """The end of a sparsification path beside its baselines, once the path has ended."""
     if not summary.get("baselines"):
         return
+    mode = mode or summary.get("mode", "exact")
+    path = "the geodesic path" if mode == "exact" else f"the path ({mode} mode)"
     reference, baselines = summary.get("reference", {}), summary["baselines"]
     evaluated = plots.as_table(rows)
     last = evaluated[evaluated["pruned_accuracy"].notna()].iloc[-1] if "pruned_accuracy" in evaluated else {}
@@ -98,8 +100,8 @@ def sparsify_summary(summary: dict, rows, target: float | None) -> None:
     table = pd.DataFrame(
         [
             ("dense start network", reference.get("dense_accuracy"), 0.0, "—"),
-            ("end of the geodesic path, as is", summary.get("accuracy"), summary.get("sparsity"), "inputs only"),
-            ("end of the geodesic path, pruned to the target", last.get("pruned_accuracy"), target, "inputs only"),
+            (f"end of {path}, as is", summary.get("accuracy"), summary.get("sparsity"), "inputs only"),
+            (f"end of {path}, pruned to the target", last.get("pruned_accuracy"), target, "inputs only"),
             ("one-shot magnitude pruning", baselines.get("one_shot"), target, "none"),
             (f"pruning + fine-tuning ({budget})", baselines.get("finetune"), target, "labels"),
         ],

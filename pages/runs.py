@@ -58,7 +58,9 @@ def replay(record) -> None:
             "replay",
             marker=at if at < last else None,
         )
-        _charts.sparsify_summary(summary, table, record.config.get("sparsify", {}).get("sparsity"))
+        _charts.sparsify_summary(
+            summary, table, record.config.get("sparsify", {}).get("sparsity"), record.config.get("solver", {}).get("mode")
+        )
     elif record.config.get("application") == "continual":
         _charts.continual_charts(shown, record.summary.get("start", {}), steps, snapshots, "replay", marker=at if at < last else None)
         _charts.continual_summary(record.summary, "replay")

@@ -63,7 +63,7 @@ def test_penalty_mode_is_labelled_and_works(tmp_path):
     assert runner.run() == "finished"
     s = runner.summary
     assert s["accuracy"] >= s["dense_accuracy"] - 0.03 and s["sparsity"] > 0.899
-    assert runner.writer.config["solver"]["mode"] == "penalty"
+    assert runner.writer.config["solver"]["mode"] == "penalty" and s["mode"] == "penalty"
 
 
 @pytest.mark.skipif(not FASHION.exists() and not os.environ.get("CI"), reason="Debian package dataset-fashion-mnist not installed")
