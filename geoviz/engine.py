@@ -387,7 +387,8 @@ class Path:
         self.gradient_evaluations += 1
         self._adam.step(grads)
         # the next point is Adam's vector, copied so that self.w and the optimiser's
-        # tensor never alias; |theta| in one pass, without forming theta
+        # tensor never alias. (A zero-started theta vector for Adam to update, giving
+        # w + theta and |theta| without a subtraction, timed the same: 1.00x.)
         w_next = self._w_flat.clone()
         nan = self._nan(w_next.device)
         return w_next, torch.dist(w_next, self.w), {
