@@ -373,7 +373,7 @@ class Path:
             self._net.load_state_dict(self.buffers, strict=False)
             self._w_flat = self.w.clone()
             self._params = list(self._net.parameters())
-            for param, view in zip(self._params, self.layout.unflatten(self._w_flat).values()):
+            for param, view in zip(self._params, self.layout.views(self._w_flat)):
                 param.data = view
             self._adam = Adam([p.detach() for p in self._params], lr=cfg.penalty_lr)
         weight = cfg.penalty_weight * (1.0 + self.step / cfg.penalty_ramp)

@@ -17,7 +17,6 @@ module's parameter dict (views, no copies), so any ``nn.Module`` works through
 from __future__ import annotations
 
 import functools
-
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,8 +76,7 @@ class FlatParams:
             raise ValueError(
                 f"expected a flat vector of {self.size} numbers, got shape {tuple(w.shape)}"
             )
-        parts = w.split_with_sizes(self.sizes)
-        return {n: p.view(s) for n, p, s in zip(self.names, parts, self._view_shapes)}
+        return dict(zip(self.names, self.views(w)))
 
     def views(self, w: torch.Tensor) -> list[torch.Tensor]:
         """The values of ``unflatten(w)`` as a list, without the checks (a path's inner loop)."""

@@ -215,10 +215,10 @@ def _status_ui(runner: PathRunner, total: int) -> None:
     step = int(last.get("step", 0))
     rate = step / last["seconds"] if last.get("seconds") else 0.0
     device = str(getattr(runner.path.w, "device", "cpu"))
-    if getattr(runner.path.config, "mode", "exact") == "penalty":
+    if runner.path.config.mode == "penalty":
         beta = " · penalty mode (Adam, not the constrained step)"
     else:
-        beta = f" · β = {last['beta']:.3g}" if isinstance(last.get("beta"), float) and last["beta"] == last["beta"] else ""
+        beta = f" · β = {last['beta']:.3g}" if isinstance(last.get("beta"), float) else ""
     line = f"**{runner.state}** · step {step} of {total} · {rate:.1f} steps/s · {device}{beta}"
     if runner.state == "diverged":
         st.error(f"The path diverged at step {step}: {runner.message}. Its charts are kept below.")
