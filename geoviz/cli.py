@@ -191,6 +191,11 @@ def run_and_report(runner, args, progress: Progress, report: Callable[[object], 
         return 3 if state == "diverged" else 1
     lines, payload = report(runner)
     payload.update({"steps": runner.path.step, "wall_seconds": round(wall, 3), "run_dir": run_dir})
+    used = runner.path.backend_used
+    if used is not None:  # what really computed G v: a fallback is said, not hidden
+        payload["backend"] = used
+        if used != runner.path.config.backend:
+            lines.append(f"G·v computed by the {used} backend: the network is not one {runner.path.config.backend} can run")
     for line in lines:
         print(line)
     print(f"run folder: {run_dir}")

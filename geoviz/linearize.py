@@ -15,7 +15,8 @@ the primal and without any autograd graph: two matrix products per layer each wa
 
 :func:`record_chain` runs that forward pass with hooks and returns the layers, or
 None when the network is not such a chain (a layer called twice, an operation between
-layers other than a reshape, a layer it does not know): the caller then uses the
+layers other than a reshape, an operation that writes in place into a kept tensor, a
+layer it does not know): the caller then uses the
 double-backward product instead. :class:`RowSpace` gives the coordinates in which a
 step's system is smaller when a Linear layer has more inputs than the batch has rows.
 """
@@ -276,29 +277,46 @@ def record_chain(
     leaves = _leaves(model)
     if leaves is None:  # parameters used outside leaf layers
         return forward(), None
-    calls: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+    # (module, its input, its output, their version counters when the hook ran)
+    calls: list[tuple[nn.Module, torch.Tensor | None, torch.Tensor | None, int, int]] = []
 
     def hook(module, args, output):
         if args and isinstance(args[0], torch.Tensor) and isinstance(output, torch.Tensor):
-            calls.append((module, args[0].detach(), output.detach()))
+            calls.append((module, args[0].detach(), output.detach(), args[0]._version, output._version))
         else:
-            calls.append((module, None, None))
+            calls.append((module, None, None, 0, 0))
 
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
+        input_version = inputs._version
         out = forward()
+    except RuntimeError:  # inference tensors have no version counter: no way to check
+        return forward(), None
     finally:
         for h in handles:
             h.remove()
-    if not calls or len({id(m) for m, _, _ in calls}) != len(calls):
+    if not calls or len({id(m) for m, _, _, _, _ in calls}) != len(calls):
         return out, None
     detached = {k: v.detach() for k, v in params.items()}
     layers: list[_Layer] = []
-    previous = inputs
-    for module, a_in, a_out in calls:
+    # every kept tensor and the version it must still have when the forward is over:
+    # an operation between two layers that writes in place (``out += h``, ``F.relu(x,
+    # inplace=True)``) keeps the storage, so only the version counter tells it happened
+    kept: list[tuple[torch.Tensor, int]] = [(inputs, input_version)]
+    previous, previous_version = inputs, input_version
+    for module, a_in, a_out, v_in, v_out in calls:
         if a_in is None or not isinstance(module, _KNOWN) or not _follows(a_in, previous):
             return out, None
         if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+            return out, None
+        if _in_place(module, a_in, a_out):
+            # the activation itself wrote once into its input, the previous layer's
+            # output; an activation's own derivative reads its output, so it must not
+            # be overwritten by a second one
+            if v_in != previous_version + 1 or (layers and isinstance(layers[-1].module, _ACTIVATIONS)):
+                return out, None
+            kept[-1] = (kept[-1][0], v_out)
+        elif v_in != previous_version:  # something wrote into it between the two layers
             return out, None
         prefix = leaves[module] + "." if leaves[module] else ""
         layer = _Layer(prefix, module, a_in, a_out)
@@ -306,10 +324,16 @@ def record_chain(
         if layer.extra is None:
             return out, None
         layers.append(layer)
-        previous = a_out
-    if not _follows(out, previous):
+        kept.append((a_out, v_out))
+        previous, previous_version = a_out, v_out
+    if not _follows(out, previous) or any(t._version != version for t, version in kept):
         return out, None
     return out, Chain(layers, detached, out.shape)
+
+
+def _in_place(module: nn.Module, a_in: torch.Tensor, a_out: torch.Tensor) -> bool:
+    """An activation module that wrote its output into its input (``inplace=True``)."""
+    return isinstance(module, _ACTIVATIONS) and a_in.data_ptr() == a_out.data_ptr()
 
 
 _LEAVES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -350,7 +374,8 @@ class RowSpace:
         (G + mu I) u = v   <=>   u = E u_r + (v - E E^T v) / mu,
                                  (G_r + mu I) u_r = E^T v.
 
-    The complement of the span is solved exactly; conjugate gradients run on u_r,
+    (The engine's step does not solve the two parts separately: see
+    ``geoviz.engine._row_space_system``.) Conjugate gradients run on u_r,
     whose products cost 2 N r instead of 2 N d multiply-adds per output row of the
     layer, and whose vectors are shorter. On LeNet-300-100 with a batch of 256 the
     first layer's 784 inputs become 256 coordinates.
@@ -392,23 +417,6 @@ class RowSpace:
         for name, src, dst in zip(self.layout.names, self.reduced.unflatten(v_r).values(), self.layout.unflatten(out).values()):
             if name in self.bases:
                 torch.mm(src, self.bases[name].t(), out=dst)
-            else:
-                dst.copy_(src)
-        return out
-
-    def complete(self, u_r: torch.Tensor, v: torch.Tensor, v_r: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
-        """u = E u_r + (v - E v_r) / mu, the solution of (G + mu I) u = v from that of
-        the reduced system (v_r = E^T v)."""
-        out = torch.empty_like(v)
-        inv_mu = 1.0 / mu
-        reduced, full = self.reduced.unflatten, self.layout.unflatten
-        for name, src, b, whole, dst in zip(
-            self.layout.names, reduced(u_r).values(), reduced(v_r).values(), full(v).values(), full(out).values()
-        ):
-            if name in self.bases:
-                # (u_r - v_r / mu) Q^T + v / mu
-                torch.mm(src.addcmul(b, inv_mu, value=-1.0), self.bases[name].t(), out=dst)
-                dst.addcmul_(whole, inv_mu)
             else:
                 dst.copy_(src)
         return out

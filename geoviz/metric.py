@@ -114,6 +114,8 @@ BACKENDS = ("linear", "autograd", "func")
 
 # model -> the input shape (without the batch) it was found not to be a chain for
 _NOT_CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# models with an operation whose backward has no derivative: products go through torch.func
+_NO_DOUBLE_BACKWARD: weakref.WeakSet = weakref.WeakSet()
 
 
 def make_metric_product(
@@ -144,6 +146,10 @@ def make_metric_product(
       to ``autograd`` (and the model is remembered as not a chain for that input
       shape, so the next build does not try again).
 
+    ``autograd`` falls back to ``func`` for a network with an operation whose backward
+    has no derivative. The product's ``backend`` attribute says which one really
+    computes it (it can change to ``func`` at the first call).
+
     Args:
         model: the module; used only through ``functional_call`` (eval mode).
         layout: flat layout of the module's parameters.
@@ -162,21 +168,8 @@ def make_metric_product(
     if backend not in BACKENDS:
         raise ConfigError(f"Unknown metric backend '{backend}'; choose one of {', '.join(BACKENDS)}.")
 
-    def f(flat: torch.Tensor) -> torch.Tensor:
-        out = functional_call(model, ({**layout.unflatten(flat), **buffers},), (inputs,))
-        return out.reshape(out.shape[0], -1)  # (B, K)
-
-    if backend == "func":
-        logits, pullback = vjp(f, w)
-        logits = logits.detach()
-
-        def product(v: torch.Tensor) -> torch.Tensor:
-            _, jv = jvp(f, (w,), (v,))  # v -> J v: (B, K)
-            hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B: (B, K)
-            (gv,) = pullback(hjv)  # -> J^T H J v / B: (P,)
-            return gv
-
-        return product, logits
+    if backend == "func" or model in _NO_DOUBLE_BACKWARD:
+        return _func_product(model, layout, buffers, inputs, w, kind)
 
     if backend == "linear":
         logits, chain = _record(model, layout, buffers, inputs, w)
@@ -197,16 +190,51 @@ def make_metric_product(
     used = [i for i, g in enumerate(pulled) if g.requires_grad]
     logits = out.detach()
 
+    fallback: list[Callable] = []  # the func product, once the double backward failed
+
     def product(v: torch.Tensor) -> torch.Tensor:
+        if fallback:
+            return fallback[0](v)
         parts = list(layout.unflatten(v).values())
-        with torch.enable_grad():
-            # J v: through the backward graph
-            (jv,) = torch.autograd.grad([pulled[i] for i in used], dummy, [parts[i] for i in used], retain_graph=True)
-            hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
-            grads = torch.autograd.grad(out, views, hjv, retain_graph=True, materialize_grads=True)  # -> J^T H J v / B
+        try:
+            with torch.enable_grad():
+                # J v: through the backward graph
+                (jv,) = torch.autograd.grad([pulled[i] for i in used], dummy, [parts[i] for i in used], retain_graph=True)
+                hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
+                grads = torch.autograd.grad(out, views, hjv, retain_graph=True, materialize_grads=True)  # -> J^T H J v / B
+        except (RuntimeError, NotImplementedError) as err:
+            # an operation without a derivative of its backward (aten::hardsigmoid_backward
+            # in mobilenet_v3): forward-mode J v through torch.func still works. The
+            # model is remembered, so its next products are built that way directly
+            if "not implemented" not in str(err):
+                raise
+            _NO_DOUBLE_BACKWARD.add(model)
+            fallback.append(_func_product(model, layout, buffers, inputs, w, kind)[0])
+            product.backend = "func"
+            return fallback[0](v)
         return torch.cat([g.reshape(-1) for g in grads])
 
-    product.linearised = False
+    product.backend = "autograd"
+    return product, logits
+
+
+def _func_product(model, layout, buffers, inputs, w, kind):
+    """G v by torch.func: jvp for J v, the pullback of one vjp for J^T (H J v)."""
+
+    def f(flat: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, ({**layout.unflatten(flat), **buffers},), (inputs,))
+        return out.reshape(out.shape[0], -1)  # (B, K)
+
+    logits, pullback = vjp(f, w)
+    logits = logits.detach()
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        _, jv = jvp(f, (w,), (v,))  # v -> J v: (B, K)
+        hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B: (B, K)
+        (gv,) = pullback(hjv)  # -> J^T H J v / B: (P,)
+        return gv
+
+    product.backend = "func"
     return product, logits
 
 
@@ -242,7 +270,7 @@ def _chain_product(chain: Chain, layout: FlatParams, kind: str, logits: torch.Te
             parts[name].zero_()
         return gv
 
-    product.linearised = True
+    product.backend = "linear"
     return product
 
 

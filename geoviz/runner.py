@@ -203,6 +203,8 @@ class PathRunner:
                 self.summary = self.on_finish(self) or {}
             except Exception as err:  # the path is kept even if a baseline fails
                 message += f"; summary failed: {type(err).__name__}: {err}"
+        if self.path.backend_used is not None:  # what really computed G v (a fallback shows here)
+            self.summary = {**self.summary, "backend": self.path.backend_used}
         if self.writer is not None:
             self.writer.save_weights("final", self.path.layout.unflatten(self.path.w))
             if self.summary:

@@ -219,6 +219,9 @@ def _status_ui(runner: PathRunner, total: int) -> None:
         beta = " · penalty mode (Adam, not the constrained step)"
     else:
         beta = f" · β = {last['beta']:.3g}" if isinstance(last.get("beta"), float) else ""
+        used = runner.path.backend_used
+        if used is not None:  # what really computed G v: a fallback is named as such
+            beta += f" · G·v: {used}" + ("" if used == runner.path.config.backend else f" (fell back from {runner.path.config.backend})")
     line = f"**{runner.state}** · step {step} of {total} · {rate:.1f} steps/s · {device}{beta}"
     if runner.state == "diverged":
         st.error(f"The path diverged at step {step}: {runner.message}. Its charts are kept below.")
