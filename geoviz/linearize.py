@@ -1,12 +1,15 @@
 """J v and J^T u for chain-shaped networks, over the activations of one forward pass.
 
-For a network that is a chain of standard layers (Linear, Conv2d, BatchNorm in eval
-mode, ReLU, Tanh, max-pooling, Flatten, Dropout in eval mode, Identity), the
+For a network that is a chain of standard layers (Linear, Conv2d with numeric or
+symmetric 'same' padding, BatchNorm in eval mode, LayerNorm, GroupNorm, ReLU, Tanh,
+Sigmoid, GELU, SiLU, LeakyReLU, max-, average- and adaptive average pooling, Flatten,
+Dropout in eval mode, Identity), the
 directional derivative of the outputs along a weight direction v follows the chain
 layer by layer:
 
     t_out = layer(t_in; W) + layer(a_in; V)      (Linear, Conv2d: two products)
     t_out = act'(a) t_in                         (activations: their backward kernel)
+    t_out = gamma P(t_in) / s + V_gamma x_hat + V_beta   (Layer/GroupNorm, P a projection)
 
 with a_in the activations kept from the one forward pass at w. J^T u runs the same
 chain backwards (each layer's transpose), writing the weight gradients straight into
@@ -23,6 +26,7 @@ step's system is smaller when a Linear layer has more inputs than the batch has 
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,9 +37,16 @@ from torch import nn
 
 __all__ = ["record_chain", "Chain", "RowSpace", "row_space"]
 
-_ACTIVATIONS = (nn.ReLU, nn.Tanh)
+# elementwise activations: their derivative is applied by their backward kernel, from
+# the kept output (these may write in place) or from the kept input
+_FROM_OUTPUT = (nn.ReLU, nn.Tanh, nn.Sigmoid)
+_ACTIVATIONS = (*_FROM_OUTPUT, nn.GELU, nn.SiLU, nn.LeakyReLU)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_NORMS = (nn.LayerNorm, nn.GroupNorm)  # normalised by the input's own statistics
+_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 _PASS_THROUGH = (nn.Dropout, nn.Identity)
-_KNOWN = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.Flatten, *_ACTIVATIONS, *_PASS_THROUGH)
+_WEIGHTED = (nn.Linear, nn.Conv2d, *_BATCHNORMS, *_NORMS)
+_KNOWN = (*_WEIGHTED, *_POOLS, nn.Flatten, *_ACTIVATIONS, *_PASS_THROUGH)
 
 
 @dataclass
@@ -111,7 +122,7 @@ class Chain:
             return linear
         if isinstance(m, nn.Conv2d):
             weight = self.params[f"{p}weight"]
-            kw = {"stride": m.stride, "padding": m.padding, "dilation": m.dilation, "groups": m.groups}
+            kw = {"stride": m.stride, "padding": _conv_padding(m), "dilation": m.dilation, "groups": m.groups}
 
             def conv(t, v):
                 out = F.conv2d(a_in, v[f"{p}weight"], v.get(f"{p}bias"), **kw)
@@ -119,7 +130,20 @@ class Chain:
                 return out if t is None else out.add_(F.conv2d(t, weight, None, **kw))
 
             return conv
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if isinstance(m, _NORMS):
+            norm = layer.extra
+
+            def normalisation(t, v):
+                out = None if t is None else norm.forward(reshape_in(t))
+                if f"{p}weight" in v:
+                    moved = norm.xhat * norm.channels(v[f"{p}weight"])
+                    if f"{p}bias" in v:
+                        moved = moved + norm.channels(v[f"{p}bias"])
+                    out = moved if out is None else out.add_(moved)
+                return out
+
+            return normalisation
+        if isinstance(m, _BATCHNORMS):
             scale, xhat = layer.extra  # gamma / sqrt(var + eps) and the normalised input
             view = (1, -1) + (1,) * (a_in.ndim - 2)
 
@@ -149,6 +173,12 @@ class Chain:
                 return t.flatten(2).gather(2, index).view(shape_out)
 
             return maxpool
+        if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):  # linear maps: the same map
+
+            def avgpool(t, v):
+                return None if t is None else m(reshape_in(t))
+
+            return avgpool
         shape_out = layer.a_out.shape  # Flatten, Dropout (eval), Identity
 
         def reshape(t, v):
@@ -178,7 +208,7 @@ class Chain:
         if isinstance(m, nn.Conv2d):
             weight = self.params[f"{p}weight"]
             has_bias = f"{p}bias" in self.params
-            args = (list(m.stride), list(m.padding), list(m.dilation), False, [0, 0], m.groups)
+            args = (list(m.stride), list(_conv_padding(m)), list(m.dilation), False, [0, 0], m.groups)
 
             def conv(g, out, need_input):
                 g_in, g_w, g_b = torch.ops.aten.convolution_backward(
@@ -191,7 +221,19 @@ class Chain:
                 return g_in
 
             return conv
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        if isinstance(m, _NORMS):
+            norm = layer.extra
+
+            def normalisation(g, out, need_input):
+                g = g.reshape(shape_out)
+                if f"{p}weight" in out:
+                    torch.sum(norm.per_channel(g * norm.xhat), norm.sum_dims, out=out[f"{p}weight"].view(-1))
+                    if f"{p}bias" in out:
+                        torch.sum(norm.per_channel(g), norm.sum_dims, out=out[f"{p}bias"].view(-1))
+                return norm.transpose(g) if need_input else None
+
+            return normalisation
+        if isinstance(m, _BATCHNORMS):
             scale, xhat = layer.extra
             view = (1, -1) + (1,) * (a_in.ndim - 2)
             dims = [0, *range(2, a_in.ndim)]
@@ -220,6 +262,19 @@ class Chain:
                 return g_in.flatten(2).scatter_add_(2, index, g.reshape(index.shape)).view(shape_in)
 
             return maxpool
+        if isinstance(m, nn.AvgPool2d):
+            pool = (_pair(m.kernel_size), _pair(m.stride), _pair(m.padding), m.ceil_mode, m.count_include_pad, m.divisor_override)
+
+            def avgpool(g, out, need_input):
+                return torch.ops.aten.avg_pool2d_backward(g.reshape(shape_out), a_in, *pool)
+
+            return avgpool
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+
+            def adaptive_avgpool(g, out, need_input):
+                return torch.ops.aten._adaptive_avg_pool2d_backward(g.reshape(shape_out), a_in)
+
+            return adaptive_avgpool
 
         def reshape(g, out, need_input):  # Flatten, Dropout (eval), Identity
             return g.reshape(shape_in)
@@ -229,14 +284,18 @@ class Chain:
 
 def _owned(layer: _Layer, params: dict[str, torch.Tensor]) -> list[str]:
     """Names of the parameters a recorded layer uses."""
-    if not isinstance(layer.module, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)):
+    if not isinstance(layer.module, _WEIGHTED):
         return []
     return [f"{layer.prefix}{n}" for n in ("weight", "bias") if f"{layer.prefix}{n}" in params]
 
 
 def _extra(layer: _Layer, buffers: dict[str, torch.Tensor], params: dict[str, torch.Tensor]):
     m, p = layer.module, layer.prefix
-    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+    if isinstance(m, _NORMS):
+        return _Normalisation(m, layer.a_in, params.get(f"{p}weight"))
+    if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+        return True if layer.a_in.ndim == 4 else None
+    if isinstance(m, _BATCHNORMS):
         mean, var = buffers.get(f"{p}running_mean"), buffers.get(f"{p}running_var")
         if mean is None or var is None:
             return None
@@ -253,6 +312,15 @@ def _extra(layer: _Layer, buffers: dict[str, torch.Tensor], params: dict[str, to
         return lambda t: torch.ops.aten.threshold_backward(t, a_out, 0)
     if isinstance(m, nn.Tanh):
         return lambda t: torch.ops.aten.tanh_backward(t, a_out)
+    if isinstance(m, nn.Sigmoid):
+        return lambda t: torch.ops.aten.sigmoid_backward(t, a_out)
+    a_in = layer.a_in
+    if isinstance(m, nn.GELU):
+        return lambda t: torch.ops.aten.gelu_backward(t, a_in, approximate=m.approximate)
+    if isinstance(m, nn.SiLU):
+        return lambda t: torch.ops.aten.silu_backward(t, a_in)
+    if isinstance(m, nn.LeakyReLU):
+        return lambda t: torch.ops.aten.leaky_relu_backward(t, a_in, m.negative_slope, False)
     if isinstance(m, nn.MaxPool2d):
         _, index = F.max_pool2d(layer.a_in, m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode, return_indices=True)
         return index.flatten(2), index.shape
@@ -307,13 +375,15 @@ def record_chain(
     for module, a_in, a_out, v_in, v_out in calls:
         if a_in is None or not isinstance(module, _KNOWN) or not _follows(a_in, previous):
             return out, None
-        if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or isinstance(module.padding, str)):
+        if isinstance(module, nn.Conv2d) and (module.padding_mode != "zeros" or _conv_padding(module) is None):
             return out, None
         if _in_place(module, a_in, a_out):
             # the activation itself wrote once into its input, the previous layer's
-            # output; an activation's own derivative reads its output, so it must not
-            # be overwritten by a second one
-            if v_in != previous_version + 1 or (layers and isinstance(layers[-1].module, _ACTIVATIONS)):
+            # output: right for one whose derivative reads its output, but that output
+            # must not be another activation's, whose derivative reads it too
+            if not isinstance(module, _FROM_OUTPUT) or v_in != previous_version + 1:
+                return out, None
+            if layers and isinstance(layers[-1].module, _ACTIVATIONS):
                 return out, None
             kept[-1] = (kept[-1][0], v_out)
         elif v_in != previous_version:  # something wrote into it between the two layers
@@ -334,6 +404,69 @@ def record_chain(
 def _in_place(module: nn.Module, a_in: torch.Tensor, a_out: torch.Tensor) -> bool:
     """An activation module that wrote its output into its input (``inplace=True``)."""
     return isinstance(module, _ACTIVATIONS) and a_in.data_ptr() == a_out.data_ptr()
+
+
+def _pair(x) -> list[int]:
+    return list(x) if isinstance(x, (tuple, list)) else [x, x]
+
+
+def _conv_padding(m: nn.Conv2d) -> tuple[int, ...] | None:
+    """A Conv2d's padding as numbers; ``'same'`` where it pads both sides alike, None
+    where it does not (an even kernel)."""
+    if m.padding == "valid":
+        return (0, 0)
+    if m.padding != "same":
+        return tuple(m.padding)
+    total = [d * (k - 1) for d, k in zip(m.dilation, m.kernel_size)]
+    return None if any(t % 2 for t in total) else tuple(t // 2 for t in total)
+
+
+class _Normalisation:
+    """LayerNorm or GroupNorm at the kept input: x_hat = (x - mean) / s over each group,
+    s = sqrt(var + eps), then gamma x_hat + beta per channel (GroupNorm) or element
+    (LayerNorm). Its Jacobian with respect to the input,
+
+        t -> gamma (t - mean(t) - x_hat mean(x_hat t)) / s,
+
+    is a symmetric projection P scaled by 1/s, then gamma: J^T g = P(gamma g) / s."""
+
+    def __init__(self, m: nn.Module, a_in: torch.Tensor, gamma: torch.Tensor | None):
+        self.shape = a_in.shape
+        if isinstance(m, nn.LayerNorm):
+            self.groups = a_in.reshape(-1, math.prod(m.normalized_shape))  # (rows, n)
+            self.affine_shape = tuple(m.normalized_shape)  # gamma's elements line up with the last dims
+            self.sum_dims = [0]
+            self._per_channel = lambda t: t.reshape(-1, math.prod(m.normalized_shape))
+        else:
+            self.groups = a_in.reshape(a_in.shape[0] * m.num_groups, -1)
+            self.affine_shape = (1, a_in.shape[1]) + (1,) * (a_in.ndim - 2)
+            self.sum_dims = [0, 2]
+            self._per_channel = lambda t: t.reshape(t.shape[0], t.shape[1], -1)
+        var, mean = torch.var_mean(self.groups, -1, correction=0, keepdim=True)
+        self.inv = torch.rsqrt(var + m.eps)  # (rows, 1)
+        self.xhat_groups = (self.groups - mean) * self.inv
+        self.xhat = self.xhat_groups.reshape(self.shape)
+        self.gamma = None if gamma is None else gamma.reshape(self.affine_shape)
+
+    def channels(self, param: torch.Tensor) -> torch.Tensor:
+        return param.reshape(self.affine_shape)
+
+    def per_channel(self, t: torch.Tensor) -> torch.Tensor:
+        return self._per_channel(t)
+
+    def _project(self, t: torch.Tensor) -> torch.Tensor:
+        h = t.reshape(self.groups.shape) * self.inv
+        h = h - h.mean(-1, keepdim=True) - self.xhat_groups * (self.xhat_groups * h).mean(-1, keepdim=True)
+        return h.reshape(self.shape)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        """J_x t = gamma P(t / s)."""
+        h = self._project(t)
+        return h if self.gamma is None else h * self.gamma
+
+    def transpose(self, g: torch.Tensor) -> torch.Tensor:
+        """J_x^T g = P(gamma g / s): the projection is symmetric, gamma comes first."""
+        return self._project(g if self.gamma is None else g * self.gamma)
 
 
 _LEAVES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -78,11 +78,14 @@ def _dense_metric(model, inputs, kind):
 def _setup(factory, shape, seed=0):
     torch.manual_seed(seed)
     model = factory().double().eval()
-    # non-trivial BatchNorm statistics, used in eval mode
+    # non-trivial BatchNorm statistics, used in eval mode, and affine parameters
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
+        if isinstance(m, (nn.LayerNorm, nn.GroupNorm)) and m.weight is not None:
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
     return model, torch.randn(shape, dtype=torch.float64)
 
 
@@ -318,9 +321,35 @@ class _Unused(nn.Module):
         return self.b(self.act(self.a(x)))
 
 
+def _transformer_mlp():
+    """LayerNorm and the smooth activations of today's MLPs."""
+    return nn.Sequential(
+        nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Linear(8, 8), nn.SiLU(),
+        nn.LayerNorm(8, elementwise_affine=False), nn.Linear(8, 7), nn.GELU(approximate="tanh"),
+        nn.LeakyReLU(0.1), nn.Linear(7, 5), nn.Sigmoid(), nn.Linear(5, 3),
+    )
+
+
+def _modern_conv():
+    """GroupNorm, padding='same', average pools (fixed and adaptive), an in-place Sigmoid-free ReLU."""
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding="same"), nn.GroupNorm(2, 4), nn.SiLU(), nn.AvgPool2d(2),
+        nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+        nn.LayerNorm(16), nn.Linear(16, 3),
+    )
+
+
+def _even_same():
+    """padding='same' with an even kernel pads one side more: not a chain we linearise."""
+    return nn.Sequential(nn.Conv2d(2, 3, 2, padding="same"), nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+
+
 @pytest.mark.parametrize(
     "factory,shape,is_chain",
     [
+        (_transformer_mlp, (7, 6), True),
+        (_modern_conv, (5, 2, 8, 8), True),
+        (_even_same, (5, 2, 4, 4), False),
         (_strided_pools, (5, 2, 8, 8), True),
         (_Unused, (7, 6), True),
         (_mlp, (7, 6), True),
