@@ -73,12 +73,16 @@ class Chain:
         self.layers = layers
         self.params = params
         self.output_shape = output_shape
-        self._steps: list[Callable] = [self._step(layer) for layer in layers]
-        self._transposes: list[Callable] = [self._transpose(layer) for layer in layers]
+        self._steps: list[Callable] = [_forward_rule(layer, params) for layer in layers]
+        self._transposes: list[Callable] = [_transpose_rule(layer, params) for layer in layers]
         # the inputs do not move: layers up to the first one with weights need no
         # gradient with respect to their input
         self._first = next((i for i, layer in enumerate(layers) if _owned(layer, params)), len(layers))
         self.covered = {name for layer in layers for name in _owned(layer, params)}
+
+    def with_layers(self, layers: list[_Layer]) -> Chain:
+        """The same chain over other records of its layers (see RowSpace)."""
+        return Chain(layers, self.params, self.output_shape)
 
     def jvp(self, v: dict[str, torch.Tensor]) -> torch.Tensor:
         """J v as (B, K) for a direction given as a parameter dict."""
@@ -99,187 +103,189 @@ class Chain:
         for i in range(len(self.layers) - 1, self._first - 1, -1):
             g = self._transposes[i](g, out, i > self._first)
 
-    def _step(self, layer: _Layer) -> Callable:
-        m, p, a_in = layer.module, layer.prefix, layer.a_in
-        shape_in = a_in.shape
 
-        def reshape_in(t):
-            return None if t is None else t.reshape(shape_in)
+def _forward_rule(layer: _Layer, params: dict[str, torch.Tensor]) -> Callable:
+    """t_in, v -> t_out: the layer's part of J v, from its input's tangent (None: zero)."""
+    m, p, a_in = layer.module, layer.prefix, layer.a_in
+    shape_in = a_in.shape
 
-        if isinstance(m, nn.Linear):
-            weight = self.params[f"{p}weight"]
-            a_dir = a_in if layer.a_dir is None else layer.a_dir
+    def reshape_in(t):
+        return None if t is None else t.reshape(shape_in)
 
-            def linear(t, v):
-                out = F.linear(a_dir, v[f"{p}weight"], v.get(f"{p}bias"))
-                if t is None:
-                    return out
-                t = reshape_in(t)
-                if t.ndim == 2:  # in place, one kernel: out += t W^T
-                    return out.addmm_(t, weight.t())
-                return out.add_(F.linear(t, weight))
+    if isinstance(m, nn.Linear):
+        weight = params[f"{p}weight"]
+        a_dir = a_in if layer.a_dir is None else layer.a_dir
 
-            return linear
-        if isinstance(m, nn.Conv2d):
-            weight = self.params[f"{p}weight"]
-            kw = {"stride": m.stride, "padding": _conv_padding(m), "dilation": m.dilation, "groups": m.groups}
-
-            def conv(t, v):
-                out = F.conv2d(a_in, v[f"{p}weight"], v.get(f"{p}bias"), **kw)
-                t = reshape_in(t)
-                return out if t is None else out.add_(F.conv2d(t, weight, None, **kw))
-
-            return conv
-        if isinstance(m, _NORMS):
-            norm = layer.extra
-
-            def normalisation(t, v):
-                out = None if t is None else norm.forward(reshape_in(t))
-                if f"{p}weight" in v:
-                    moved = norm.xhat * norm.channels(v[f"{p}weight"])
-                    if f"{p}bias" in v:
-                        moved = moved + norm.channels(v[f"{p}bias"])
-                    out = moved if out is None else out.add_(moved)
+        def linear(t, v):
+            out = F.linear(a_dir, v[f"{p}weight"], v.get(f"{p}bias"))
+            if t is None:
                 return out
+            t = reshape_in(t)
+            if t.ndim == 2:  # in place, one kernel: out += t W^T
+                return out.addmm_(t, weight.t())
+            return out.add_(F.linear(t, weight))
 
-            return normalisation
-        if isinstance(m, _BATCHNORMS):
-            scale, xhat = layer.extra  # gamma / sqrt(var + eps) and the normalised input
-            view = (1, -1) + (1,) * (a_in.ndim - 2)
+        return linear
+    if isinstance(m, nn.Conv2d):
+        weight = params[f"{p}weight"]
+        kw = {"stride": m.stride, "padding": _conv_padding(m), "dilation": m.dilation, "groups": m.groups}
 
-            def batchnorm(t, v):
-                t = reshape_in(t)
-                out = None if t is None else t * scale.view(view)
-                if f"{p}weight" in v:
-                    moved = xhat * v[f"{p}weight"].view(view) + v[f"{p}bias"].view(view)
-                    out = moved if out is None else out + moved
-                return out
+        def conv(t, v):
+            out = F.conv2d(a_in, v[f"{p}weight"], v.get(f"{p}bias"), **kw)
+            t = reshape_in(t)
+            return out if t is None else out.add_(F.conv2d(t, weight, None, **kw))
 
-            return batchnorm
-        if isinstance(m, _ACTIVATIONS):
-            slope = layer.extra  # t -> relu'(a) t or tanh'(a) t, one kernel
+        return conv
+    if isinstance(m, _NORMS):
+        norm = layer.extra
 
-            def activation(t, v):
-                return None if t is None else slope(reshape_in(t))
+        def normalisation(t, v):
+            out = None if t is None else norm.forward(reshape_in(t))
+            if f"{p}weight" in v:
+                moved = norm.xhat * norm.channels(v[f"{p}weight"])
+                if f"{p}bias" in v:
+                    moved = moved + norm.channels(v[f"{p}bias"])
+                out = moved if out is None else out.add_(moved)
+            return out
 
-            return activation
-        if isinstance(m, nn.MaxPool2d):
-            index, shape_out = layer.extra
+        return normalisation
+    if isinstance(m, _BATCHNORMS):
+        scale, xhat = layer.extra  # gamma / sqrt(var + eps) and the normalised input
+        view = (1, -1) + (1,) * (a_in.ndim - 2)
 
-            def maxpool(t, v):
-                if t is None:
-                    return None
-                t = reshape_in(t)
-                return t.flatten(2).gather(2, index).view(shape_out)
+        def batchnorm(t, v):
+            t = reshape_in(t)
+            out = None if t is None else t * scale.view(view)
+            if f"{p}weight" in v:
+                moved = xhat * v[f"{p}weight"].view(view) + v[f"{p}bias"].view(view)
+                out = moved if out is None else out + moved
+            return out
 
-            return maxpool
-        if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):  # linear maps: the same map
+        return batchnorm
+    if isinstance(m, _ACTIVATIONS):
+        slope = layer.extra  # t -> relu'(a) t or tanh'(a) t, one kernel
 
-            def avgpool(t, v):
-                return None if t is None else m(reshape_in(t))
+        def activation(t, v):
+            return None if t is None else slope(reshape_in(t))
 
-            return avgpool
-        shape_out = layer.a_out.shape  # Flatten, Dropout (eval), Identity
+        return activation
+    if isinstance(m, nn.MaxPool2d):
+        index, shape_out = layer.extra
 
-        def reshape(t, v):
-            return None if t is None else t.reshape(shape_out)
+        def maxpool(t, v):
+            if t is None:
+                return None
+            t = reshape_in(t)
+            return t.flatten(2).gather(2, index).view(shape_out)
 
-        return reshape
+        return maxpool
+    if isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)):  # linear maps: the same map
 
-    def _transpose(self, layer: _Layer) -> Callable:
-        """g (shaped like the layer's output) -> g with respect to its input, writing
-        the layer's weight gradients into ``out`` on the way."""
-        m, p, a_in = layer.module, layer.prefix, layer.a_in
-        shape_in, shape_out = a_in.shape, layer.a_out.shape
+        def avgpool(t, v):
+            return None if t is None else m(reshape_in(t))
 
-        if isinstance(m, nn.Linear):
-            weight = self.params[f"{p}weight"]
-            a_dir = a_in if layer.a_dir is None else layer.a_dir
-            a2 = a_dir.reshape(-1, a_dir.shape[-1])
+        return avgpool
+    shape_out = layer.a_out.shape  # Flatten, Dropout (eval), Identity
 
-            def linear(g, out, need_input):
-                g2 = g.reshape(-1, shape_out[-1])
-                torch.mm(g2.t(), a2, out=out[f"{p}weight"])  # straight into the flat vector
+    def reshape(t, v):
+        return None if t is None else t.reshape(shape_out)
+
+    return reshape
+
+def _transpose_rule(layer: _Layer, params: dict[str, torch.Tensor]) -> Callable:
+    """g (shaped like the layer's output) -> g with respect to its input, writing
+    the layer's weight gradients into ``out`` on the way."""
+    m, p, a_in = layer.module, layer.prefix, layer.a_in
+    shape_in, shape_out = a_in.shape, layer.a_out.shape
+
+    if isinstance(m, nn.Linear):
+        weight = params[f"{p}weight"]
+        a_dir = a_in if layer.a_dir is None else layer.a_dir
+        a2 = a_dir.reshape(-1, a_dir.shape[-1])
+
+        def linear(g, out, need_input):
+            g2 = g.reshape(-1, shape_out[-1])
+            torch.mm(g2.t(), a2, out=out[f"{p}weight"])  # straight into the flat vector
+            if f"{p}bias" in out:
+                torch.sum(g2, 0, out=out[f"{p}bias"])
+            return (g2 @ weight).reshape(shape_in) if need_input else None
+
+        return linear
+    if isinstance(m, nn.Conv2d):
+        weight = params[f"{p}weight"]
+        has_bias = f"{p}bias" in params
+        args = (list(m.stride), list(_conv_padding(m)), list(m.dilation), False, [0, 0], m.groups)
+
+        def conv(g, out, need_input):
+            g_in, g_w, g_b = torch.ops.aten.convolution_backward(
+                g.reshape(shape_out), a_in, weight, [weight.shape[0]] if has_bias else None, *args,
+                [need_input, True, has_bias],
+            )
+            out[f"{p}weight"].copy_(g_w)
+            if has_bias:
+                out[f"{p}bias"].copy_(g_b)
+            return g_in
+
+        return conv
+    if isinstance(m, _NORMS):
+        norm = layer.extra
+
+        def normalisation(g, out, need_input):
+            g = g.reshape(shape_out)
+            if f"{p}weight" in out:
+                torch.sum(norm.per_channel(g * norm.xhat), norm.sum_dims, out=out[f"{p}weight"].view(-1))
                 if f"{p}bias" in out:
-                    torch.sum(g2, 0, out=out[f"{p}bias"])
-                return (g2 @ weight).reshape(shape_in) if need_input else None
+                    torch.sum(norm.per_channel(g), norm.sum_dims, out=out[f"{p}bias"].view(-1))
+            return norm.transpose(g) if need_input else None
 
-            return linear
-        if isinstance(m, nn.Conv2d):
-            weight = self.params[f"{p}weight"]
-            has_bias = f"{p}bias" in self.params
-            args = (list(m.stride), list(_conv_padding(m)), list(m.dilation), False, [0, 0], m.groups)
+        return normalisation
+    if isinstance(m, _BATCHNORMS):
+        scale, xhat = layer.extra
+        view = (1, -1) + (1,) * (a_in.ndim - 2)
+        dims = [0, *range(2, a_in.ndim)]
 
-            def conv(g, out, need_input):
-                g_in, g_w, g_b = torch.ops.aten.convolution_backward(
-                    g.reshape(shape_out), a_in, weight, [weight.shape[0]] if has_bias else None, *args,
-                    [need_input, True, has_bias],
-                )
-                out[f"{p}weight"].copy_(g_w)
-                if has_bias:
-                    out[f"{p}bias"].copy_(g_b)
-                return g_in
+        def batchnorm(g, out, need_input):
+            g = g.reshape(shape_out)
+            if f"{p}weight" in out:
+                torch.sum(g * xhat, dims, out=out[f"{p}weight"])
+                torch.sum(g, dims, out=out[f"{p}bias"])
+            return g * scale.view(view) if need_input else None
 
-            return conv
-        if isinstance(m, _NORMS):
-            norm = layer.extra
+        return batchnorm
+    if isinstance(m, _ACTIVATIONS):
+        slope = layer.extra  # a diagonal: its own transpose
 
-            def normalisation(g, out, need_input):
-                g = g.reshape(shape_out)
-                if f"{p}weight" in out:
-                    torch.sum(norm.per_channel(g * norm.xhat), norm.sum_dims, out=out[f"{p}weight"].view(-1))
-                    if f"{p}bias" in out:
-                        torch.sum(norm.per_channel(g), norm.sum_dims, out=out[f"{p}bias"].view(-1))
-                return norm.transpose(g) if need_input else None
+        def activation(g, out, need_input):
+            return slope(g.reshape(shape_out))
 
-            return normalisation
-        if isinstance(m, _BATCHNORMS):
-            scale, xhat = layer.extra
-            view = (1, -1) + (1,) * (a_in.ndim - 2)
-            dims = [0, *range(2, a_in.ndim)]
+        return activation
+    if isinstance(m, nn.MaxPool2d):
+        index, _ = layer.extra
 
-            def batchnorm(g, out, need_input):
-                g = g.reshape(shape_out)
-                if f"{p}weight" in out:
-                    torch.sum(g * xhat, dims, out=out[f"{p}weight"])
-                    torch.sum(g, dims, out=out[f"{p}bias"])
-                return g * scale.view(view) if need_input else None
+        def maxpool(g, out, need_input):
+            # windows may overlap: two outputs can take their maximum at one input
+            g_in = torch.zeros(shape_in, dtype=g.dtype, device=g.device)
+            return g_in.flatten(2).scatter_add_(2, index, g.reshape(index.shape)).view(shape_in)
 
-            return batchnorm
-        if isinstance(m, _ACTIVATIONS):
-            slope = layer.extra  # a diagonal: its own transpose
+        return maxpool
+    if isinstance(m, nn.AvgPool2d):
+        pool = (_pair(m.kernel_size), _pair(m.stride), _pair(m.padding), m.ceil_mode, m.count_include_pad, m.divisor_override)
 
-            def activation(g, out, need_input):
-                return slope(g.reshape(shape_out))
+        def avgpool(g, out, need_input):
+            return torch.ops.aten.avg_pool2d_backward(g.reshape(shape_out), a_in, *pool)
 
-            return activation
-        if isinstance(m, nn.MaxPool2d):
-            index, _ = layer.extra
+        return avgpool
+    if isinstance(m, nn.AdaptiveAvgPool2d):
 
-            def maxpool(g, out, need_input):
-                # windows may overlap: two outputs can take their maximum at one input
-                g_in = torch.zeros(shape_in, dtype=g.dtype, device=g.device)
-                return g_in.flatten(2).scatter_add_(2, index, g.reshape(index.shape)).view(shape_in)
+        def adaptive_avgpool(g, out, need_input):
+            return torch.ops.aten._adaptive_avg_pool2d_backward(g.reshape(shape_out), a_in)
 
-            return maxpool
-        if isinstance(m, nn.AvgPool2d):
-            pool = (_pair(m.kernel_size), _pair(m.stride), _pair(m.padding), m.ceil_mode, m.count_include_pad, m.divisor_override)
+        return adaptive_avgpool
 
-            def avgpool(g, out, need_input):
-                return torch.ops.aten.avg_pool2d_backward(g.reshape(shape_out), a_in, *pool)
+    def reshape(g, out, need_input):  # Flatten, Dropout (eval), Identity
+        return g.reshape(shape_in)
 
-            return avgpool
-        if isinstance(m, nn.AdaptiveAvgPool2d):
-
-            def adaptive_avgpool(g, out, need_input):
-                return torch.ops.aten._adaptive_avg_pool2d_backward(g.reshape(shape_out), a_in)
-
-            return adaptive_avgpool
-
-        def reshape(g, out, need_input):  # Flatten, Dropout (eval), Identity
-            return g.reshape(shape_in)
-
-        return reshape
+    return reshape
 
 
 def _owned(layer: _Layer, params: dict[str, torch.Tensor]) -> list[str]:
@@ -523,7 +529,7 @@ class RowSpace:
             q, r = torch.linalg.qr(layers[i].a_in.t())  # (d, N) = Q R: A Q = R^T
             self.bases[f"{layers[i].prefix}weight"] = q
             layers[i] = replace(layers[i], a_dir=r.t())
-        self.chain = Chain(layers, chain.params, chain.output_shape)
+        self.chain = chain.with_layers(layers)
         self.layout = layout
         # the reduced vector: the same parameters, the reduced weights (out, r)
         self.reduced = replace(layout, shapes=tuple(

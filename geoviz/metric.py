@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from geoviz.errors import ConfigError
+from geoviz.linear_graph import record_graph
 from geoviz.linearize import Chain, RowSpace, record_chain, row_space
 
 __all__ = [
@@ -112,8 +113,9 @@ def _apply_output_hessian(kind: str, logits: torch.Tensor, u: torch.Tensor) -> t
 
 BACKENDS = ("linear", "autograd", "func")
 
-# model -> the input shape (without the batch) it was found not to be a chain for
-_NOT_CHAINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# model -> (an input shape without the batch, what it was found to be for it: "chain",
+# "graph" or "neither")
+_SHAPES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # models with an operation whose backward has no derivative: products go through torch.func
 _NO_DOUBLE_BACKWARD: weakref.WeakSet = weakref.WeakSet()
 
@@ -142,9 +144,11 @@ def make_metric_product(
       linearised forward pass over the activations kept from the one forward pass
       (two products per layer), J^T (H J v) by the transposed pass over the same
       activations, written straight into the flat result. No autograd graph at
-      all: building it is one forward pass without grad. Other networks fall back
-      to ``autograd`` (and the model is remembered as not a chain for that input
-      shape, so the next build does not try again).
+      all: building it is one forward pass without grad. A network that is not a
+      chain but traces (``torch.fx``) to a graph of known layers, additions,
+      reshapes and relus (residual networks) gets the same over its graph
+      (``geoviz.linear_graph``). Other networks fall back to ``autograd`` (and the
+      model is remembered for that input shape, so the next build does not try again).
 
     ``autograd`` falls back to ``func`` for a network with an operation whose backward
     has no derivative. The product's ``backend`` attribute says which one really
@@ -240,18 +244,25 @@ def _func_product(model, layout, buffers, inputs, w, kind):
 
 def _record(model, layout, buffers, inputs, w) -> tuple[torch.Tensor | None, Chain | None]:
     """One forward pass without grad, its layers recorded: (logits (B, K), chain), or
-    (None, None) when the network is not a chain (remembered for the input shape, so
-    the next build does not try again)."""
-    if model.training or _NOT_CHAINS.get(model) == inputs.shape[1:]:
+    (None, None) when the network is neither a chain nor a traced graph of known
+    layers (``geoviz.linear_graph``). What the model turned out to be is remembered
+    for the input shape, so the next build goes straight to it."""
+    shape = inputs.shape[1:]
+    kind = _SHAPES.get(model, (None, None))
+    kind = kind[1] if kind[0] == shape else None
+    if model.training or kind == "neither":
         return None, None
-    w_fixed = w.detach()
-    params = layout.unflatten(w_fixed)
+    params = layout.unflatten(w.detach())
+    chain = None
     with torch.no_grad():
-        out, chain = record_chain(
-            model, lambda: functional_call(model, ({**params, **buffers},), (inputs,)), params, buffers, inputs
-        )
+        if kind != "graph":
+            out, chain = record_chain(
+                model, lambda: functional_call(model, ({**params, **buffers},), (inputs,)), params, buffers, inputs
+            )
+        if chain is None:
+            out, chain = record_graph(model, params, buffers, inputs)
+    _SHAPES[model] = (shape, "neither" if chain is None else "chain" if type(chain) is Chain else "graph")
     if chain is None:
-        _NOT_CHAINS[model] = inputs.shape[1:]
         return None, None
     return out.reshape(out.shape[0], -1), chain
 
