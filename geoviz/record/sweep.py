@@ -31,6 +31,7 @@ import math
 import os
 import secrets
 import socket
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -398,6 +399,11 @@ def check_address(address: str, timeout: float = 3.0) -> None:
 @contextlib.contextmanager
 def _ray_session(address: str | None, workers: int | None):
     """Ray for one sweep: the one already started in this process, a cluster, or a local one."""
+    token = os.environ.get("RAY_AUTH_TOKEN") or Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")).exists()
+    if address and token and "RAY_AUTH_MODE" not in os.environ and "ray" not in sys.modules:
+        # Ray 2.60 clusters want a token (`ray start` enables it when ~/.ray/auth_token
+        # exists) but a driver joining one sends it only when told so before Ray is imported
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
     if ray.is_initialized():
