@@ -327,6 +327,13 @@ def _format(name: str, x: float, application: str) -> str:
     return str(int(round(x))) if settings_of(application)[name].type is int else f"{x:.6g}"
 
 
+def _drawn_settings(plan: dict, config: dict) -> dict[str, str]:
+    """The settings Optuna drew for a trial, as the CLI is given them (ranges rounded to 6 digits)."""
+    application = plan["spec"]["application"]
+    return {name: _format(name, config[name], application) if name in plan["ranges"] else config[name]
+            for name in plan["setting_names"]}
+
+
 # -- one trial, in a Ray worker ----------------------------------------------------------
 def _trial(config: dict, plan: dict) -> None:
     """Walk one path with the CLI's runner; report live figures to Tune, then the final ones."""
@@ -343,8 +350,7 @@ def _trial(config: dict, plan: dict) -> None:
         trial = plan["trials"][config["trial"]]
         settings, seed = trial["settings"], trial["seed"]
     else:  # Optuna: the searcher drew the settings; the Repeater numbers the seeds
-        settings = {name: _format(name, config[name], application) if name in plan["ranges"] else config[name]
-                    for name in plan["setting_names"]}
+        settings = _drawn_settings(plan, config)
         seed = plan["seeds"][config.get("__trial_index__", 0)]
     flush_denormals()
     live = LIVE[application]
@@ -454,7 +460,7 @@ def _recorder(book: SweepBook, plan: dict, progress: Callable[[SweepBook], None]
                 if "trial" in config:
                     self.rows[trial.trial_id] = config["trial"]
                 else:  # Optuna
-                    settings = typed_settings(spec["application"], {name: config[name] for name in plan["setting_names"]})
+                    settings = typed_settings(spec["application"], _drawn_settings(plan, config))
                     self.rows[trial.trial_id] = book.add(settings, plan["seeds"][config.get("__trial_index__", 0)])
             return self.rows[trial.trial_id]
 

@@ -135,6 +135,17 @@ class SweepRecord:
     def maximize(self) -> bool:
         return self.plan["spec"]["mode"] == "max"
 
+    def trial_runs(self) -> list[tuple[dict, object]]:
+        """(table row, its run record) of every trial whose run folder is there to read."""
+        from geoviz.runs import read_run
+
+        found = []
+        for row in self.table.to_dict("records"):
+            folder = row.get("run_dir")
+            if isinstance(folder, str) and (Path(folder) / "config.json").exists():
+                found.append((row, read_run(folder)))
+        return found
+
 
 def read_sweep(path: str | os.PathLike) -> SweepRecord:
     """Read a sweep folder; once its driver is gone, unfinished trials read as ``interrupted``."""
