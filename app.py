@@ -50,6 +50,7 @@ def navigation():
         st.Page(PAGES_DIR / "continual.py", title="Continual", icon=":material/school:", url_path="continual"),
         st.Page(PAGES_DIR / "connect.py", title="Connect", icon=":material/timeline:", url_path="connect"),
         st.Page(PAGES_DIR / "runs.py", title="Runs", icon=":material/folder_open:", url_path="runs"),
+        st.Page(PAGES_DIR / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
     ]
     current = st.navigation(pages, position="hidden")
     for page in pages:

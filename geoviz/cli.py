@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--grid", type=int, default=0, help="n of an n x n loss landscape on the plane (0: none)")
     co.add_argument("--third", default="bezier", help="the plane's third point: bezier (control point) or midpoint (of the geodesic)")
     co.add_argument("--eval-every", type=int, default=5)
+    sub.add_parser("sweep", add_help=False, help="sweep settings and seeds on Ray Tune (python -m geoviz sweep --help)")
     runs = sub.add_parser("runs", help="list the run folders")
     runs.add_argument("--out", default=None)
     return parser
@@ -135,6 +136,57 @@ def solver_from(args) -> SolverConfig:
     )
     solver.validate()
     return solver
+
+
+def application_configs(args) -> tuple[object, SolverConfig]:
+    """The application's config and the solver of parsed arguments, both validated.
+
+    Raises ConfigError (one sentence) for the first bad setting; loads nothing, so a
+    sweep can check every trial's settings before any trial starts.
+    """
+    if args.command == "sparsify":
+        from geoviz.sparsify import SparsifyConfig
+
+        config = SparsifyConfig(sparsity=args.sparsity, tolerance=args.tolerance, steps=args.steps, eval_every=args.eval_every)
+    elif args.command == "continual":
+        from geoviz.continual import ContinualConfig
+
+        config = ContinualConfig(
+            scenario=args.scenario, split=args.split, memory=args.memory, steps=args.steps,
+            eval_every=args.eval_every, ewc_lambda=args.ewc_lambda,
+        )
+        config.validate()
+        if args.metric_batch is not None:
+            raise ConfigError("--metric-batch does not apply to continual: the metric is measured on the whole memory; set its size with --memory.")
+        args.metric_batch = config.memory
+    else:
+        from geoviz.connect import ConnectConfig
+
+        config = ConnectConfig(
+            seed_b=args.seed_b, align=args.align, tolerance=args.tolerance, steps=args.steps,
+            eval_every=args.eval_every, third=args.third, grid=args.grid,
+        )
+    config.validate()
+    return config, solver_from(args)
+
+
+def application_runner(args, config, solver: SolverConfig, training_progress: Callable[[float], None] | None = None):
+    """Load the data and start network of parsed arguments; the application's PathRunner."""
+    if args.command == "continual":
+        from geoviz.continual import continual_runner, load_continual
+
+        problem, sequence = load_continual(setup_from(args), config, progress=training_progress)
+        return continual_runner(problem, sequence, config, solver, args.out)
+    from geoviz.problem import load_problem
+
+    problem = load_problem(setup_from(args), progress=training_progress)
+    if args.command == "sparsify":
+        from geoviz.sparsify import sparsify_runner
+
+        return sparsify_runner(problem, config, solver, args.out)
+    from geoviz.connect import connect_runner
+
+    return connect_runner(problem, config, solver, args.out)
 
 
 class Progress:
@@ -205,15 +257,9 @@ def run_and_report(runner, args, progress: Progress, report: Callable[[object], 
 
 
 def _cmd_sparsify(args) -> int:
-    from geoviz.problem import load_problem
-    from geoviz.sparsify import SparsifyConfig, sparsify_runner
-
-    config = SparsifyConfig(sparsity=args.sparsity, tolerance=args.tolerance, steps=args.steps, eval_every=args.eval_every)
-    config.validate()
-    solver = solver_from(args)
+    config, solver = application_configs(args)
     progress = Progress(args.steps, args.quiet, "sparsify")
-    problem = load_problem(setup_from(args), progress=progress.training)
-    runner = sparsify_runner(problem, config, solver, args.out)
+    runner = application_runner(args, config, solver, progress.training)
 
     def report(runner):
         s = runner.summary
@@ -236,20 +282,10 @@ def _cmd_sparsify(args) -> int:
 
 
 def _cmd_continual(args) -> int:
-    from geoviz.continual import ContinualConfig, continual_runner, load_continual
-
-    config = ContinualConfig(
-        scenario=args.scenario, split=args.split, memory=args.memory, steps=args.steps,
-        eval_every=args.eval_every, ewc_lambda=args.ewc_lambda,
-    )
-    config.validate()
-    if args.metric_batch is not None:
-        raise ConfigError("--metric-batch does not apply to continual: the metric is measured on the whole memory; set its size with --memory.")
-    args.metric_batch = config.memory
-    solver = solver_from(args)
+    config, solver = application_configs(args)
     progress = Progress(args.steps, args.quiet, "continual")
-    problem, sequence = load_continual(setup_from(args), config, progress=progress.training)
-    runner = continual_runner(problem, sequence, config, solver, args.out)
+    runner = application_runner(args, config, solver, progress.training)
+    sequence = runner.task.sequence
 
     def report(runner):
         s = runner.summary
@@ -273,18 +309,12 @@ def _cmd_continual(args) -> int:
 
 
 def _cmd_connect(args) -> int:
-    from geoviz.connect import ConnectConfig, connect_runner, run_landscape
-    from geoviz.problem import load_problem
+    from geoviz.connect import run_landscape
 
-    config = ConnectConfig(
-        seed_b=args.seed_b, align=args.align, tolerance=args.tolerance, steps=args.steps,
-        eval_every=args.eval_every, third=args.third, grid=args.grid,
-    )
-    config.validate()
-    solver = solver_from(args)
+    config, solver = application_configs(args)
     progress = Progress(args.steps, args.quiet, "connect")
-    problem = load_problem(setup_from(args), progress=progress.training)
-    runner = connect_runner(problem, config, solver, args.out)
+    runner = application_runner(args, config, solver, progress.training)
+    problem = runner.task.problem
 
     def report(runner):
         s = runner.summary
@@ -332,6 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sweep"]:  # its own parser: flags it does not know are the trials' settings
+        from geoviz.cli_sweep import main as sweep_main
+
+        return sweep_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -313,6 +313,31 @@ def _read_table(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def writer_gone(status: dict) -> bool:
+    """Whether the process that wrote a status.json (pid, host, heartbeat) is gone.
+
+    Dead when on this host and its pid is gone; else stale when a ``running`` heartbeat
+    is older than two minutes (a paused run writes none).
+    """
+    same_host = status.get("host") == platform.node()
+    dead = same_host and not _pid_alive(int(status.get("pid", -1)))
+    return dead or (status.get("status") == "running" and time.time() - status.get("updated", 0) > _HEARTBEAT_STALE_S)
+
+
+def read_folders(root: Path, marker: str, read) -> list:
+    """``read(folder)`` of every readable folder under ``root`` that holds ``marker``, newest first."""
+    if not root.exists():
+        return []
+    found = []
+    for sub in sorted(root.iterdir(), reverse=True):
+        if (sub / marker).exists():
+            try:
+                found.append(read(sub))
+            except (OSError, ValueError):
+                continue
+    return found
+
+
 def read_run(path: str | os.PathLike) -> RunRecord:
     """Read a run folder; a ``running`` run whose process is gone reads as ``interrupted``."""
     path = Path(path)
@@ -323,27 +348,14 @@ def read_run(path: str | os.PathLike) -> RunRecord:
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
     table = _read_table(path)
     if status.get("status") in ("running", "paused"):
-        same_host = status.get("host") == platform.node()
-        dead = same_host and not _pid_alive(int(status.get("pid", -1)))
-        stale = status.get("status") == "running" and time.time() - status.get("updated", 0) > _HEARTBEAT_STALE_S
-        if dead or stale:
+        if writer_gone(status):
             status = {**status, "status": "interrupted", "message": "the process writing this run ended before it finished"}
     return RunRecord(path, config, status, table, summary)
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[RunRecord]:
     """Every readable run under ``root``, newest first."""
-    root = Path(root) if root is not None else default_runs_dir()
-    if not root.exists():
-        return []
-    runs = []
-    for sub in sorted(root.iterdir(), reverse=True):
-        if (sub / "config.json").exists():
-            try:
-                runs.append(read_run(sub))
-            except (OSError, ValueError):
-                continue
-    return runs
+    return read_folders(Path(root) if root is not None else default_runs_dir(), "config.json", read_run)
 
 
 def zip_run(path: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:

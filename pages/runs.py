@@ -80,8 +80,14 @@ def page() -> None:
     if not runs:
         st.info(f"No runs yet in {root}. Start one on the Sparsify page.")
         return
-    st.dataframe(plots.runs_table(runs), hide_index=True, key="runs:list")
     names = [r.name for r in runs]
+    listing = st.dataframe(plots.runs_table(runs), hide_index=True, key="runs:list", on_select="rerun", selection_mode="multi-row")
+    ticked = [names[i] for i in listing.selection.rows]
+    if ticked:
+        st.page_link("pages/compare.py", label=f"Open {len(ticked)} ticked runs in Compare", icon=":material/compare_arrows:",
+                     query_params={"runs": ",".join(ticked)})
+    else:
+        st.caption("Tick runs in the table to open them side by side in Compare.")
     wanted = st.query_params.get("run")
     index = names.index(wanted) if wanted in names else 0
     name = st.selectbox("Open a run", names, index=index, key="runs:open")

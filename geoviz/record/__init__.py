@@ -1,0 +1,2 @@
+"""The record layer: sweeps of runs (run records and the runner stay in geoviz.runs and
+geoviz.runner until they are moved here)."""

@@ -1,0 +1,211 @@
+"""Sweeps on Ray Tune (digits, tiny step budgets, Ray capped at 2 CPUs).
+
+The in-process tests share one local Ray (the module fixture); the kill test and the
+cluster test run the CLI in a subprocess with a Ray of its own.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geoviz.cli import main
+from geoviz.record.sweep import SweepSpec, check_address, run_sweep
+from geoviz.record.sweep_record import read_sweep, summarize
+from geoviz.runs import list_runs, read_run
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--steps", "20", "--eval-every", "5"]  # a short path: about a second of stepping
+PAYLOAD_KEYS = {"sweep_dir", "trials", "finished", "failed", "stopped_early", "best", "table", "wall_seconds"}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False,
+             log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _last_json(text: str) -> dict:
+    return json.loads(text.strip().splitlines()[-1])
+
+
+def _assert_row_is_its_run(row: dict) -> None:
+    """A finished row's figures are those of its run folder's summary."""
+    run = read_run(row["run_dir"])
+    s = run.summary
+    assert run.state == "finished" and run.config["setup"]["seed"] == row["seed"]
+    assert len(run.table) == row["steps_taken"] == s["steps"]
+    assert row["accuracy"] == s["accuracy"] and row["reached_sparsity"] == s["sparsity"]
+    assert row["finetune"] == s["baselines"]["finetune"] and row["one_shot"] == s["baselines"]["one_shot"]
+    assert row["gradient_evaluations"] == s["gradient_evaluations"]
+
+
+def test_four_trial_sweep_records_every_trial(local_ray, runs_dir, capsys):
+    rc = main(["sweep", "sparsify", "--grid", "damping=1e-4,1e-2", "--seeds", "2", *FAST,
+               "--workers", "2", "--out", str(runs_dir), "--json", "--quiet"])
+    out = capsys.readouterr().out
+    payload = _last_json(out)
+    assert rc == 0 and set(payload) == PAYLOAD_KEYS
+    assert (payload["trials"], payload["finished"], payload["failed"], payload["stopped_early"]) == (4, 4, 0, 0)
+    table = payload["table"]
+    assert sorted((r["damping"], r["seed"]) for r in table) == [(1e-4, 0), (1e-4, 1), (1e-2, 0), (1e-2, 1)]
+    for row in table:
+        assert row["status"] == "finished"
+        _assert_row_is_its_run(row)
+        assert read_run(row["run_dir"]).config["solver"]["damping"] == row["damping"]
+        assert json.loads((Path(row["run_dir"]) / "sweep.json").read_text())["sweep_dir"] == payload["sweep_dir"]
+    # /runs lists the four trials (and not the sweep folder)
+    assert sorted(r.name for r in list_runs(runs_dir)) == sorted(Path(r["run_dir"]).name for r in table)
+    # best: the mean and sample sd over the two seeds, computed here from the rows
+    by_damping = {d: [r["accuracy"] for r in table if r["damping"] == d] for d in (1e-4, 1e-2)}
+    best = max(by_damping, key=lambda d: np.mean(by_damping[d]))
+    assert payload["best"]["settings"] == {"damping": best}
+    assert payload["best"]["mean"] == pytest.approx(np.mean(by_damping[best]))
+    assert payload["best"]["sd"] == pytest.approx(np.std(by_damping[best], ddof=1))
+    assert "±" in out and f"damping={best}" in out.splitlines()[1]
+    record = read_sweep(payload["sweep_dir"])
+    assert record.state == "finished" and list(record.table["status"]) == ["finished"] * 4
+
+
+def test_a_diverging_trial_is_marked_and_the_others_finish(local_ray, runs_dir):
+    spec = SweepSpec("sparsify", tuple(FAST), grid={"eps": ["0.05", "1e5"]}, workers=2)
+    record, _ = run_sweep(spec, runs_dir)
+    rows = {r["eps"]: r for r in record.table.to_dict("records")}
+    assert rows[0.05]["status"] == "finished"
+    _assert_row_is_its_run(rows[0.05])
+    bad = rows[1e5]
+    assert bad["status"] == "diverged" and bad["message"].startswith("The path diverged at step")
+    assert read_run(bad["run_dir"]).state == "diverged"
+    assert summarize(record.table, ["eps"], "accuracy").iloc[0]["eps"] == 0.05
+
+
+def test_asha_stops_a_hopeless_setting_early(local_ray, runs_dir):
+    # damping 100 with eps 2 is close to gradient descent on the mask: accuracy 0.76 at
+    # step 5 and 0.43 at step 10, where damping 1e-4 keeps about 0.95; one worker, so
+    # the good setting reaches the first rung (step 10) first
+    spec = SweepSpec("sparsify", ("--steps", "40", "--eval-every", "5", "--eps", "2"),
+                     grid={"damping": ["1e-4", "100"]}, scheduler="asha", grace=10, workers=1)
+    record, _ = run_sweep(spec, runs_dir)
+    rows = {r["damping"]: r for r in record.table.to_dict("records")}
+    assert rows[1e-4]["status"] == "finished" and rows[1e-4]["steps_taken"] == 40
+    hopeless = rows[100.0]
+    assert hopeless["status"] == "stopped_early", hopeless
+    assert 10 <= hopeless["last_step"] < 40 and "ASHA" in hopeless["message"]
+    run = read_run(hopeless["run_dir"])
+    assert run.state == "stopped" and len(run.table) < 40
+
+
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--grid", "dampin=1e-4,1e-3"], "Unknown setting 'dampin'"),
+        (["--grid", "damping="], "has no values"),
+        (["--grid", "damping=1e-4,-1"], "damping must be a positive number"),
+        (["--grid", "sparsity=0.5,1.5"], "sparsity must be strictly between 0 and 1"),
+        (["--grid", "damping=1e-4", "--seeds", "0"], "--seeds must be at least 1"),
+        (["--grid", "damping=abc"], "invalid float value"),
+        (["--range", "damping=1e-3:1e-5:log", "--search", "random"], "low end must be below"),
+        (["--grid", "damping=1e-4", "--objective", "barrier"], "Unknown objective 'barrier'"),
+    ],
+)
+def test_bad_specifications_say_one_sentence_before_any_trial(flags, says, runs_dir, capsys):
+    rc = main(["sweep", "sparsify", *flags, "--out", str(runs_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2 and says in err and len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+    assert not (runs_dir / "sweeps").exists() and not list_runs(runs_dir)
+
+
+def test_an_unreachable_address_is_one_sentence(runs_dir, capsys):
+    port = _free_port()
+    t0 = time.time()
+    rc = main(["sweep", "sparsify", "--grid", "damping=1e-4", "--address", f"127.0.0.1:{port}", "--out", str(runs_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"Cannot reach a Ray cluster at 127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
+    assert time.time() - t0 < 15 and not (runs_dir / "sweeps").exists()
+    with pytest.raises(Exception, match="HOST:PORT"):
+        check_address("nonsense")
+
+
+def _cli(*args, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "geoviz", "sweep", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_a_killed_sweep_keeps_finished_trials_and_the_rest_read_interrupted(runs_dir):
+    proc = _cli("sparsify", "--grid", "damping=1e-4,1e-3,1e-2,1e-1", *FAST, "--workers", "1", "--out", str(runs_dir), "--quiet")
+    try:
+        deadline, record = time.time() + 300, None
+        while time.time() < deadline and proc.poll() is None:
+            sweeps = list((runs_dir / "sweeps").glob("*/results.parquet"))
+            if sweeps:
+                record = read_sweep(sweeps[0].parent)
+                if (record.table["status"] == "finished").any():
+                    break
+            time.sleep(0.3)
+        assert proc.poll() is None, proc.communicate()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    record = read_sweep(record.path)
+    assert record.state == "interrupted"
+    states = list(record.table["status"])
+    assert len(states) == 4 and "finished" in states
+    assert set(states) <= {"finished", "interrupted"} and "interrupted" in states
+    for row in record.table.to_dict("records"):
+        if row["status"] == "finished":
+            _assert_row_is_its_run(row)
+
+
+def test_a_sweep_on_a_ray_cluster_through_address(runs_dir):
+    port = _free_port()
+    ray_cli = Path(sys.executable).parent / "ray"
+    # --block: this process owns the node's processes and stops them when it is stopped
+    head = subprocess.Popen(
+        [str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
+         "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                check_address(f"127.0.0.1:{port}", timeout=1.0)
+                break
+            except Exception:
+                assert time.time() < deadline and head.poll() is None, "ray start --head did not come up"
+                time.sleep(0.5)
+        proc = _cli("sparsify", "--grid", "damping=1e-4,1e-3", *FAST, "--address", f"127.0.0.1:{port}",
+                    "--out", str(runs_dir), "--json", "--quiet")
+        out, err = proc.communicate(timeout=400)
+        assert proc.returncode == 0, err[-2000:]
+        payload = _last_json(out)
+        assert payload["finished"] == 2
+        for row in payload["table"]:
+            _assert_row_is_its_run(row)
+    finally:
+        head.send_signal(signal.SIGTERM)
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
