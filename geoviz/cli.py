@@ -18,6 +18,7 @@ from geoviz.engine import MODES, SolverConfig, denormals_flushed
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.metric import METRIC_KINDS
 from geoviz.problem import SetupConfig
+from geoviz.validation import check_output_dir, check_runs_folder, check_value, check_writable_dir
 
 __all__ = ["main", "build_parser"]
 
@@ -31,7 +32,7 @@ def _hidden(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--hidden takes comma-separated layer widths like 128,128, got '{text}'")
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"--hidden takes positive widths like 128,128, got '{text}'")
-    return sizes
+    return sizes  # their memory is checked with the dataset's size (SetupConfig.validate)
 
 
 def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
@@ -109,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_from(args) -> SetupConfig:
-    return SetupConfig(
+    setup = SetupConfig(
         dataset=args.dataset,
         model=args.model,
         hidden=tuple(args.hidden),
@@ -118,6 +119,17 @@ def setup_from(args) -> SetupConfig:
         data_dir=args.data_dir,
         download=args.download,
     )
+    setup.validate()
+    return setup
+
+
+def _output_first(args) -> None:
+    """The output folder and the setup are checked before any loading or training."""
+    from geoviz.training import network_cache_dir
+
+    args.out = str(check_output_dir(args.out))
+    check_writable_dir(network_cache_dir(), "the start-network cache (GEOVIZ_CACHE or ~/.cache/geoviz)")
+    setup_from(args)
 
 
 def solver_from(args) -> SolverConfig:
@@ -206,6 +218,7 @@ def _cmd_sparsify(args) -> int:
     config = SparsifyConfig(sparsity=args.sparsity, tolerance=args.tolerance, steps=args.steps, eval_every=args.eval_every)
     config.validate()
     solver = solver_from(args)
+    _output_first(args)
     progress = Progress(args.steps, args.quiet, "sparsify")
     problem = load_problem(setup_from(args), progress=progress.training)
     runner = sparsify_runner(problem, config, solver, args.out)
@@ -242,6 +255,7 @@ def _cmd_continual(args) -> int:
         raise ConfigError("--metric-batch does not apply to continual: the metric is measured on the whole memory; set its size with --memory.")
     args.metric_batch = config.memory
     solver = solver_from(args)
+    _output_first(args)
     progress = Progress(args.steps, args.quiet, "continual")
     problem, sequence = load_continual(setup_from(args), config, progress=progress.training)
     runner = continual_runner(problem, sequence, config, solver, args.out)
@@ -277,6 +291,7 @@ def _cmd_connect(args) -> int:
     )
     config.validate()
     solver = solver_from(args)
+    _output_first(args)
     progress = Progress(args.steps, args.quiet, "connect")
     problem = load_problem(setup_from(args), progress=progress.training)
     runner = connect_runner(problem, config, solver, args.out)
@@ -312,7 +327,8 @@ def _cmd_connect(args) -> int:
 def _cmd_runs(args) -> int:
     from geoviz.runs import list_runs
 
-    for run in list_runs(args.out):
+    root = check_runs_folder(args.out)
+    for run in list_runs(root) if root is not None else []:
         print(f"{run.name}  {run.state:11s}  {len(run.table):5d} steps")
     return 0
 
@@ -332,14 +348,12 @@ def _main(argv: Sequence[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code or 0)
-    if getattr(args, "threads", None) is not None:
-        if args.threads < 1:
-            print(f"error: --threads must be at least 1, got {args.threads}.", file=sys.stderr)
-            return 2
-        import torch
-
-        torch.set_num_threads(args.threads)
     try:
+        if getattr(args, "threads", None) is not None:
+            check_value("threads", args.threads)
+            import torch
+
+            torch.set_num_threads(args.threads)
         return _HANDLERS[args.command](args)
     except GeovizError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -347,3 +361,22 @@ def _main(argv: Sequence[str] | None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: out of memory; try a smaller network, dataset or metric batch.", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a folder taken away: the system's own sentence
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}.", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug: one sentence here, the traceback in a file
+        return _internal_error(err)
+
+
+def _internal_error(err: Exception) -> int:
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("w", prefix="geoviz-error-", suffix=".txt", delete=False) as fh:
+        fh.write(traceback.format_exc())
+    print(f"error: an internal error ({type(err).__name__}: {str(err)[:200]}); please report it with {fh.name}.", file=sys.stderr)
+    return 1

@@ -27,6 +27,7 @@ from torch.func import functional_call
 from geoviz.curves import BezierCurve, LineCurve, PolylineCurve, arc_length_parameters, weight_matching
 from geoviz.engine import Path, SolverConfig
 from geoviz.errors import ConfigError
+from geoviz.validation import check_fields
 from geoviz.landscape import BatchedEvaluator, EvalData, Landscape, Plane, grid_axes, grid_cost
 from geoviz.metric import functional_distance
 from geoviz.objectives import TowardPointObjective
@@ -65,6 +66,7 @@ class ConnectConfig:
     margin: float = 0.25  # grid margin, a fraction of the span of the points shown
 
     def validate(self) -> None:
+        check_fields(self)  # every number in its finite range (geoviz.validation)
         if self.tolerance is not None and not (self.tolerance > 0 and math.isfinite(self.tolerance)):
             raise ConfigError(f"tolerance must be a positive number, got {self.tolerance}.")
         if self.steps < 1 or self.eval_every < 1:

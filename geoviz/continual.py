@@ -28,6 +28,7 @@ from torch.func import functional_call
 
 from geoviz.engine import Path, SolverConfig
 from geoviz.errors import ConfigError
+from geoviz.validation import check_fields
 from geoviz.metric import functional_distance
 from geoviz.objectives import TaskLossObjective
 from geoviz.problem import Problem, SetupConfig, load_problem
@@ -81,6 +82,7 @@ class ContinualConfig:
     ewc_samples: int = 200
 
     def validate(self) -> None:
+        check_fields(self)  # every number in its finite range (geoviz.validation)
         if self.scenario not in SCENARIOS:
             raise ConfigError(f"Unknown scenario '{self.scenario}'; choose one of {', '.join(SCENARIOS)}.")
         if self.memory < 1:

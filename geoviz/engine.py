@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from geoviz.errors import ConfigError, DivergedError
+from geoviz.validation import check_fields
 from geoviz.linearize import RowSpace
 from geoviz.metric import BACKENDS, METRIC_KINDS, FlatParams, functional_distance, make_step_product, top_eigenvalue
 from geoviz.optim import Adam
@@ -122,6 +123,7 @@ class SolverConfig:
 
     def validate(self) -> None:
         """Raise ConfigError with one sentence for the first bad setting."""
+        check_fields(self)  # every number in its finite range (geoviz.validation)
         if self.mode not in MODES:
             raise ConfigError(f"Unknown mode '{self.mode}'; choose exact or penalty.")
         if self.backend not in BACKENDS:

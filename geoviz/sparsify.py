@@ -8,6 +8,7 @@ import torch
 
 from geoviz.engine import Path, SolverConfig
 from geoviz.errors import ConfigError
+from geoviz.validation import check_fields
 from geoviz.models import prunable_names
 from geoviz.objectives import SparsifyObjective, magnitude_mask
 from geoviz.problem import Problem
@@ -31,6 +32,7 @@ class SparsifyConfig:
     monitor_size: int = 2000
 
     def validate(self) -> None:
+        check_fields(self)  # every number in its finite range (geoviz.validation)
         if not 0.0 < self.sparsity < 1.0:
             raise ConfigError(f"sparsity must be strictly between 0 and 1, got {self.sparsity}.")
         if not 0.0 < self.tolerance < 1.0:

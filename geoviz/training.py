@@ -28,6 +28,7 @@ from torch.func import functional_call
 
 from geoviz.data import Dataset
 from geoviz.errors import ConfigError
+from geoviz.validation import check_fields
 from geoviz.models import build_model, has_batchnorm
 
 __all__ = [
@@ -73,6 +74,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first setting out of range."""
+        check_fields(self)  # every number in its finite range (geoviz.validation)
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(
                 f"Unknown optimizer {self.optimizer!r}; choose adam or sgd."
