@@ -329,7 +329,7 @@ def _cmd_runs(args) -> int:
 
     root = check_runs_folder(args.out)
     for run in list_runs(root) if root is not None else []:
-        print(f"{run.name}  {run.state:11s}  {len(run.table):5d} steps")
+        print(f"{run.name}  {run.state:11s}  {len(run.table):5d} steps" + (f"  {run.message}" if run.state == "unreadable" else ""))
     return 0
 
 

@@ -66,7 +66,6 @@ class ConnectConfig:
     margin: float = 0.25  # grid margin, a fraction of the span of the points shown
 
     def validate(self) -> None:
-        check_fields(self)  # every number in its finite range (geoviz.validation)
         if self.tolerance is not None and not (self.tolerance > 0 and math.isfinite(self.tolerance)):
             raise ConfigError(f"tolerance must be a positive number, got {self.tolerance}.")
         if self.steps < 1 or self.eval_every < 1:
@@ -83,6 +82,7 @@ class ConnectConfig:
             raise ConfigError(f"grid must be 0 (no landscape) or between 2 and 201, got {self.grid}.")
         if not 0.0 <= self.margin <= 2.0:
             raise ConfigError(f"margin must be between 0 and 2, got {self.margin}.")
+        check_fields(self)  # and every number in its finite range (geoviz.validation)
 
 
 class _TowardB(TowardPointObjective):

@@ -82,7 +82,6 @@ class ContinualConfig:
     ewc_samples: int = 200
 
     def validate(self) -> None:
-        check_fields(self)  # every number in its finite range (geoviz.validation)
         if self.scenario not in SCENARIOS:
             raise ConfigError(f"Unknown scenario '{self.scenario}'; choose one of {', '.join(SCENARIOS)}.")
         if self.memory < 1:
@@ -95,6 +94,7 @@ class ContinualConfig:
             raise ConfigError(f"baseline_lr must be positive, got {self.baseline_lr}.")
         if self.ewc_lambda < 0 or self.ewc_samples < 1:
             raise ConfigError("ewc_lambda must be non-negative and ewc_samples at least 1.")
+        check_fields(self)  # and every number in its finite range (geoviz.validation)
 
 
 def continual_solver(solver: SolverConfig, config: ContinualConfig) -> SolverConfig:

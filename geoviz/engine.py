@@ -123,7 +123,6 @@ class SolverConfig:
 
     def validate(self) -> None:
         """Raise ConfigError with one sentence for the first bad setting."""
-        check_fields(self)  # every number in its finite range (geoviz.validation)
         if self.mode not in MODES:
             raise ConfigError(f"Unknown mode '{self.mode}'; choose exact or penalty.")
         if self.backend not in BACKENDS:
@@ -142,6 +141,7 @@ class SolverConfig:
             raise ConfigError("penalty_lr and penalty_weight must be positive numbers.")
         if self.penalty_ramp < 1:
             raise ConfigError(f"penalty_ramp must be at least 1 step, got {self.penalty_ramp}.")
+        check_fields(self)  # and every number in its finite range (geoviz.validation)
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ import json
 import os
 import platform
 import secrets
-import shutil
+import stat
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ __all__ = [
     "read_run",
     "list_runs",
     "zip_run",
+    "UnreadableRun",
     "FINAL_STATUSES",
 ]
 
@@ -246,6 +248,10 @@ class RunRecord:
     def state(self) -> str:
         return self.status.get("status", "unknown")
 
+    @property
+    def message(self) -> str:
+        return str(self.status.get("message", ""))
+
     def snapshot_steps(self) -> list[int]:
         return sorted(int(p.stem) for p in (self.path / "snapshots").glob("*.safetensors"))
 
@@ -295,59 +301,160 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# A run folder may come from anywhere (a download, another user): every file is read
+# as untrusted. A link is never followed; sizes are capped; a file of the wrong shape
+# makes the run "unreadable: <why>" and leaves the other runs alone.
+_JSON_LIMIT = 4 * 2**20  # bytes of config.json / status.json / summary.json
+_STEPS_LIMIT = 256 * 2**20  # bytes of steps.jsonl
+_TEXT_LIMIT = 2000  # characters of a status message kept
+_MAX_STEP = 10**9
+
+
+class UnreadableRun(ValueError):
+    """A run folder whose files cannot be read as a run record; the message says why."""
+
+
+def _regular_file(path: Path, limit: int) -> bool:
+    """Whether ``path`` is there; UnreadableRun if it is a link, not a file, or too large."""
+    if path.is_symlink():
+        raise UnreadableRun(f"{path.name} is a link")
+    if not path.exists():
+        return False
+    if not path.is_file():
+        raise UnreadableRun(f"{path.name} is not a file")
+    if path.stat().st_size > limit:
+        raise UnreadableRun(f"{path.name} is larger than {limit // 2**20} MB")
+    return True
+
+
+def _read_object(path: Path) -> dict:
+    """A JSON file that must hold one object ({} when absent)."""
+    if not _regular_file(path, _JSON_LIMIT):
+        return {}
+    try:
+        value = json.loads(path.read_text(errors="replace"))
+    except (ValueError, RecursionError) as err:
+        raise UnreadableRun(f"{path.name} is not valid JSON ({type(err).__name__})") from None
+    if not isinstance(value, dict):
+        raise UnreadableRun(f"{path.name} holds a {type(value).__name__}, not an object")
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _clean_status(status: dict) -> dict:
+    """Status fields of the types the readers use; a long message cut."""
+    for key in ("status", "message", "host"):
+        if key in status and not isinstance(status[key], str):
+            raise UnreadableRun(f"status.json: {key} is a {type(status[key]).__name__}, not text")
+    for key in ("pid", "updated", "started", "steps"):
+        if key in status and status[key] is not None and not _is_number(status[key]):
+            raise UnreadableRun(f"status.json: {key} is a {type(status[key]).__name__}, not a number")
+    if len(status.get("message", "")) > _TEXT_LIMIT:
+        status = {**status, "message": status["message"][: _TEXT_LIMIT - 1] + "…"}
+    return status
+
+
+def _clean_row(row, number: int) -> dict:
+    if not isinstance(row, dict):
+        raise UnreadableRun(f"steps.jsonl line {number} is a {type(row).__name__}, not a step record")
+    step = row.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= _MAX_STEP:
+        raise UnreadableRun(f"steps.jsonl line {number}: step is {str(step)[:40]!r}, not a whole number of steps")
+    # only plain values: a nested list or object in a cell breaks every table below
+    return {k: v for k, v in row.items() if isinstance(k, str) and (v is None or isinstance(v, (int, float, str, bool)))}
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     rows = []
     jsonl = path / "steps.jsonl"
-    if jsonl.exists():
-        with open(jsonl) as fh:
-            for line in fh:
+    if _regular_file(jsonl, _STEPS_LIMIT):
+        with open(jsonl, errors="replace") as fh:
+            for number, line in enumerate(fh, 1):
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
+                    row = json.loads(line)
+                except (json.JSONDecodeError, RecursionError):
                     break  # a line cut by a kill: every line before it is whole
+                rows.append(_clean_row(row, number))
     parquet = path / "steps.parquet"
-    if parquet.exists():
-        table = pd.read_parquet(parquet)
+    if _regular_file(parquet, _STEPS_LIMIT):
+        try:
+            table = pd.read_parquet(parquet)
+        except Exception as err:  # pyarrow's errors have no common base
+            raise UnreadableRun(f"steps.parquet cannot be read ({type(err).__name__})") from None
         if len(table) >= len(rows):
+            if "step" not in table or not pd.api.types.is_integer_dtype(table["step"]):
+                raise UnreadableRun("steps.parquet has no whole-number step column")
             return table
     return pd.DataFrame(rows)
 
 
 def read_run(path: str | os.PathLike) -> RunRecord:
-    """Read a run folder; a ``running`` run whose process is gone reads as ``interrupted``."""
+    """Read a run folder; a ``running`` run whose process is gone reads as ``interrupted``.
+
+    Raises:
+        FileNotFoundError: no config.json there.
+        UnreadableRun (a ValueError): a file of the folder is a link, too large, or not
+            of the shape a run record has; the message says which and why.
+    """
     path = Path(path)
-    if not (path / "config.json").exists():
+    if path.is_symlink():
+        raise UnreadableRun(f"{path.name} is a link, not a run folder")
+    if not (path / "config.json").exists() and not (path / "config.json").is_symlink():
         raise FileNotFoundError(f"{path} is not a geoviz run folder (it has no config.json).")
-    config = json.loads((path / "config.json").read_text())
-    status = json.loads((path / "status.json").read_text()) if (path / "status.json").exists() else {}
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
+    config = _read_object(path / "config.json")
+    status = _clean_status(_read_object(path / "status.json"))
+    summary = _read_object(path / "summary.json")
     table = _read_table(path)
     if status.get("status") in ("running", "paused"):
         same_host = status.get("host") == platform.node()
-        dead = same_host and not _pid_alive(int(status.get("pid", -1)))
-        stale = status.get("status") == "running" and time.time() - status.get("updated", 0) > _HEARTBEAT_STALE_S
+        dead = same_host and not _pid_alive(int(status.get("pid") or -1))
+        stale = status.get("status") == "running" and time.time() - (status.get("updated") or 0) > _HEARTBEAT_STALE_S
         if dead or stale:
             status = {**status, "status": "interrupted", "message": "the process writing this run ended before it finished"}
     return RunRecord(path, config, status, table, summary)
 
 
+def _unreadable(path: Path, why: str) -> RunRecord:
+    status = {"status": "unreadable", "message": f"unreadable: {why[:_TEXT_LIMIT]}"}
+    return RunRecord(path, {}, status, pd.DataFrame({"step": pd.Series([], dtype="int64")}), {})
+
+
 def list_runs(root: str | os.PathLike | None = None) -> list[RunRecord]:
-    """Every readable run under ``root``, newest first."""
+    """Every run folder under ``root``, newest first; one that cannot be read is listed
+    with the status ``unreadable`` and a message saying why. Links are skipped."""
     root = Path(root) if root is not None else default_runs_dir()
-    if not root.exists():
+    if not root.is_dir():
         return []
     runs = []
     for sub in sorted(root.iterdir(), reverse=True):
-        if (sub / "config.json").exists():
+        if sub.is_symlink() or not sub.is_dir():
+            continue  # a run folder that is a link may point anywhere: never listed
+        if (sub / "config.json").exists() or (sub / "config.json").is_symlink():
             try:
                 runs.append(read_run(sub))
-            except (OSError, ValueError):
-                continue
+            except (OSError, ValueError) as err:
+                runs.append(_unreadable(sub, str(err)))
     return runs
 
 
 def zip_run(path: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
-    """A zip of the run folder; returns its path."""
+    """A zip of the run folder's regular files; returns its path.
+
+    Links are never followed nor stored: a link in a run folder may point anywhere
+    (/etc/passwd), and a run folder that is itself a link is refused.
+    """
     path = Path(path)
-    base = Path(dest_dir) / path.name
-    return Path(shutil.make_archive(str(base), "zip", root_dir=path.parent, base_dir=path.name))
+    if path.is_symlink() or not path.is_dir():
+        raise UnreadableRun(f"{path.name} is a link or not a folder; it is not zipped")
+    target = Path(dest_dir) / f"{path.name}.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for folder, dirs, files in os.walk(path, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(folder, d)))
+            for name in sorted(files):
+                file = Path(folder) / name
+                if stat.S_ISREG(os.lstat(file).st_mode):  # not a link, fifo, socket or device
+                    archive.write(file, Path(path.name) / file.relative_to(path))
+    return target

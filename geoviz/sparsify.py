@@ -32,7 +32,6 @@ class SparsifyConfig:
     monitor_size: int = 2000
 
     def validate(self) -> None:
-        check_fields(self)  # every number in its finite range (geoviz.validation)
         if not 0.0 < self.sparsity < 1.0:
             raise ConfigError(f"sparsity must be strictly between 0 and 1, got {self.sparsity}.")
         if not 0.0 < self.tolerance < 1.0:
@@ -43,6 +42,7 @@ class SparsifyConfig:
             raise ConfigError(f"eval_every must be at least 1, got {self.eval_every}.")
         if self.monitor_size < 1:
             raise ConfigError(f"monitor_size must be at least 1, got {self.monitor_size}.")
+        check_fields(self)  # and every number in its finite range (geoviz.validation)
 
 
 class SparsifyTask:

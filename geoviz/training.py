@@ -40,6 +40,7 @@ __all__ = [
     "recompute_batchnorm",
     "network_key",
     "network_cache_dir",
+    "network_cached",
     "load_network_info",
     "train_network",
 ]
@@ -74,7 +75,6 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first setting out of range."""
-        check_fields(self)  # every number in its finite range (geoviz.validation)
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(
                 f"Unknown optimizer {self.optimizer!r}; choose adam or sgd."
@@ -89,6 +89,7 @@ class TrainConfig:
                 f"lr must be positive and weight_decay non-negative; got {self.lr} and "
                 f"{self.weight_decay}."
             )
+        check_fields(self)  # and every number in its finite range (geoviz.validation)
 
 
 _DEFAULT_CONFIGS = {
@@ -318,6 +319,21 @@ def network_key(
     text = json.dumps(_settings(dataset, model_name, seed, config, hidden, classes),
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def network_cached(
+    dataset: Dataset,
+    model_name: str,
+    seed: int,
+    config: TrainConfig | None = None,
+    hidden: Sequence[int] = (128, 128),
+    classes: Sequence[int] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> bool:
+    """Whether this start network is in the cache already (in memory or on disk)."""
+    key = network_key(dataset, model_name, seed, config, hidden, classes)
+    path = network_cache_dir(cache_dir) / f"{key}.safetensors"
+    return str(path) in _MEMORY_CACHE or path.is_file()
 
 
 def load_network_info(key: str, cache_dir: str | os.PathLike | None = None) -> dict | None:

@@ -88,8 +88,8 @@ LIMITS: dict[str, Range] = {
     "power_iterations": Range(1, 1000, integer=True),
     "eigen_refresh": Range(1, _WHOLE, integer=True),
     "refresh_iterations": Range(1, 1000, integer=True),
-    # G v over more rows than this costs more than a whole epoch of a small network per step
-    "metric_batch": Range(1, 10_000, integer=True),
+    # more rows than any training set here holds (60,000): a bigger number is a typo
+    "metric_batch": Range(1, 100_000, integer=True),
     "penalty_lr": Range(0, 10, low_open=True),
     "penalty_weight": Range(0, 1e9, low_open=True),
     "penalty_ramp": Range(1, _WHOLE, integer=True),
@@ -97,12 +97,11 @@ LIMITS: dict[str, Range] = {
     # applications
     "steps": Range(1, _WHOLE, integer=True),
     "eval_every": Range(1, _WHOLE, integer=True),
-    "sparsity": Range(0, 1, low_open=True),
     "tolerance": Range(0, 1e6, low_open=True),
     "monitor_size": Range(1, _WHOLE, integer=True),
     "finetune_lr": Range(0, 10, low_open=True),
     "finetune_batch": Range(1, 100_000, integer=True),
-    "memory": Range(1, 10_000, integer=True),  # the metric batch of a continual path
+    "memory": Range(1, 100_000, integer=True),  # the metric batch of a continual path; at most task 1's size
     "batch_size": Range(1, 100_000, integer=True),
     "baseline_lr": Range(0, 10, low_open=True),
     "ewc_lambda": Range(0, 1e9),

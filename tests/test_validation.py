@@ -82,3 +82,19 @@ def test_network_memory_is_refused_saying_what_it_needs():
         check_network_size("digits", "mlp", (1000,), memory_bytes=4_000_000)
     check_network_size("digits", "mlp", (1000,), memory_bytes=10_000_000)
     check_network_size("digits", "lenet300", (10**9,), memory_bytes=1)  # widths only shape the MLP
+
+
+def test_the_app_listens_on_loopback_unless_told_otherwise():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    # Streamlit's own reading of .streamlit/config.toml in the folder `make app` starts from
+    read = "from streamlit import config; config.get_config_options(force_reparse=True); print(config.get_option('server.address'))"
+    out = subprocess.run([sys.executable, "-c", read], cwd=root, capture_output=True, text=True, timeout=60).stdout
+    assert out.strip().splitlines()[-1] == "127.0.0.1"
+    make = subprocess.run(["make", "-n", "app"], cwd=root, capture_output=True, text=True, timeout=60).stdout
+    assert "--server.address 127.0.0.1" in make
+    shared = subprocess.run(["make", "-n", "app", "ADDRESS=0.0.0.0"], cwd=root, capture_output=True, text=True, timeout=60).stdout
+    assert "--server.address 0.0.0.0" in shared
