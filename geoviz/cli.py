@@ -342,7 +342,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
 
 
+def _notes_on_stderr() -> None:
+    """The library's notes (a damaged cache entry retrained, ...) as lines on stderr."""
+    import logging
+
+    log = logging.getLogger("geoviz")
+    if not any(getattr(h, "_geoviz_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler()  # sys.stderr at the time of each note
+        handler.setFormatter(logging.Formatter("note: %(message)s"))
+        handler._geoviz_cli = True
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    _notes_on_stderr()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

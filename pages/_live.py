@@ -22,7 +22,7 @@ import streamlit as st
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.data import load_dataset
 from geoviz.problem import Problem, SetupConfig, load_problem
-from geoviz.training import network_cached, resolve_device, train_network
+from geoviz.training import network_cached, network_key, resolve_device, train_network
 from geoviz.validation import check_value, cut
 from geoviz.runner import PathRunner
 from pages import _safe
@@ -186,7 +186,7 @@ def cached_problem(setup: SetupConfig, classes: Sequence[int] | None = None) -> 
         # disk and in memory, so this is instant once trained.
         setup.validate()
         data = load_dataset(setup.dataset, setup.data_dir, setup.download)
-        if not network_cached(data, setup.model, setup.seed, hidden=setup.hidden, classes=classes):
+        if not network_cached(network_key(data, setup.model, setup.seed, hidden=setup.hidden, classes=classes)):
             _safe.allow_new_network(f"{setup}/{classes}")
         train_network(data, setup.model, setup.seed, hidden=setup.hidden, device=resolve_device(setup.device),
                       progress=progress, classes=classes)
