@@ -11,6 +11,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -183,22 +184,17 @@ class Progress:
 def run_and_report(runner, args, progress: Progress, report: Callable[[object], tuple[list[str], dict]]) -> int:
     """Run a runner to its end in this thread, print the summary; the exit status."""
 
-    def on_term(signum, frame):  # a kill keeps the finished steps and says so
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
     t0 = time.time()
     try:
         state = runner.run(progress)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         progress.close()
     wall = time.time() - t0
     run_dir = str(runner.writer.dir) if runner.writer is not None else None
     if state != "finished":
         kept = len(runner.rows())
         reason = runner.message.rstrip(".")
-        head = reason if state == "diverged" else f"The path was {state} ({reason})"
+        head = reason if state == "diverged" else f"The path {'failed' if state == 'failed' else 'was ' + state} ({reason})"
         print(f"{head}; its {kept} finished steps are kept in {run_dir}.", file=sys.stderr)
         return 3 if state == "diverged" else 1
     lines, payload = report(runner)
@@ -362,6 +358,10 @@ def _main(argv: Sequence[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code or 0)
+    def on_term(signum, frame):  # a kill keeps the finished steps and says so, in every phase
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
     try:
         if getattr(args, "threads", None) is not None:
             check_value("threads", args.threads)
@@ -373,7 +373,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("error: stopped by a signal before the path started (loading data or training the start network); "
+              "nothing was written.", file=sys.stderr)
         return 130
     except MemoryError:
         print("error: out of memory; try a smaller network, dataset or metric batch.", file=sys.stderr)
@@ -384,6 +385,9 @@ def _main(argv: Sequence[str] | None) -> int:
         return 2
     except Exception as err:  # a bug: one sentence here, the traceback in a file
         return _internal_error(err)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _internal_error(err: Exception) -> int:

@@ -17,12 +17,15 @@ Nothing here is ever unpickled.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
 import secrets
 import stat
+import threading
 import time
+import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +127,52 @@ class SnapshotBudget:
         return dropped
 
 
+# seconds between heartbeats of a live run, in every phase (path, baselines, summary):
+# a reader takes a "running" status older than _HEARTBEAT_STALE_S for a dead run
+HEARTBEAT_EVERY = 10.0
+
+
+def _start_heartbeat(writer: RunWriter) -> None:
+    """A daemon thread that beats for ``writer`` until it is closed or forgotten."""
+    ref = weakref.ref(writer)
+
+    def beat() -> None:
+        while True:
+            time.sleep(min(HEARTBEAT_EVERY, 1.0))
+            current = ref()
+            if current is None or current._closed:
+                return
+            current.heartbeat()
+            del current
+
+    threading.Thread(target=beat, name="geoviz-heartbeat", daemon=True).start()
+
+
+def _save_file(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """safetensors' save_file, whose I/O errors (a full disk) become the OSError they are."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except OSError:
+        raise
+    except Exception as err:  # SafetensorError: "I/O error: No space left on device (os error 28)"
+        text = str(err)
+        if "os error" not in text and "I/O error" not in text:
+            raise
+        code = errno.ENOSPC if "No space left" in text else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+def _sweep_temp_files(folder: Path) -> None:
+    """Remove temporary files a killed or failed write left in a run folder."""
+    for sub in (folder, folder / "weights", folder / "snapshots"):
+        try:
+            for tmp in sub.glob(".*tmp*"):
+                if tmp.is_file() and not tmp.is_symlink():
+                    tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 class RunWriter:
     """Writes one run folder as the run grows.
 
@@ -159,27 +208,52 @@ class RunWriter:
         self._budget_mb = snapshot_budget_mb
         self._budget: SnapshotBudget | None = None
         self.status = "running"
+        self._status_lock = threading.Lock()
+        self._status_fields: tuple[str, dict] = ("", {})
+        self._closed = False
         self.write_status("running")
+        _start_heartbeat(self)
 
     # -- status -------------------------------------------------------------
     def write_status(self, status: str, message: str = "", **extra) -> None:
+        with self._status_lock:
+            if self._closed:
+                return  # the final status is written once, by close(), and stays
+            self._write_status(status, message, extra)
+
+    def _write_status(self, status: str, message: str, extra: dict) -> None:
         self.status = status
+        self._status_fields = (message, extra)
         self._last_heartbeat = time.time()
-        _atomic_write_text(
-            self.dir / "status.json",
-            _dumps(
-                {
-                    "status": status,
-                    "message": message,
-                    "pid": os.getpid(),
-                    "host": platform.node(),
-                    "started": self.started,
-                    "updated": self._last_heartbeat,
-                    "steps": len(self._rows),
-                    **extra,
-                }
-            ),
+        text = _dumps(
+            {
+                "status": status,
+                "message": message,
+                "pid": os.getpid(),
+                "host": platform.node(),
+                "started": self.started,
+                "updated": self._last_heartbeat,
+                "steps": len(self._rows),
+                **extra,
+            }
         )
+        try:
+            _atomic_write_text(self.dir / "status.json", text)
+        except OSError:  # a full disk: no room for a new file; overwrite the old one in place
+            _sweep_temp_files(self.dir)
+            with open(self.dir / "status.json", "r+") as fh:
+                fh.write(text)
+                fh.truncate()
+
+    def heartbeat(self) -> None:
+        """Rewrite the status with a fresh time stamp (from the heartbeat thread)."""
+        with self._status_lock:
+            if not self._closed and time.time() - self._last_heartbeat >= HEARTBEAT_EVERY:
+                message, extra = self._status_fields
+                try:
+                    self._write_status(self.status, message, extra)
+                except OSError:
+                    pass  # the next beat tries again; the run's own writes report the error
 
     # -- steps ----------------------------------------------------------------
     def append(self, row: dict) -> None:
@@ -197,8 +271,12 @@ class RunWriter:
         if not self._rows:
             return
         tmp = self.dir / f".steps.{os.getpid()}.tmp.parquet"
-        pd.DataFrame(self._rows).to_parquet(tmp, index=False)
-        os.replace(tmp, self.dir / "steps.parquet")
+        try:
+            pd.DataFrame(self._rows).to_parquet(tmp, index=False)
+            os.replace(tmp, self.dir / "steps.parquet")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._last_parquet = time.time()
 
     # -- weights --------------------------------------------------------------
@@ -209,7 +287,12 @@ class RunWriter:
             self._budget = SnapshotBudget(size, int(self._budget_mb * 2**20))
         if not self._budget.wants(step):
             return
-        save_file({"w": w.detach().float().cpu().contiguous()}, str(self.dir / "snapshots" / f"{step:07d}.safetensors"))
+        file = self.dir / "snapshots" / f"{step:07d}.safetensors"
+        try:
+            _save_file({"w": w.detach().float().cpu().contiguous()}, file)
+        except BaseException:  # a full disk or a kill: no half-written snapshot stays
+            file.unlink(missing_ok=True)
+            raise
         for old in self._budget.add(step):
             (self.dir / "snapshots" / f"{old:07d}.safetensors").unlink(missing_ok=True)
 
@@ -217,17 +300,30 @@ class RunWriter:
         tensors = {k: v.detach().cpu().contiguous() for k, v in params.items()}
         tmp = self.dir / "weights" / f".{name}.tmp"
         # safetensors keeps its own order of names: the flat order goes in the metadata
-        save_file(tensors, str(tmp), metadata={"order": json.dumps(list(tensors))})
-        os.replace(tmp, self.dir / "weights" / f"{name}.safetensors")
+        try:
+            _save_file(tensors, tmp, metadata={"order": json.dumps(list(tensors))})
+            os.replace(tmp, self.dir / "weights" / f"{name}.safetensors")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def write_summary(self, summary: dict) -> None:
         _atomic_write_text(self.dir / "summary.json", json.dumps(_nan_to_none(summary), indent=2, default=_json_default))
 
     def close(self, status: str, message: str = "") -> None:
-        """Write the full table and the final status."""
-        self.write_table()
-        self._steps.close()
-        self.write_status(status, message)
+        """Write the full table and the final status (the status even on a full disk)."""
+        try:
+            self.write_table()
+        except OSError as err:  # steps.jsonl already holds every step
+            _sweep_temp_files(self.dir)
+            message += f"; the step table (parquet) could not be written: {err.strerror or err}"
+        try:
+            self._steps.close()
+        except OSError:
+            pass
+        with self._status_lock:
+            self._write_status(status, message, {})
+            self._closed = True
 
 
 @dataclass
@@ -253,7 +349,8 @@ class RunRecord:
         return str(self.status.get("message", ""))
 
     def snapshot_steps(self) -> list[int]:
-        return sorted(int(p.stem) for p in (self.path / "snapshots").glob("*.safetensors"))
+        files = (self.path / "snapshots").glob("*.safetensors")
+        return sorted(int(p.stem) for p in files if p.stem.isdigit() and p.is_file() and not p.is_symlink())
 
     def snapshots(self) -> tuple[list[int], torch.Tensor]:
         """(steps, stacked flat weights (S, P))."""
@@ -414,6 +511,8 @@ def read_run(path: str | os.PathLike) -> RunRecord:
         stale = status.get("status") == "running" and time.time() - (status.get("updated") or 0) > _HEARTBEAT_STALE_S
         if dead or stale:
             status = {**status, "status": "interrupted", "message": "the process writing this run ended before it finished"}
+    if status.get("status") in FINAL_STATUSES:
+        _sweep_temp_files(path)  # a kill during a write (even SIGKILL) leaves its temp file behind
     return RunRecord(path, config, status, table, summary)
 
 
