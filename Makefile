@@ -3,6 +3,8 @@
 #   make test   installs what the tests need (pip + Debian packages) and runs them
 PYTHON ?= python3
 PORT ?= 8501
+# the interface the app listens on: loopback by default; ADDRESS=0.0.0.0 serves the network
+ADDRESS ?= 127.0.0.1
 
 .PHONY: app test install install-test system-packages bench
 
@@ -20,7 +22,7 @@ install-test: install system-packages
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 
 app: install
-	$(PYTHON) -m streamlit run app.py --server.port $(PORT) --server.headless true
+	$(PYTHON) -m streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true
 
 test: install-test
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests

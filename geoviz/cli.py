@@ -11,6 +11,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -18,6 +19,7 @@ from geoviz.engine import MODES, SolverConfig, denormals_flushed
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.metric import METRIC_KINDS
 from geoviz.problem import SetupConfig
+from geoviz.validation import check_output_dir, check_runs_folder, check_value, check_writable_dir
 
 __all__ = ["main", "build_parser"]
 
@@ -31,7 +33,7 @@ def _hidden(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--hidden takes comma-separated layer widths like 128,128, got '{text}'")
     if not sizes or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"--hidden takes positive widths like 128,128, got '{text}'")
-    return sizes
+    return sizes  # their memory is checked with the dataset's size (SetupConfig.validate)
 
 
 def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
@@ -110,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_from(args) -> SetupConfig:
-    return SetupConfig(
+    setup = SetupConfig(
         dataset=args.dataset,
         model=args.model,
         hidden=tuple(args.hidden),
@@ -119,6 +121,17 @@ def setup_from(args) -> SetupConfig:
         data_dir=args.data_dir,
         download=args.download,
     )
+    setup.validate()
+    return setup
+
+
+def _output_first(args) -> None:
+    """The output folder and the setup are checked before any loading or training."""
+    from geoviz.training import network_cache_dir
+
+    args.out = str(check_output_dir(args.out))
+    check_writable_dir(network_cache_dir(), "the start-network cache (GEOVIZ_CACHE or ~/.cache/geoviz)")
+    setup_from(args)
 
 
 def solver_from(args) -> SolverConfig:
@@ -223,22 +236,17 @@ class Progress:
 def run_and_report(runner, args, progress: Progress, report: Callable[[object], tuple[list[str], dict]]) -> int:
     """Run a runner to its end in this thread, print the summary; the exit status."""
 
-    def on_term(signum, frame):  # a kill keeps the finished steps and says so
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
     t0 = time.time()
     try:
         state = runner.run(progress)
     finally:
-        signal.signal(signal.SIGTERM, previous)
         progress.close()
     wall = time.time() - t0
     run_dir = str(runner.writer.dir) if runner.writer is not None else None
     if state != "finished":
         kept = len(runner.rows())
         reason = runner.message.rstrip(".")
-        head = reason if state == "diverged" else f"The path was {state} ({reason})"
+        head = reason if state == "diverged" else f"The path {'failed' if state == 'failed' else 'was ' + state} ({reason})"
         print(f"{head}; its {kept} finished steps are kept in {run_dir}.", file=sys.stderr)
         return 3 if state == "diverged" else 1
     lines, payload = report(runner)
@@ -258,6 +266,7 @@ def run_and_report(runner, args, progress: Progress, report: Callable[[object], 
 
 def _cmd_sparsify(args) -> int:
     config, solver = application_configs(args)
+    _output_first(args)
     progress = Progress(args.steps, args.quiet, "sparsify")
     runner = application_runner(args, config, solver, progress.training)
 
@@ -283,6 +292,7 @@ def _cmd_sparsify(args) -> int:
 
 def _cmd_continual(args) -> int:
     config, solver = application_configs(args)
+    _output_first(args)
     progress = Progress(args.steps, args.quiet, "continual")
     runner = application_runner(args, config, solver, progress.training)
     sequence = runner.task.sequence
@@ -312,6 +322,7 @@ def _cmd_connect(args) -> int:
     from geoviz.connect import run_landscape
 
     config, solver = application_configs(args)
+    _output_first(args)
     progress = Progress(args.steps, args.quiet, "connect")
     runner = application_runner(args, config, solver, progress.training)
     problem = runner.task.problem
@@ -347,8 +358,9 @@ def _cmd_connect(args) -> int:
 def _cmd_runs(args) -> int:
     from geoviz.runs import list_runs
 
-    for run in list_runs(args.out):
-        print(f"{run.name}  {run.state:11s}  {len(run.table):5d} steps")
+    root = check_runs_folder(args.out)
+    for run in list_runs(root) if root is not None else []:
+        print(f"{run.name}  {run.state:11s}  {len(run.table):5d} steps" + (f"  {run.message}" if run.state == "unreadable" else ""))
     return 0
 
 
@@ -361,7 +373,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
 
 
+def _notes_on_stderr() -> None:
+    """The library's notes (a damaged cache entry retrained, ...) as lines on stderr."""
+    import logging
+
+    log = logging.getLogger("geoviz")
+    if not any(getattr(h, "_geoviz_cli", False) for h in log.handlers):
+        handler = logging.StreamHandler()  # sys.stderr at the time of each note
+        handler.setFormatter(logging.Formatter("note: %(message)s"))
+        handler._geoviz_cli = True
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    _notes_on_stderr()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sweep"]:  # its own parser: flags it does not know are the trials' settings
         from geoviz.cli_sweep import main as sweep_main
@@ -372,18 +398,43 @@ def _main(argv: Sequence[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed its one-line usage error
         return int(exc.code or 0)
-    if getattr(args, "threads", None) is not None:
-        if args.threads < 1:
-            print(f"error: --threads must be at least 1, got {args.threads}.", file=sys.stderr)
-            return 2
-        import torch
+    def on_term(signum, frame):  # a kill keeps the finished steps and says so, in every phase
+        raise KeyboardInterrupt
 
-        torch.set_num_threads(args.threads)
+    previous = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
     try:
+        if getattr(args, "threads", None) is not None:
+            check_value("threads", args.threads)
+            import torch
+
+            torch.set_num_threads(args.threads)
         return _HANDLERS[args.command](args)
     except GeovizError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("error: stopped by a signal before the path started (loading data or training the start network); "
+              "nothing was written.", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("error: out of memory; try a smaller network, dataset or metric batch.", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a folder taken away: the system's own sentence
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}.", file=sys.stderr)
+        return 2
+    except Exception as err:  # a bug: one sentence here, the traceback in a file
+        return _internal_error(err)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _internal_error(err: Exception) -> int:
+    import tempfile
+    import traceback
+
+    with tempfile.NamedTemporaryFile("w", prefix="geoviz-error-", suffix=".txt", delete=False) as fh:
+        fh.write(traceback.format_exc())
+    print(f"error: an internal error ({type(err).__name__}: {str(err)[:200]}); please report it with {fh.name}.", file=sys.stderr)
+    return 1

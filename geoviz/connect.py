@@ -27,6 +27,7 @@ from torch.func import functional_call
 from geoviz.curves import BezierCurve, LineCurve, PolylineCurve, arc_length_parameters, weight_matching
 from geoviz.engine import Path, SolverConfig
 from geoviz.errors import ConfigError
+from geoviz.validation import check_fields
 from geoviz.landscape import BatchedEvaluator, EvalData, Landscape, Plane, grid_axes, grid_cost
 from geoviz.metric import functional_distance
 from geoviz.objectives import TowardPointObjective
@@ -81,6 +82,7 @@ class ConnectConfig:
             raise ConfigError(f"grid must be 0 (no landscape) or between 2 and 201, got {self.grid}.")
         if not 0.0 <= self.margin <= 2.0:
             raise ConfigError(f"margin must be between 0 and 2, got {self.margin}.")
+        check_fields(self)  # and every number in its finite range (geoviz.validation)
 
 
 class _TowardB(TowardPointObjective):

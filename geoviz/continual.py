@@ -28,6 +28,7 @@ from torch.func import functional_call
 
 from geoviz.engine import Path, SolverConfig
 from geoviz.errors import ConfigError
+from geoviz.validation import check_fields
 from geoviz.metric import functional_distance
 from geoviz.objectives import TaskLossObjective
 from geoviz.problem import Problem, SetupConfig, load_problem
@@ -93,6 +94,7 @@ class ContinualConfig:
             raise ConfigError(f"baseline_lr must be positive, got {self.baseline_lr}.")
         if self.ewc_lambda < 0 or self.ewc_samples < 1:
             raise ConfigError("ewc_lambda must be non-negative and ewc_samples at least 1.")
+        check_fields(self)  # and every number in its finite range (geoviz.validation)
 
 
 def continual_solver(solver: SolverConfig, config: ContinualConfig) -> SolverConfig:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import gzip
 import os
+import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from geoviz.errors import ConfigError, DatasetNotFoundError
+from geoviz.validation import check_dataset
 
 __all__ = [
     "DATASET_NAMES",
@@ -135,13 +138,18 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         ConfigError: The file is not a valid IDX file.
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as err:  # a cut or corrupt .gz, an unreadable file
+        raise ConfigError(f"{path} cannot be read ({type(err).__name__}: {err}); the file is damaged or cut short.") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ConfigError(f"{path} is not an IDX file (bad magic number).")
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise ConfigError(f"{path} is truncated: its header names {ndim} dimensions but ends before their sizes.")
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     count = int(np.prod(shape)) if ndim else 1
     offset = 4 + 4 * ndim
@@ -223,6 +231,12 @@ def _load_fashion(data_dir: str | os.PathLike | None) -> Dataset:
             "t10k-labels-idx1-ubyte(.gz)."
         )
     arrays = {key: read_idx(path) for key, path in files.items()}
+    for key, ndim in (("x_train", 3), ("y_train", 1), ("x_test", 3), ("y_test", 1)):
+        if arrays[key].ndim != ndim:
+            raise ConfigError(
+                f"{files[key]} holds an array of shape {arrays[key].shape}; Fashion-MNIST "
+                f"{'images are (N, 28, 28)' if ndim == 3 else 'labels are (N,)'}."
+            )
 
     def images(a: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(a).float().div_(255.0)
@@ -255,6 +269,13 @@ def _load_torchvision(
         splits = [cls(root=root, train=train, download=download) for train in (True, False)]
     except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted ..."
         raise DatasetNotFoundError(f"Dataset {name} not found in {root}; {hint}.") from exc
+    except OSError as exc:  # offline --download (URLError), an unreadable folder
+        reason = getattr(exc, "reason", None) or exc.strerror or exc
+        raise DatasetNotFoundError(
+            f"Dataset {name} could not be {'downloaded' if download else 'read'} into {root} ({reason}); {hint}."
+        ) from None
+    except (EOFError, ValueError, IndexError, pickle.UnpicklingError) as exc:  # damaged files
+        raise ConfigError(f"The {name} files in {root} are damaged ({type(exc).__name__}); remove them and download again.") from None
 
     mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in _CHANNEL_STATS[name])
 
@@ -282,10 +303,13 @@ def _load_torchvision(
 @functools.lru_cache(maxsize=8)
 def _load_cached(name: str, data_dir: str | None, download: bool) -> Dataset:
     if name == "digits":
-        return _load_digits()
-    if name == "fashion-mnist":
-        return _load_fashion(data_dir)
-    return _load_torchvision(name, data_dir, download)
+        data = _load_digits()
+    elif name == "fashion-mnist":
+        data = _load_fashion(data_dir)
+    else:
+        data = _load_torchvision(name, data_dir, download)
+    check_dataset(data)  # labels and shapes that would break training later
+    return data
 
 
 def load_dataset(

@@ -27,6 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from geoviz.errors import ConfigError, DivergedError
+from geoviz.validation import check_fields
 from geoviz.linearize import RowSpace
 from geoviz.metric import BACKENDS, METRIC_KINDS, FlatParams, functional_distance, make_step_product, top_eigenvalue
 from geoviz.optim import Adam
@@ -78,6 +79,11 @@ def denormals_flushed() -> Iterator[None]:
     finally:
         if not was:
             torch.set_flush_denormal(False)
+
+
+# an evaluated cross-entropy beyond both of these has left the network's function behind:
+# 100x its start, and 10 nats (the true class at probability e^-10; chance is ln K = 2.3)
+_LOSS_FACTOR, _LOSS_FLOOR = 100.0, 10.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +148,7 @@ class SolverConfig:
             raise ConfigError("penalty_lr and penalty_weight must be positive numbers.")
         if self.penalty_ramp < 1:
             raise ConfigError(f"penalty_ramp must be at least 1 step, got {self.penalty_ramp}.")
+        check_fields(self)  # and every number in its finite range (geoviz.validation)
 
 
 @dataclass(frozen=True)
@@ -379,6 +386,7 @@ class Path:
         self._w_flat: torch.Tensor | None = None
         self._net: nn.Module | None = None
         self._start_value: float | None = None
+        self._start_losses: dict[str, float] | None = None
         self._t0 = time.perf_counter()
         self._elapsed = 0.0
 
@@ -492,7 +500,7 @@ class Path:
         if not math.isfinite(value):
             raise DivergedError(f"The path diverged at step {self.step}: the objective is not finite.")
         if not math.isfinite(eps_length):  # NaN or inf anywhere in the step shows here
-            raise DivergedError(f"The path diverged at step {self.step}: the step contains NaN or inf (try a smaller eps).")
+            raise DivergedError(f"The path diverged at step {self.step}: the step contains NaN or inf ({self._hint()}).")
         if value > self.config.explode_factor * max(self._start_value, 1e-12):
             raise DivergedError(f"The path diverged at step {self.step}: the objective exploded to {value:.3g}.")
         self.w = w_next
@@ -507,6 +515,7 @@ class Path:
         metrics = {}
         if self.done or self.step == 1 or self.step % self.eval_every == 0:
             metrics = self.evaluate(self.w)
+            self._watch_losses(metrics)
         self._elapsed += time.perf_counter() - t_start
         return StepRecord(
             step=self.step,
@@ -523,6 +532,31 @@ class Path:
             seconds=self._elapsed,
             metrics=metrics,
         )
+
+    def _hint(self) -> str:
+        return "try a smaller penalty_lr" if self.config.mode == "penalty" else "try a smaller eps"
+
+    def _watch_losses(self, metrics: dict) -> None:
+        """An evaluated loss that explodes is a divergence even when the objective is fine
+        (``--metric fisher --eps 50`` fell from 0.975 to chance accuracy, reported finished).
+
+        Each ``*_loss`` figure is compared with its value at w0 (one extra evaluation,
+        at the first one, not counted in the path's time).
+        """
+        if self._start_losses is None:
+            started = time.perf_counter()
+            self._start_losses = {k: v for k, v in self.evaluate(self.w0).items() if k.endswith("_loss")}
+            self._elapsed -= time.perf_counter() - started
+        for name, value in metrics.items():
+            if not name.endswith("_loss") or not isinstance(value, float):
+                continue
+            start = self._start_losses.get(name, float("nan"))
+            limit = max(_LOSS_FACTOR * start, _LOSS_FLOOR) if math.isfinite(start) else _LOSS_FLOOR
+            if not value <= limit:  # NaN too
+                raise DivergedError(
+                    f"The path diverged at step {self.step}: the {name.replace('_', ' ')} rose to {value:.3g} "
+                    f"(from {start:.3g} at the start; {self._hint()})."
+                )
 
     def _nan(self, device: torch.device) -> torch.Tensor:
         if self._nan_tensor is None:

@@ -304,7 +304,14 @@ def geodesic_sketch(n: int = 120) -> go.Figure:
 def _last(table: pd.DataFrame, column: str):
     if column not in table or table[column].notna().sum() == 0:
         return None
-    return float(table[column].dropna().iloc[-1])
+    try:
+        return float(table[column].dropna().iloc[-1])
+    except (TypeError, ValueError):  # text where a number belongs (a hand-edited run)
+        return None
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def runs_table(runs) -> pd.DataFrame:
@@ -312,8 +319,9 @@ def runs_table(runs) -> pd.DataFrame:
     lines = []
     for run in runs:
         table, summary = run.table, run.summary
-        application = run.config.get("application", "")
+        application = str(run.config.get("application", ""))[:40]
         geodesic = summary.get("geodesic", {})
+        geodesic = geodesic if isinstance(geodesic, dict) else {}
         if application == "continual":  # the average over both tasks
             accuracy = geodesic.get("average", _last(table, "average_accuracy"))
         elif application == "connect":  # the worst point of the path
@@ -326,10 +334,11 @@ def runs_table(runs) -> pd.DataFrame:
                 "application": application,
                 "status": run.state,
                 "steps": int(table["step"].max()) if "step" in table and len(table) else 0,
-                "test accuracy": accuracy,
-                "sparsity": summary.get("sparsity", _last(table, "sparsity")),
-                "barrier": geodesic.get("barrier") if application == "connect" else None,
-                "message": run.status.get("message", ""),
+                # a run folder is untrusted: a figure of another type is left out, not shown
+                "test accuracy": _number(accuracy),
+                "sparsity": _number(summary.get("sparsity", _last(table, "sparsity"))),
+                "barrier": _number(geodesic.get("barrier")) if application == "connect" else None,
+                "message": str(run.status.get("message", ""))[:200],
             }
         )
     return pd.DataFrame(lines)

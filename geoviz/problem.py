@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from geoviz.data import Dataset, load_dataset
+from geoviz.validation import check_network_size, check_value
 from geoviz.metric import FlatParams
 from geoviz.models import has_batchnorm
 from geoviz.training import evaluate, recompute_batchnorm, resolve_device, train_network
@@ -28,6 +29,11 @@ class SetupConfig:
     device: str = "auto"
     data_dir: str | None = None
     download: bool = False
+
+    def validate(self) -> None:
+        """ConfigError with one sentence for a seed or widths out of range, before any work."""
+        check_value("seed", self.seed)
+        check_network_size(self.dataset, self.model, self.hidden)
 
 
 @dataclass
@@ -90,6 +96,7 @@ def load_problem(
     progress: Callable[[float], None] | None = None,
 ) -> Problem:
     """Load the data, train (or load) the start network, move everything to the device."""
+    setup.validate()
     device = resolve_device(setup.device)
     data = load_dataset(setup.dataset, setup.data_dir, setup.download)
     model, buffers, w0 = start_network(setup, data, device, setup.seed, classes, progress)

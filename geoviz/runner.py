@@ -197,18 +197,27 @@ class PathRunner:
         except Exception as err:  # keep what was computed, say what broke
             final, message = "failed", f"{type(err).__name__}: {err}"
             if self.writer is not None:
-                (self.writer.dir / "error.txt").write_text(traceback.format_exc())
+                try:
+                    (self.writer.dir / "error.txt").write_text(traceback.format_exc())
+                except OSError:  # a full disk: the status still says what broke
+                    pass
         if final == "finished" and self.on_finish is not None:
             try:
                 self.summary = self.on_finish(self) or {}
+            except KeyboardInterrupt:  # a signal while the baselines run: the path is kept
+                final, message = "stopped", "stopped by a signal while the baselines were computed; the path's steps are kept"
             except Exception as err:  # the path is kept even if a baseline fails
                 message += f"; summary failed: {type(err).__name__}: {err}"
         if self.path.backend_used is not None:  # what really computed G v (a fallback shows here)
             self.summary = {**self.summary, "backend": self.path.backend_used}
         if self.writer is not None:
-            self.writer.save_weights("final", self.path.layout.unflatten(self.path.w))
-            if self.summary:
-                self.writer.write_summary(self.summary)
+            try:
+                self.writer.save_weights("final", self.path.layout.unflatten(self.path.w))
+                if self.summary:
+                    self.writer.write_summary(self.summary)
+            except OSError as err:  # a full disk: say so in the status, which close() still writes
+                final = "failed" if final == "finished" else final
+                message += f"; the run record could not be completed: {err.strerror or err}"
             self.writer.close(final, message)
         self.state, self.message = final, message
         return final

@@ -17,12 +17,16 @@ Nothing here is ever unpickled.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
 import secrets
-import shutil
+import stat
+import threading
 import time
+import weakref
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +44,7 @@ __all__ = [
     "read_run",
     "list_runs",
     "zip_run",
+    "UnreadableRun",
     "FINAL_STATUSES",
 ]
 
@@ -122,6 +127,52 @@ class SnapshotBudget:
         return dropped
 
 
+# seconds between heartbeats of a live run, in every phase (path, baselines, summary):
+# a reader takes a "running" status older than _HEARTBEAT_STALE_S for a dead run
+HEARTBEAT_EVERY = 10.0
+
+
+def _start_heartbeat(writer: RunWriter) -> None:
+    """A daemon thread that beats for ``writer`` until it is closed or forgotten."""
+    ref = weakref.ref(writer)
+
+    def beat() -> None:
+        while True:
+            time.sleep(min(HEARTBEAT_EVERY, 1.0))
+            current = ref()
+            if current is None or current._closed:
+                return
+            current.heartbeat()
+            del current
+
+    threading.Thread(target=beat, name="geoviz-heartbeat", daemon=True).start()
+
+
+def _save_file(tensors: dict, path: Path, metadata: dict | None = None) -> None:
+    """safetensors' save_file, whose I/O errors (a full disk) become the OSError they are."""
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except OSError:
+        raise
+    except Exception as err:  # SafetensorError: "I/O error: No space left on device (os error 28)"
+        text = str(err)
+        if "os error" not in text and "I/O error" not in text:
+            raise
+        code = errno.ENOSPC if "No space left" in text else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+def _sweep_temp_files(folder: Path) -> None:
+    """Remove temporary files a killed or failed write left in a run folder."""
+    for sub in (folder, folder / "weights", folder / "snapshots"):
+        try:
+            for tmp in sub.glob(".*tmp*"):
+                if tmp.is_file() and not tmp.is_symlink():
+                    tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 class RunWriter:
     """Writes one run folder as the run grows.
 
@@ -157,27 +208,52 @@ class RunWriter:
         self._budget_mb = snapshot_budget_mb
         self._budget: SnapshotBudget | None = None
         self.status = "running"
+        self._status_lock = threading.Lock()
+        self._status_fields: tuple[str, dict] = ("", {})
+        self._closed = False
         self.write_status("running")
+        _start_heartbeat(self)
 
     # -- status -------------------------------------------------------------
     def write_status(self, status: str, message: str = "", **extra) -> None:
+        with self._status_lock:
+            if self._closed:
+                return  # the final status is written once, by close(), and stays
+            self._write_status(status, message, extra)
+
+    def _write_status(self, status: str, message: str, extra: dict) -> None:
         self.status = status
+        self._status_fields = (message, extra)
         self._last_heartbeat = time.time()
-        _atomic_write_text(
-            self.dir / "status.json",
-            _dumps(
-                {
-                    "status": status,
-                    "message": message,
-                    "pid": os.getpid(),
-                    "host": platform.node(),
-                    "started": self.started,
-                    "updated": self._last_heartbeat,
-                    "steps": len(self._rows),
-                    **extra,
-                }
-            ),
+        text = _dumps(
+            {
+                "status": status,
+                "message": message,
+                "pid": os.getpid(),
+                "host": platform.node(),
+                "started": self.started,
+                "updated": self._last_heartbeat,
+                "steps": len(self._rows),
+                **extra,
+            }
         )
+        try:
+            _atomic_write_text(self.dir / "status.json", text)
+        except OSError:  # a full disk: no room for a new file; overwrite the old one in place
+            _sweep_temp_files(self.dir)
+            with open(self.dir / "status.json", "r+") as fh:
+                fh.write(text)
+                fh.truncate()
+
+    def heartbeat(self) -> None:
+        """Rewrite the status with a fresh time stamp (from the heartbeat thread)."""
+        with self._status_lock:
+            if not self._closed and time.time() - self._last_heartbeat >= HEARTBEAT_EVERY:
+                message, extra = self._status_fields
+                try:
+                    self._write_status(self.status, message, extra)
+                except OSError:
+                    pass  # the next beat tries again; the run's own writes report the error
 
     # -- steps ----------------------------------------------------------------
     def append(self, row: dict) -> None:
@@ -195,8 +271,12 @@ class RunWriter:
         if not self._rows:
             return
         tmp = self.dir / f".steps.{os.getpid()}.tmp.parquet"
-        pd.DataFrame(self._rows).to_parquet(tmp, index=False)
-        os.replace(tmp, self.dir / "steps.parquet")
+        try:
+            pd.DataFrame(self._rows).to_parquet(tmp, index=False)
+            os.replace(tmp, self.dir / "steps.parquet")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._last_parquet = time.time()
 
     # -- weights --------------------------------------------------------------
@@ -207,7 +287,12 @@ class RunWriter:
             self._budget = SnapshotBudget(size, int(self._budget_mb * 2**20))
         if not self._budget.wants(step):
             return
-        save_file({"w": w.detach().float().cpu().contiguous()}, str(self.dir / "snapshots" / f"{step:07d}.safetensors"))
+        file = self.dir / "snapshots" / f"{step:07d}.safetensors"
+        try:
+            _save_file({"w": w.detach().float().cpu().contiguous()}, file)
+        except BaseException:  # a full disk or a kill: no half-written snapshot stays
+            file.unlink(missing_ok=True)
+            raise
         for old in self._budget.add(step):
             (self.dir / "snapshots" / f"{old:07d}.safetensors").unlink(missing_ok=True)
 
@@ -215,17 +300,30 @@ class RunWriter:
         tensors = {k: v.detach().cpu().contiguous() for k, v in params.items()}
         tmp = self.dir / "weights" / f".{name}.tmp"
         # safetensors keeps its own order of names: the flat order goes in the metadata
-        save_file(tensors, str(tmp), metadata={"order": json.dumps(list(tensors))})
-        os.replace(tmp, self.dir / "weights" / f"{name}.safetensors")
+        try:
+            _save_file(tensors, tmp, metadata={"order": json.dumps(list(tensors))})
+            os.replace(tmp, self.dir / "weights" / f"{name}.safetensors")
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def write_summary(self, summary: dict) -> None:
         _atomic_write_text(self.dir / "summary.json", json.dumps(_nan_to_none(summary), indent=2, default=_json_default))
 
     def close(self, status: str, message: str = "") -> None:
-        """Write the full table and the final status."""
-        self.write_table()
-        self._steps.close()
-        self.write_status(status, message)
+        """Write the full table and the final status (the status even on a full disk)."""
+        try:
+            self.write_table()
+        except OSError as err:  # steps.jsonl already holds every step
+            _sweep_temp_files(self.dir)
+            message += f"; the step table (parquet) could not be written: {err.strerror or err}"
+        try:
+            self._steps.close()
+        except OSError:
+            pass
+        with self._status_lock:
+            self._write_status(status, message, {})
+            self._closed = True
 
 
 @dataclass
@@ -246,8 +344,13 @@ class RunRecord:
     def state(self) -> str:
         return self.status.get("status", "unknown")
 
+    @property
+    def message(self) -> str:
+        return str(self.status.get("message", ""))
+
     def snapshot_steps(self) -> list[int]:
-        return sorted(int(p.stem) for p in (self.path / "snapshots").glob("*.safetensors"))
+        files = (self.path / "snapshots").glob("*.safetensors")
+        return sorted(int(p.stem) for p in files if p.stem.isdigit() and p.is_file() and not p.is_symlink())
 
     def snapshots(self) -> tuple[list[int], torch.Tensor]:
         """(steps, stacked flat weights (S, P))."""
@@ -295,20 +398,92 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# A run folder may come from anywhere (a download, another user): every file is read
+# as untrusted. A link is never followed; sizes are capped; a file of the wrong shape
+# makes the run "unreadable: <why>" and leaves the other runs alone.
+_JSON_LIMIT = 4 * 2**20  # bytes of config.json / status.json / summary.json
+_STEPS_LIMIT = 256 * 2**20  # bytes of steps.jsonl
+_TEXT_LIMIT = 2000  # characters of a status message kept
+_MAX_STEP = 10**9
+
+
+class UnreadableRun(ValueError):
+    """A run folder whose files cannot be read as a run record; the message says why."""
+
+
+def _regular_file(path: Path, limit: int) -> bool:
+    """Whether ``path`` is there; UnreadableRun if it is a link, not a file, or too large."""
+    if path.is_symlink():
+        raise UnreadableRun(f"{path.name} is a link")
+    if not path.exists():
+        return False
+    if not path.is_file():
+        raise UnreadableRun(f"{path.name} is not a file")
+    if path.stat().st_size > limit:
+        raise UnreadableRun(f"{path.name} is larger than {limit // 2**20} MB")
+    return True
+
+
+def _read_object(path: Path) -> dict:
+    """A JSON file that must hold one object ({} when absent)."""
+    if not _regular_file(path, _JSON_LIMIT):
+        return {}
+    try:
+        value = json.loads(path.read_text(errors="replace"))
+    except (ValueError, RecursionError) as err:
+        raise UnreadableRun(f"{path.name} is not valid JSON ({type(err).__name__})") from None
+    if not isinstance(value, dict):
+        raise UnreadableRun(f"{path.name} holds a {type(value).__name__}, not an object")
+    return value
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _clean_status(status: dict) -> dict:
+    """Status fields of the types the readers use; a long message cut."""
+    for key in ("status", "message", "host"):
+        if key in status and not isinstance(status[key], str):
+            raise UnreadableRun(f"status.json: {key} is a {type(status[key]).__name__}, not text")
+    for key in ("pid", "updated", "started", "steps"):
+        if key in status and status[key] is not None and not _is_number(status[key]):
+            raise UnreadableRun(f"status.json: {key} is a {type(status[key]).__name__}, not a number")
+    if len(status.get("message", "")) > _TEXT_LIMIT:
+        status = {**status, "message": status["message"][: _TEXT_LIMIT - 1] + "…"}
+    return status
+
+
+def _clean_row(row, number: int) -> dict:
+    if not isinstance(row, dict):
+        raise UnreadableRun(f"steps.jsonl line {number} is a {type(row).__name__}, not a step record")
+    step = row.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= _MAX_STEP:
+        raise UnreadableRun(f"steps.jsonl line {number}: step is {str(step)[:40]!r}, not a whole number of steps")
+    # only plain values: a nested list or object in a cell breaks every table below
+    return {k: v for k, v in row.items() if isinstance(k, str) and (v is None or isinstance(v, (int, float, str, bool)))}
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     rows = []
     jsonl = path / "steps.jsonl"
-    if jsonl.exists():
-        with open(jsonl) as fh:
-            for line in fh:
+    if _regular_file(jsonl, _STEPS_LIMIT):
+        with open(jsonl, errors="replace") as fh:
+            for number, line in enumerate(fh, 1):
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
+                    row = json.loads(line)
+                except (json.JSONDecodeError, RecursionError):
                     break  # a line cut by a kill: every line before it is whole
+                rows.append(_clean_row(row, number))
     parquet = path / "steps.parquet"
-    if parquet.exists():
-        table = pd.read_parquet(parquet)
+    if _regular_file(parquet, _STEPS_LIMIT):
+        try:
+            table = pd.read_parquet(parquet)
+        except Exception as err:  # pyarrow's errors have no common base
+            raise UnreadableRun(f"steps.parquet cannot be read ({type(err).__name__})") from None
         if len(table) >= len(rows):
+            if "step" not in table or not pd.api.types.is_integer_dtype(table["step"]):
+                raise UnreadableRun("steps.parquet has no whole-number step column")
             return table
     return pd.DataFrame(rows)
 
@@ -320,46 +495,84 @@ def writer_gone(status: dict) -> bool:
     is older than two minutes (a paused run writes none).
     """
     same_host = status.get("host") == platform.node()
-    dead = same_host and not _pid_alive(int(status.get("pid", -1)))
-    return dead or (status.get("status") == "running" and time.time() - status.get("updated", 0) > _HEARTBEAT_STALE_S)
+    dead = same_host and not _pid_alive(int(status.get("pid") or -1))
+    stale = status.get("status") == "running" and time.time() - (status.get("updated") or 0) > _HEARTBEAT_STALE_S
+    return dead or stale
 
 
-def read_folders(root: Path, marker: str, read) -> list:
-    """``read(folder)`` of every readable folder under ``root`` that holds ``marker``, newest first."""
-    if not root.exists():
+def read_folders(root: Path, marker: str, read, unreadable=None) -> list:
+    """``read(folder)`` of every folder under ``root`` that holds ``marker``, newest first.
+
+    Links are never followed (a folder that is a link may point anywhere). A folder
+    whose read raises is given to ``unreadable(folder, why)`` when that is given, and
+    skipped otherwise.
+    """
+    if not root.is_dir():
         return []
     found = []
     for sub in sorted(root.iterdir(), reverse=True):
-        if (sub / marker).exists():
+        if sub.is_symlink() or not sub.is_dir():
+            continue
+        if (sub / marker).exists() or (sub / marker).is_symlink():
             try:
                 found.append(read(sub))
-            except (OSError, ValueError):
-                continue
+            except (OSError, ValueError) as err:
+                if unreadable is not None:
+                    found.append(unreadable(sub, str(err)))
     return found
 
 
 def read_run(path: str | os.PathLike) -> RunRecord:
-    """Read a run folder; a ``running`` run whose process is gone reads as ``interrupted``."""
+    """Read a run folder; a ``running`` run whose process is gone reads as ``interrupted``.
+
+    Raises:
+        FileNotFoundError: no config.json there.
+        UnreadableRun (a ValueError): a file of the folder is a link, too large, or not
+            of the shape a run record has; the message says which and why.
+    """
     path = Path(path)
-    if not (path / "config.json").exists():
+    if path.is_symlink():
+        raise UnreadableRun(f"{path.name} is a link, not a run folder")
+    if not (path / "config.json").exists() and not (path / "config.json").is_symlink():
         raise FileNotFoundError(f"{path} is not a geoviz run folder (it has no config.json).")
-    config = json.loads((path / "config.json").read_text())
-    status = json.loads((path / "status.json").read_text()) if (path / "status.json").exists() else {}
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
+    config = _read_object(path / "config.json")
+    status = _clean_status(_read_object(path / "status.json"))
+    summary = _read_object(path / "summary.json")
     table = _read_table(path)
     if status.get("status") in ("running", "paused"):
         if writer_gone(status):
             status = {**status, "status": "interrupted", "message": "the process writing this run ended before it finished"}
+    if status.get("status") in FINAL_STATUSES:
+        _sweep_temp_files(path)  # a kill during a write (even SIGKILL) leaves its temp file behind
     return RunRecord(path, config, status, table, summary)
 
 
+def _unreadable(path: Path, why: str) -> RunRecord:
+    status = {"status": "unreadable", "message": f"unreadable: {why[:_TEXT_LIMIT]}"}
+    return RunRecord(path, {}, status, pd.DataFrame({"step": pd.Series([], dtype="int64")}), {})
+
+
 def list_runs(root: str | os.PathLike | None = None) -> list[RunRecord]:
-    """Every readable run under ``root``, newest first."""
-    return read_folders(Path(root) if root is not None else default_runs_dir(), "config.json", read_run)
+    """Every run folder under ``root``, newest first; one that cannot be read is listed
+    with the status ``unreadable`` and a message saying why. Links are skipped."""
+    return read_folders(Path(root) if root is not None else default_runs_dir(), "config.json", read_run, _unreadable)
 
 
 def zip_run(path: str | os.PathLike, dest_dir: str | os.PathLike) -> Path:
-    """A zip of the run folder; returns its path."""
+    """A zip of the run folder's regular files; returns its path.
+
+    Links are never followed nor stored: a link in a run folder may point anywhere
+    (/etc/passwd), and a run folder that is itself a link is refused.
+    """
     path = Path(path)
-    base = Path(dest_dir) / path.name
-    return Path(shutil.make_archive(str(base), "zip", root_dir=path.parent, base_dir=path.name))
+    if path.is_symlink() or not path.is_dir():
+        raise UnreadableRun(f"{path.name} is a link or not a folder; it is not zipped")
+    target = Path(dest_dir) / f"{path.name}.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
+        for folder, dirs, files in os.walk(path, followlinks=False):
+            dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(folder, d)))
+            for name in sorted(files):
+                file = Path(folder) / name
+                if stat.S_ISREG(os.lstat(file).st_mode):  # not a link, fifo, socket or device
+                    archive.write(file, Path(path.name) / file.relative_to(path))
+    return target

@@ -8,6 +8,7 @@ import torch
 
 from geoviz.engine import Path, SolverConfig
 from geoviz.errors import ConfigError
+from geoviz.validation import check_fields
 from geoviz.models import prunable_names
 from geoviz.objectives import SparsifyObjective, magnitude_mask
 from geoviz.problem import Problem
@@ -41,6 +42,7 @@ class SparsifyConfig:
             raise ConfigError(f"eval_every must be at least 1, got {self.eval_every}.")
         if self.monitor_size < 1:
             raise ConfigError(f"monitor_size must be at least 1, got {self.monitor_size}.")
+        check_fields(self)  # and every number in its finite range (geoviz.validation)
 
 
 class SparsifyTask:

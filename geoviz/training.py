@@ -13,6 +13,10 @@ import dataclasses
 import hashlib
 import json
 import contextlib
+import fcntl
+import logging
+import shutil
+import weakref
 import os
 import tempfile
 import time
@@ -28,6 +32,7 @@ from torch.func import functional_call
 
 from geoviz.data import Dataset
 from geoviz.errors import ConfigError
+from geoviz.validation import check_fields, check_writable_dir
 from geoviz.models import build_model, has_batchnorm
 
 __all__ = [
@@ -39,9 +44,12 @@ __all__ = [
     "recompute_batchnorm",
     "network_key",
     "network_cache_dir",
+    "network_cached",
     "load_network_info",
     "train_network",
 ]
+
+_log = logging.getLogger("geoviz")
 
 # Bump when training code changes in a way that makes old cached networks stale.
 CODE_VERSION = 1
@@ -87,6 +95,7 @@ class TrainConfig:
                 f"lr must be positive and weight_decay non-negative; got {self.lr} and "
                 f"{self.weight_decay}."
             )
+        check_fields(self)  # and every number in its finite range (geoviz.validation)
 
 
 _DEFAULT_CONFIGS = {
@@ -290,6 +299,8 @@ def _settings(
 ) -> dict:
     return {
         "dataset": dataset.name,
+        # the data's content, not only its sizes: another folder of the same sizes is other data
+        "data_digest": data_digest(dataset),
         "train_size": int(dataset.y_train.shape[0]),
         "test_size": int(dataset.y_test.shape[0]),
         "input_shape": list(dataset.input_shape),
@@ -301,6 +312,22 @@ def _settings(
         "classes": None if classes is None else sorted(int(c) for c in classes),
         "code_version": CODE_VERSION,
     }
+
+
+_DIGESTS: dict[int, tuple[weakref.ref, str]] = {}
+
+
+def data_digest(dataset: Dataset) -> str:
+    """A sha256 prefix of the dataset's tensors (computed once per loaded dataset)."""
+    seen = _DIGESTS.get(id(dataset))
+    if seen is not None and seen[0]() is dataset.x_train:
+        return seen[1]
+    digest = hashlib.sha256()
+    for tensor in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
+        digest.update(str((tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    _DIGESTS[id(dataset)] = (weakref.ref(dataset.x_train), digest.hexdigest()[:24])
+    return _DIGESTS[id(dataset)][1]
 
 
 def network_key(
@@ -316,6 +343,12 @@ def network_key(
     text = json.dumps(_settings(dataset, model_name, seed, config, hidden, classes),
                       sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def network_cached(key: str, cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the start network of ``key`` (:func:`network_key`) is cached (in memory or on disk)."""
+    path = network_cache_dir(cache_dir) / f"{key}.safetensors"
+    return str(path) in _MEMORY_CACHE or path.is_file()
 
 
 def load_network_info(key: str, cache_dir: str | os.PathLike | None = None) -> dict | None:
@@ -405,6 +438,60 @@ def _fit(
 _MEMORY_CACHE: dict[str, tuple[Tensors, Tensors]] = {}
 
 
+def _damage(state: Mapping[str, torch.Tensor], model: nn.Module) -> str | None:
+    """Why a cached state cannot be this model's trained weights; None when it can."""
+    expected = {f"param.{k}": v for k, v in model.named_parameters()}
+    expected.update({f"buffer.{k}": v for k, v in model.named_buffers()})
+    if set(state) != set(expected):
+        missing = sorted(set(expected) - set(state))
+        return f"its tensors are not the model's ({'missing ' + missing[0] if missing else 'extra ones'})"
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            return f"{name} has shape {tuple(tensor.shape)}, the model's is {tuple(expected[name].shape)}"
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"{name} holds NaN or inf"
+    return None
+
+
+def _load_cached(path: Path, model: nn.Module) -> tuple[Tensors, Tensors] | None:
+    """The cached (params, buffers) at ``path``; None (saying why) when absent or damaged.
+
+    A damaged entry is a cache miss: it is logged, removed, and the network retrained.
+    """
+    if not path.exists() and not path.is_symlink():
+        return None
+    why = None
+    if path.is_symlink() or not path.is_file():
+        why = "it is not a file"
+    else:
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # safetensors' errors have no common base: any of them is damage
+            why = f"it cannot be read ({type(err).__name__})"
+        else:
+            why = _damage(state, model)
+    if why is None:
+        return _split_state(state)
+    _log.warning("The cached start network %s is damaged (%s); training it again.", path.name, why)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+    return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on ``path`` (a lock file beside a cache entry), across processes
+    and threads: two runs asking for the same untrained network train it once."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def _split_state(state: Mapping[str, torch.Tensor]) -> tuple[Tensors, Tensors]:
     params = {k[len("param."):]: v for k, v in state.items() if k.startswith("param.")}
     buffers = {k[len("buffer."):]: v for k, v in state.items() if k.startswith("buffer.")}
@@ -456,6 +543,9 @@ def train_network(
     key = network_key(dataset, model_name, seed, config, hidden, classes)
     folder = network_cache_dir(cache_dir)
     weights_path = folder / f"{key}.safetensors"
+    memory_key = str(weights_path)
+    if memory_key not in _MEMORY_CACHE:
+        check_writable_dir(folder, "the start-network cache (GEOVIZ_CACHE or ~/.cache/geoviz)")
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -465,58 +555,66 @@ def train_network(
 
     # the in-process cache is keyed by the file too: another cache folder is
     # another cache (a test that points at an empty folder must really train)
-    memory_key = str(weights_path)
     cached = _MEMORY_CACHE.get(memory_key)
-    if cached is None and weights_path.is_file():
-        try:
-            cached = _split_state(load_file(str(weights_path)))
-            _MEMORY_CACHE[memory_key] = cached
-        except Exception:  # unreadable or half-written by another tool: retrain
-            cached = None
     if cached is not None:
-        params_cpu, buffers_cpu = cached
-        model.load_state_dict({**params_cpu, **buffers_cpu})
+        model.load_state_dict({**cached[0], **cached[1]})
+        lock = contextlib.nullcontext()
     else:
-        x, y = dataset.x_train, dataset.y_train
-        if classes is not None:
-            mask = torch.isin(y, torch.tensor(classes, dtype=y.dtype))
-            if not bool(mask.any()):
-                raise ConfigError(
-                    f"No training sample has a label in {list(classes)}; labels run from "
-                    f"0 to {dataset.num_classes - 1}."
-                )
-            x, y = x[mask], y[mask]
-        started = time.monotonic()
-        work = sum(p.numel() for p in model.parameters()) * config.batch_size
-        threads = 1 if device.type == "cpu" and work < _SINGLE_THREAD_WORK else None
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                _cpu_threads(threads):
-            torch.manual_seed(seed)
-            _fit(model, x.to(device), y.to(device), config, seed, progress)
-        seconds = time.monotonic() - started
-        model.eval()
-        params_cpu = {k: v.detach().cpu().clone() for k, v in model.named_parameters()}
-        buffers_cpu = {k: v.detach().cpu().clone() for k, v in model.named_buffers()}
-        _MEMORY_CACHE[memory_key] = (params_cpu, buffers_cpu)
-        test_loss, test_acc = evaluate(model, dict(model.named_parameters()),
-                                       dict(model.named_buffers()),
-                                       dataset.x_test, dataset.y_test)
-        info = {
-            "key": key,
-            "settings": _settings(dataset, model_name, seed, config, hidden, classes),
-            "test_loss": test_loss,
-            "test_accuracy": test_acc,
-            "train_seconds": round(seconds, 3),
-            "device": str(device),
-            "torch": torch.__version__,
-        }
-        state = {f"param.{k}": v.contiguous() for k, v in params_cpu.items()}
-        state.update({f"buffer.{k}": v.contiguous() for k, v in buffers_cpu.items()})
-        _atomic_write(folder / f"{key}.json",
-                      lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
-        _atomic_write(weights_path, lambda tmp: save_file(state, tmp))
+        lock = _locked(folder / f"{key}.lock")
+    with lock:
+        if cached is None:  # another process may have trained it while we waited
+            cached = _load_cached(weights_path, model)
+            if cached is not None:
+                _MEMORY_CACHE[memory_key] = cached
+                model.load_state_dict({**cached[0], **cached[1]})
+        if cached is None:
+            _train_and_store(model, dataset, model_name, seed, config, hidden, classes, device, progress,
+                             key, folder, weights_path)
 
     model.eval()
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
     return model, params, buffers
+
+
+def _train_and_store(model, dataset, model_name, seed, config, hidden, classes, device, progress,
+                     key: str, folder: Path, weights_path: Path) -> None:
+    """Train ``model`` in place and write it (with its info JSON) to the cache."""
+    x, y = dataset.x_train, dataset.y_train
+    if classes is not None:
+        mask = torch.isin(y, torch.tensor(classes, dtype=y.dtype))
+        if not bool(mask.any()):
+            raise ConfigError(
+                f"No training sample has a label in {list(classes)}; labels run from "
+                f"0 to {dataset.num_classes - 1}."
+            )
+        x, y = x[mask], y[mask]
+    started = time.monotonic()
+    work = sum(p.numel() for p in model.parameters()) * config.batch_size
+    threads = 1 if device.type == "cpu" and work < _SINGLE_THREAD_WORK else None
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            _cpu_threads(threads):
+        torch.manual_seed(seed)
+        _fit(model, x.to(device), y.to(device), config, seed, progress)
+    seconds = time.monotonic() - started
+    model.eval()
+    params_cpu = {k: v.detach().cpu().clone() for k, v in model.named_parameters()}
+    buffers_cpu = {k: v.detach().cpu().clone() for k, v in model.named_buffers()}
+    test_loss, test_acc = evaluate(model, dict(model.named_parameters()),
+                                   dict(model.named_buffers()),
+                                   dataset.x_test, dataset.y_test)
+    info = {
+        "key": key,
+        "settings": _settings(dataset, model_name, seed, config, hidden, classes),
+        "test_loss": test_loss,
+        "test_accuracy": test_acc,
+        "train_seconds": round(seconds, 3),
+        "device": str(device),
+        "torch": torch.__version__,
+    }
+    state = {f"param.{k}": v.contiguous() for k, v in params_cpu.items()}
+    state.update({f"buffer.{k}": v.contiguous() for k, v in buffers_cpu.items()})
+    _atomic_write(folder / f"{key}.json",
+                  lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2)))
+    _atomic_write(weights_path, lambda tmp: save_file(state, tmp))
+    _MEMORY_CACHE[str(weights_path)] = (params_cpu, buffers_cpu)

@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from geoviz import plots
+from pages import _safe
 
 __all__ = ["sparsify_charts", "sparsify_curves", "sparsify_pictures", "sparsify_numbers", "sparsify_summary", "generic_charts", "continual_curves", "continual_pictures", "x_axis_ui"]
 
@@ -111,7 +112,7 @@ def sparsify_summary(summary: dict, rows, target: float | None, mode: str | None
     table["sparsity"] = table["sparsity"].map(lambda v: "—" if v is None or v != v else f"{v:.3f}")
     st.subheader("Summary")
     st.table(table.set_index("network"))
-    st.caption(f"The path ended: {summary.get('end_reason', '')}.")
+    st.caption(f"The path ended: {_safe.md(summary.get('end_reason', ''))}.")
 
 
 def generic_charts(rows, key: str) -> None:
@@ -161,7 +162,7 @@ def continual_summary(summary: dict, key: str) -> None:
         key=f"{key}:table",
     )
     st.caption(
-        f"Scenario: {summary.get('scenario')} ({summary.get('task_sequence', '')}). Every baseline trains from the "
+        f"Scenario: {_safe.md(summary.get('scenario'))} ({_safe.md(summary.get('task_sequence', ''))}). Every baseline trains from the "
         f"same start for as many gradient evaluations as the path used ({summary.get('gradient_evaluations')}), "
         "one SGD step on a task-2 minibatch each."
     )

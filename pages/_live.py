@@ -22,8 +22,10 @@ import streamlit as st
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.data import load_dataset
 from geoviz.problem import Problem, SetupConfig, load_problem
-from geoviz.training import resolve_device, train_network
+from geoviz.training import network_cached, network_key, resolve_device, train_network
+from geoviz.validation import check_value, cut
 from geoviz.runner import PathRunner
+from pages import _safe
 
 __all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options"]
 
@@ -109,9 +111,13 @@ class Control:
             return self.options[[str(o) for o in self.options].index(text)]
         kind = type(self.default)
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
-            raise ConfigError(f"The link sets {self.name} to '{text}', which is not {'an integer' if kind is int else 'a number'}.")
+            raise ConfigError(f"The link sets {self.name} to '{cut(text, 80)}', which is not {'an integer' if kind is int else 'a number'}.")
+        try:
+            return check_value(self.name, value)  # the same ranges as the CLI and the API
+        except ConfigError as err:
+            raise ConfigError(f"The link sets {self.name} out of range: {err}") from None
 
 
 def _widget(control: Control, key: str):
@@ -140,7 +146,7 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
             try:
                 value = control.parse(params[control.name])
             except ConfigError as err:
-                st.error(str(err))
+                _safe.error(err)  # the sentence holds the URL's text: shown as text
                 value = control.default
         st.session_state[key] = value
     values = {c.name: _widget(c, f"{page}:{c.name}") for c in controls}
@@ -157,7 +163,7 @@ def device_options() -> tuple[str, ...]:
 
 
 # -- the start network, trained once per setup and shared by every session -----------
-@st.cache_resource(show_spinner=False)
+@st.cache_resource(show_spinner=False, max_entries=int(os.environ.get("GEOVIZ_CACHED_PROBLEMS", "8")))
 def _shared_problem(setup: SetupConfig, classes: tuple | None) -> Problem:
     return load_problem(setup, classes=classes)
 
@@ -178,7 +184,10 @@ def cached_problem(setup: SetupConfig, classes: Sequence[int] | None = None) -> 
         # cached function breaks its replay (CacheReplayClosureError, seen on a fresh
         # machine where the network is not on disk yet). geoviz caches networks on
         # disk and in memory, so this is instant once trained.
+        setup.validate()
         data = load_dataset(setup.dataset, setup.data_dir, setup.download)
+        if not network_cached(network_key(data, setup.model, setup.seed, hidden=setup.hidden, classes=classes)):
+            _safe.allow_new_network(f"{setup}/{classes}")
         train_network(data, setup.model, setup.seed, hidden=setup.hidden, device=resolve_device(setup.device),
                       progress=progress, classes=classes)
         problem = _shared_problem(setup, None if classes is None else tuple(classes))
@@ -224,11 +233,11 @@ def _status_ui(runner: PathRunner, total: int) -> None:
             beta += f" · G·v: {used}" + ("" if used == runner.path.config.backend else f" (fell back from {runner.path.config.backend})")
     line = f"**{runner.state}** · step {step} of {total} · {rate:.1f} steps/s · {device}{beta}"
     if runner.state == "diverged":
-        st.error(f"The path diverged at step {step}: {runner.message}. Its charts are kept below.")
+        st.error(f"The path diverged at step {step}: {_safe.md(runner.message)}. Its charts are kept below.")
     elif runner.state == "failed":
-        st.error(f"The path failed at step {step}: {runner.message}")
+        st.error(f"The path failed at step {step}: {_safe.md(runner.message)}")
     elif runner.finished and runner.message:
-        line += f" · {runner.message}"
+        line += f" · {_safe.md(runner.message)}"
     elif runner.alive and runner.path.done:
         line += " · the path has ended; computing the baselines to compare with…"
     st.markdown(line)
@@ -274,9 +283,9 @@ def run_panel(
             runner.stop()
         clicked = time.perf_counter()
         try:
-            runner = make_runner()
+            runner = _safe.admitted(page, total_steps, make_runner)  # the server's caps, then the runner
         except GeovizError as err:
-            st.error(str(err))
+            _safe.error(err)
         else:
             built = time.perf_counter()
             _freeze_for_run()  # only once there is a run to end it: a failed build keeps nothing frozen

@@ -15,7 +15,7 @@ from geoviz.engine import SolverConfig
 from geoviz.errors import GeovizError
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
-from pages import _live
+from pages import _live, _safe
 from pages._live import Control
 
 CONTROLS = (
@@ -62,7 +62,7 @@ def draw(runner) -> None:
     """The live charts of a connect runner: profiles, PCA, and the summary table."""
     summary = runner.summary
     if runner.path.done and not summary and not runner.finished:
-        st.info(f"The geodesic has ended ({runner.path.end_reason}). Training the Bezier curve for "
+        st.info(f"The geodesic has ended ({_safe.md(runner.path.end_reason)}). Training the Bezier curve for "
                 f"{runner.path.gradient_evaluations} SGD steps (as many as the geodesic's G·v products) and judging the line…")
     evaluated = [r for r in runner.rows() if "distance_to_b" in r]
     if evaluated:
@@ -120,9 +120,10 @@ def landscape_ui(runner, n: int) -> None:
         job = None
     if st.button("Draw the landscape", key="connect:draw", disabled=job is not None):
         try:
+            _safe.check_grid(n)
             job = LandscapeJob(runner, n).start()
         except (GeovizError, ValueError) as err:
-            st.error(str(err))
+            _safe.error(err)
             return
         st.session_state[key] = job
     if job is None:
@@ -136,7 +137,7 @@ def landscape_ui(runner, n: int) -> None:
         if job.alive != seen:
             st.rerun()
         if job.error:
-            st.error(job.error)
+            _safe.error(job.error)
         snap = job.snapshot()
         done = f"{snap['rows_done']} of {n} rows in {snap['seconds']:.1f} s"
         st.plotly_chart(plots_connect.landscape_figure(snap, value, _cost_sentence(job.cost, n)), key="connect:contour")
@@ -182,7 +183,7 @@ def page() -> None:
     try:
         setup, config, solver = configs(values)
     except GeovizError as err:
-        st.error(str(err))
+        _safe.error(err)
         make_runner = None
     else:
 

@@ -13,7 +13,7 @@ from geoviz.models import MODEL_NAMES
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
 from geoviz.tasks import DEFAULT_SPLIT, SCENARIOS, load_task_sequence
-from pages import _charts, _live
+from pages import _charts, _live, _safe
 from pages._live import Control
 
 _CONFIG = ContinualConfig()
@@ -91,7 +91,7 @@ def page() -> None:
     try:
         setup, config, solver = configs(values)
     except GeovizError as err:
-        st.error(str(err))
+        _safe.error(err)
         make_runner = None
     else:
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import streamlit as st
 
 from geoviz import plots
-from geoviz.runs import default_runs_dir, list_runs, read_run, zip_run
-from pages import _charts, _live
+from geoviz.runs import default_runs_dir, list_runs, zip_run
+from pages import _charts, _live, _safe
 
 
 def _zip_bytes(path: Path) -> bytes:
@@ -78,7 +78,7 @@ def page() -> None:
     root = default_runs_dir()
     runs = list_runs(root)
     if not runs:
-        st.info(f"No runs yet in {root}. Start one on the Sparsify page.")
+        st.info(f"No runs yet in {_safe.md(root)}. Start one on the Sparsify page.")
         return
     names = [r.name for r in runs]
     listing = st.dataframe(plots.runs_table(runs), hide_index=True, key="runs:list", on_select="rerun", selection_mode="multi-row")
@@ -92,14 +92,19 @@ def page() -> None:
     index = names.index(wanted) if wanted in names else 0
     name = st.selectbox("Open a run", names, index=index, key="runs:open")
     st.query_params["run"] = name
-    record = read_run(root / name)
-    st.markdown(f"**{record.state}** · {len(record.table)} steps · {record.status.get('message', '')}")
+    record = next(r for r in runs if r.name == name)
+    st.markdown(f"**{_safe.md(record.state)}** · {len(record.table)} steps · {_safe.md(record.message)}")
+    if record.state == "unreadable":
+        return
     left, right, _ = st.columns([1, 1, 3])
     left.download_button("Download run (zip)", lambda: _zip_bytes(record.path), f"{name}.zip", "application/zip", key="runs:zip")
     right.download_button("Download table (CSV)", record.table.to_csv(index=False), f"{name}.csv", "text/csv", key="runs:csv")
     with st.expander("Settings of this run"):
         st.json(record.config)
-    replay(record)
+    try:
+        replay(record)
+    except Exception as err:  # a run folder is untrusted: a bad figure in it must not take the page down
+        _safe.error(f"This run's record cannot be drawn ({type(err).__name__}: {err}).")
 
 
 if __name__ == "__main__":

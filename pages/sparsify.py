@@ -14,7 +14,7 @@ from geoviz.models import MODEL_NAMES
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
 from geoviz.sparsify import SparsifyConfig, sparsify_runner
-from pages import _charts, _live
+from pages import _charts, _live, _safe
 from pages._live import Control
 
 _SOLVER, _SPARSIFY = SolverConfig(), SparsifyConfig()  # the engine's defaults are the page's
@@ -79,7 +79,7 @@ def page() -> None:
     try:
         setup, config, solver = configs(values)
     except GeovizError as err:
-        st.error(str(err))
+        _safe.error(err)
         make_runner = None
     else:
 

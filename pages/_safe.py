@@ -1,0 +1,101 @@
+"""Text that came from a user, a URL or a run folder, shown as text: never as markdown.
+
+``st.error``, ``st.info``, ``st.caption`` and ``st.markdown`` render markdown: a URL
+value like ``[Log in](http://...)`` would become a link, ``![x](http://...)`` an image
+the browser fetches. Every such text goes through :func:`md` (each ASCII punctuation
+mark escaped, so links, images, emphasis, Streamlit's ``:color[...]`` and ``$maths$``
+stay literal) and is cut to a length a browser draws at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import weakref
+from collections.abc import Callable
+
+import streamlit as st
+
+from geoviz.errors import ConfigError
+from geoviz.validation import cut
+
+__all__ = ["md", "error", "admitted", "check_grid", "allow_new_network"]
+
+# what makes markdown inside one line: links and images ([]()!), autolinks and HTML
+# (<>), emphasis (*_~), code (`), maths ($), escapes (\\), entities (&), tables (|),
+# e-mail links (@), Streamlit's :color[...] (its [ is escaped). Sentence punctuation
+# (. , ; ' -) stays as it is, so the markdown source still reads as the sentence.
+_INLINE = re.compile(r"([\\`*_{}\[\]()<>!|~$&@])")
+_LINE_START = re.compile(r"^([#>+\-=]|\d+[.)])")  # a heading, quote or list at the start
+_AUTOLINK = re.compile(r"(?i)(https?|ftp|mailto|www)(:|\.)")  # http://... and www.... as plain text
+LIMIT = 500  # characters of one message shown; a 5 MB status message hung a tab
+
+
+def md(text, limit: int = LIMIT) -> str:
+    """``text`` cut to ``limit`` characters, with every markdown character escaped."""
+    flat = " ".join(cut(text, limit).split())  # no line breaks: no headings, lists or code blocks
+    flat = _INLINE.sub(r"\\\1", flat)
+    flat = _AUTOLINK.sub(r"\1\\\2", flat)
+    return _LINE_START.sub(lambda m: m.group(1)[:-1] + "\\" + m.group(1)[-1], flat)
+
+
+def error(text, limit: int = LIMIT) -> None:
+    """``st.error`` of a message that may hold user text (a URL value, a path, an exception)."""
+    st.error(md(text, limit))
+
+
+# -- a server shared by a class: caps on what one session may start -------------------
+# Each can be raised by the person who starts the server (environment variables).
+MAX_RUNS = int(os.environ.get("GEOVIZ_MAX_RUNS", "4"))  # live paths on the whole server
+MAX_SESSION_RUNS = int(os.environ.get("GEOVIZ_MAX_SESSION_RUNS", "2"))  # live paths of one browser session
+MAX_STEPS = int(os.environ.get("GEOVIZ_MAX_STEPS", "20000"))  # a page's step budget
+MAX_GRID = int(os.environ.get("GEOVIZ_MAX_GRID", "101"))  # n of an n x n landscape
+# start networks one session may have trained that were not cached yet (each new seed trains one)
+MAX_NEW_NETWORKS = int(os.environ.get("GEOVIZ_MAX_NEW_NETWORKS", "6"))
+
+_RUNNERS: weakref.WeakSet = weakref.WeakSet()  # every runner started from a page, all sessions
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _alive(runners) -> list:
+    return [r for r in runners if getattr(r, "alive", False)]
+
+
+def admitted(page: str, total_steps: int, make_runner: Callable):
+    """``make_runner()`` if this server and session may start one more path; ConfigError
+    with one sentence otherwise. The page's own previous runner (being stopped) does not count."""
+    if total_steps > MAX_STEPS:
+        raise ConfigError(f"This server caps a page's step budget at {MAX_STEPS} (GEOVIZ_MAX_STEPS), got {total_steps}; "
+                          "run longer paths with `python -m geoviz`.")
+    own = st.session_state.get(f"{page}:runner")
+    with _REGISTRY_LOCK:
+        mine = [r for r in _alive(v for k, v in st.session_state.items() if str(k).endswith(":runner")) if r is not own]
+        if len(mine) >= MAX_SESSION_RUNS:
+            raise ConfigError(f"This session already runs {len(mine)} paths, the most one session may run at once here "
+                              f"(GEOVIZ_MAX_SESSION_RUNS); stop one, or wait until it ends.")
+        everyone = [r for r in _alive(list(_RUNNERS)) if r is not own]
+        if len(everyone) >= MAX_RUNS:
+            raise ConfigError(f"The server already runs {len(everyone)} paths, the most it runs at once "
+                              "(GEOVIZ_MAX_RUNS); try again when one has ended.")
+    runner = make_runner()
+    with _REGISTRY_LOCK:
+        _RUNNERS.add(runner)
+    return runner
+
+
+def check_grid(n: int) -> None:
+    """ConfigError when a landscape grid is larger than this server allows."""
+    if n > MAX_GRID:
+        raise ConfigError(f"This server draws landscapes of at most {MAX_GRID} x {MAX_GRID} points (GEOVIZ_MAX_GRID), got {n}.")
+
+
+def allow_new_network(key: str) -> None:
+    """Count a start network this session is about to train (not yet cached); ConfigError past the cap."""
+    trained = st.session_state.setdefault("geoviz:new_networks", set())
+    if key in trained:
+        return
+    if len(trained) >= MAX_NEW_NETWORKS:
+        raise ConfigError(f"This session has trained {len(trained)} new start networks, the most one session may here "
+                          "(GEOVIZ_MAX_NEW_NETWORKS); use a seed and setup trained before.")
+    trained.add(key)

@@ -1,0 +1,98 @@
+"""Issue 14 in the page: a URL value is checked by the CLI's ranges and echoed as text,
+never markdown; a shared server caps step budgets, live runs and new start networks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+import pages._safe as safe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _runs(runs_dir, monkeypatch):
+    monkeypatch.setenv("GEOVIZ_RUNS", str(runs_dir))
+    torch.set_num_threads(1)
+
+
+def _app(query: dict, page: str = "pages/sparsify.py") -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.query_params.update(query)
+    at.run()
+    at.switch_page(page)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _errors(at: AppTest, raw: bool = False) -> str:
+    """The error boxes' text (``raw``: their markdown source, with its escapes)."""
+    source = " ".join(e.value for e in at.error)
+    return source if raw else re.sub(r"\\(.)", r"\1", source)
+
+
+def test_a_link_in_the_url_is_shown_as_text():
+    at = _app({"dataset": "[Session expired - click to log in](http://evil.example/login) ![t](http://evil.example/t.png)"})
+    shown = _errors(at, raw=True)
+    assert "dataset" in shown and "evil" in shown
+    assert "](http" not in shown and "![" not in shown  # escaped: no link, no image
+    assert at.selectbox(key="sparsify:dataset").value == "digits"
+
+
+@pytest.mark.parametrize("name, text", [("seed", "99999999999999999999"), ("steps", "99999999999999999999"),
+                                        ("eps", "nan"), ("damping", "inf"), ("seed", "-3")])
+def test_a_url_number_out_of_range_is_one_sentence_and_the_default(name, text):
+    at = _app({name: text})
+    shown = _errors(at)
+    assert f"sets {name} out of range" in shown, shown
+    default = next(c.default for c in __import__("pages.sparsify", fromlist=["CONTROLS"]).CONTROLS if c.name == name)
+    assert at.number_input(key=f"sparsify:{name}").value == default
+
+
+def _run(at: AppTest, page: str = "sparsify") -> None:
+    at.button(key=f"{page}:Run").click()
+    at.run()
+    assert not at.exception, at.exception
+
+
+def test_step_budget_cap(monkeypatch):
+    monkeypatch.setattr(safe, "MAX_STEPS", 20)
+    at = _app({"steps": "30"})
+    _run(at)
+    assert "caps a page's step budget at 20" in _errors(at)
+    assert "sparsify:runner" not in at.session_state
+
+
+def test_live_runs_capped_per_session_and_per_server(monkeypatch):
+    monkeypatch.setattr(safe, "MAX_SESSION_RUNS", 1)
+    at = _app({"steps": "2000", "sparsity": "0.9"})
+    _run(at)
+    first = at.session_state["sparsify:runner"]
+    try:
+        at.switch_page("pages/continual.py")
+        at.run()
+        _run(at, "continual")
+        assert "This session already runs 1 paths" in _errors(at)
+        monkeypatch.setattr(safe, "MAX_SESSION_RUNS", 5)
+        monkeypatch.setattr(safe, "MAX_RUNS", 1)
+        other = _app({}, "pages/continual.py")  # another session
+        _run(other, "continual")
+        assert "The server already runs 1 paths" in _errors(other)
+    finally:
+        first.stop()
+        first.join(30)
+
+
+def test_new_start_networks_capped_per_session(monkeypatch, tmp_path):
+    monkeypatch.setenv("GEOVIZ_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(safe, "MAX_NEW_NETWORKS", 0)
+    at = _app({"seed": "4242", "steps": "5"})
+    _run(at)
+    assert "trained 0 new start networks, the most one session may" in _errors(at)
+    assert not list((tmp_path / "empty-cache").glob("networks/*.safetensors"))
