@@ -79,6 +79,11 @@ class PathRunner:
         return self._thread is not None and self._thread.is_alive()
 
     @property
+    def stepping(self) -> bool:
+        """A Step was asked for and its step has not started yet."""
+        return self._step_tokens > 0
+
+    @property
     def finished(self) -> bool:
         return self.state in ("finished", "stopped", "diverged", "failed", "interrupted")
 
@@ -150,10 +155,10 @@ class PathRunner:
                 self._wake.wait(timeout=1.0)
             if self._stop:
                 return False
+            if self.state != "running":  # before the token is taken: see `stepping`
+                self._set_state("running")
             if self._paused:
                 self._step_tokens -= 1
-            if self.state != "running":
-                self._set_state("running")
             return True
 
     def _abandoned(self) -> bool:
@@ -176,7 +181,7 @@ class PathRunner:
                     final, message = "stopped", "stopped: nobody watched it"
                     break
                 record = next(self.path)
-                row = record.row()
+                row = {**record.row(), "time": time.time()}  # wall clock: when each step ended
                 with self._lock:
                     self._rows.append(row)
                 if self.first_step_at is None:

@@ -1,0 +1,142 @@
+"""The live controls in a real browser (issue 13, part 1): Pause stops where it is
+clicked (measured from the run record), a run survives a reload and shows in a second
+tab, Stop ends the baselines, the settings are locked while a run is live, connect
+runs replay, and narrow / projected screens truncate no button label.
+
+One server for the whole module; screenshots go to tests/screenshots/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from appserver import FIRST_CHART_POINTS, AppServer, launch_chromium
+from test_browser import _require_browser
+
+SHOTS = Path(__file__).parent / "screenshots"
+# the time of the last click, by the browser's clock (the same machine's clock as the server's)
+CLICK_CLOCK = "() => { window.__clicks = []; document.addEventListener('click', () => window.__clicks.push(Date.now() / 1000), true); }"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _require_browser()
+    runs = tmp_path_factory.mktemp("runs")
+    with AppServer(runs, env={"OMP_NUM_THREADS": "1"}) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        chromium = launch_chromium(pw)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def context(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 2000})
+    yield context
+    context.close()
+
+
+def _button(page, label: str):
+    return page.get_by_test_id("stMainBlockContainer").get_by_role("button", name=label, exact=True)
+
+
+def _status(page, pattern: str, timeout: float = 120_000):
+    locator = page.get_by_text(re.compile(pattern)).first
+    locator.wait_for(timeout=timeout)
+    return re.search(pattern, locator.inner_text())
+
+
+def _newest_run(server) -> Path:
+    runs = sorted(p for p in Path(server.env["GEOVIZ_RUNS"]).iterdir() if (p / "config.json").exists())
+    return runs[-1]
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _start(page, url: str) -> None:
+    page.goto(url)
+    _button(page, "Run").wait_for(timeout=90_000)
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
+    _button(page, "Run").click()
+    page.wait_for_function(f"({FIRST_CHART_POINTS})() > 0", timeout=60_000, polling=50)
+
+
+def test_pause_stops_where_it_is_clicked(server, context):
+    page = context.new_page()
+    _start(page, f"{server.url}/sparsify?steps=3000&sparsity=0.9&eval_every=10")
+    page.evaluate(CLICK_CLOCK)
+    page.wait_for_timeout(2500)  # let a poll or two redraw the charts: the click lands among them
+    pressed = time.time()
+    _button(page, "Pause").click()
+    shown_by = time.time()
+    step = int(_status(page, r"^paused · step (\d+)", timeout=10_000).group(1))
+    shown_after = time.time() - shown_by
+    clicked = page.evaluate("() => window.__clicks[window.__clicks.length - 1]")
+    rows = _rows(_newest_run(server))
+    last = rows[-1]
+    late = [r for r in rows if r["time"] > clicked]
+    print(f"playwright pressed {pressed:.3f}, browser click {clicked:.3f}, click returned {shown_by:.3f}")
+    print(f"pause: clicked at step {max(r['step'] for r in rows if r['time'] <= clicked)}, stopped at {last['step']} "
+          f"{last['time'] - clicked:.3f} s after the click ({len(late)} steps after it); 'paused' shown {shown_after:.2f} s after")
+    assert last["step"] == step, "the page shows the step the run record stopped at"
+    assert last["time"] - clicked < 0.3, f"the path went on {last['time'] - clicked:.2f} s after the click"
+    assert shown_after < 2.5, "the page says 'paused' within one poll"
+    page.screenshot(path=str(SHOTS / "live_paused.png"))
+    _button(page, "Stop").click()
+    _status(page, r"^stopped · step")
+
+
+def test_a_reload_reattaches_and_a_second_tab_watches(server, context):
+    page = context.new_page()
+    _start(page, f"{server.url}/sparsify?steps=3000&sparsity=0.9&eval_every=10&eps=0.04")
+    page.wait_for_function("() => location.search.includes('run=')", timeout=10_000)
+    run = re.search(r"run=([^&]+)", page.url).group(1)
+    assert run == _newest_run(server).name
+    # the settings are locked while the run is live
+    eps = page.get_by_test_id("stSidebar").get_by_role("spinbutton", name="Step length ε")
+    assert eps.is_disabled()
+    page.reload()
+    step = int(_status(page, r"^running · step (\d+)", timeout=30_000).group(1))
+    assert step > 0
+    page.wait_for_function(f"({FIRST_CHART_POINTS})() > 0", timeout=30_000, polling=100)
+    assert "eps=0.04" in page.url and f"run={run}" in page.url
+    assert page.get_by_test_id("stSidebar").get_by_role("spinbutton", name="Step length ε").input_value() == "0.040"
+    page.screenshot(path=str(SHOTS / "live_reloaded.png"))
+    _button(page, "Pause").click()
+    paused = int(_status(page, r"^paused · step (\d+)", timeout=10_000).group(1))
+    assert paused >= step
+
+    # a second tab, opened on the page without the run's id, finds it and watches it
+    other = context.new_page()
+    other.goto(f"{server.url}/sparsify")
+    link = other.get_by_role("link", name=run)
+    link.wait_for(timeout=30_000)
+    other.goto(server.url + link.get_attribute("href"))  # (a markdown link opens yet another tab)
+    _status(other, rf"^paused · step {paused} ", timeout=30_000)
+    other.wait_for_function(f"({FIRST_CHART_POINTS})() > 0", timeout=30_000, polling=100)
+    assert other.get_by_text(re.compile(f"Watching run {run} read-only")).count() == 1
+    for label in ("Run", "Resume", "Step", "Stop"):
+        assert _button(other, label).is_disabled(), f"{label} is read-only in the second tab"
+    assert other.get_by_test_id("stSidebar").get_by_role("spinbutton", name="Step length ε").input_value() == "0.040"
+    other.screenshot(path=str(SHOTS / "live_second_tab.png"))
+    # the first tab still controls it; the watcher follows
+    _button(page, "Resume").click()
+    _status(page, r"^running · step")
+    _button(page, "Stop").click()
+    stopped = int(_status(page, r"^stopped · step (\d+)").group(1))
+    _status(other, rf"^stopped · step {stopped} ", timeout=15_000)
