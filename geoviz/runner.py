@@ -18,7 +18,11 @@ from geoviz.engine import Path, flush_denormals
 from geoviz.errors import DivergedError, GeovizError
 from geoviz.runs import RunWriter, SnapshotBudget
 
-__all__ = ["PathRunner"]
+__all__ = ["PathRunner", "BaselineStopped"]
+
+
+class BaselineStopped(Exception):
+    """Raised inside a baseline's progress callback when Stop was pressed."""
 
 
 class PathRunner:
@@ -60,6 +64,11 @@ class PathRunner:
         self._budget = SnapshotBudget(path.w.numel() * 4, int(snapshot_budget_mb * 2**20))
         self._trajectory: dict[int, torch.Tensor] = {}
         self.started_at: float | None = None
+        # the after-path phase: each baseline's progress (0..1), the ones Stop skipped,
+        # and what is ready of the summary before on_finish returns it whole
+        self.progress: dict[str, float] = {}
+        self.skipped: list[str] = []
+        self.partial: dict = {}
         self.first_step_at: float | None = None
         self._keep(0, path.w)
 
@@ -126,6 +135,34 @@ class PathRunner:
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)
+
+    # -- the after-path phase (called by on_finish, in the runner's thread) ----------
+    def baseline(self, name: str, work: Callable[[Callable[[int, int], None]], object]):
+        """Run one baseline with its progress shown and Stop heard; None when skipped.
+
+        ``work(report)`` computes the baseline, calling ``report(done, total)`` now and
+        then: that records the progress and raises :class:`BaselineStopped` once Stop
+        was pressed (or nobody watches any more).
+        """
+        def report(done: int, total: int) -> None:
+            self.progress[name] = min(1.0, done / max(1, total))
+            if self._stop or self._abandoned():
+                raise BaselineStopped(name)
+
+        try:
+            report(0, 1)
+            out = work(report)
+        except BaselineStopped:
+            self.progress.pop(name, None)
+            self.skipped.append(name)
+            return None
+        self.progress[name] = 1.0
+        return out
+
+    def publish(self, **parts) -> None:
+        """Make part of the summary visible to the page before the whole is ready."""
+        with self._lock:
+            self.partial = {**self.partial, **parts}
 
     # -- the loop -----------------------------------------------------------------
     def _keep(self, step: int, w: torch.Tensor) -> None:
@@ -208,6 +245,10 @@ class PathRunner:
                 self.summary = self.on_finish(self) or {}
             except Exception as err:  # the path is kept even if a baseline fails
                 message += f"; summary failed: {type(err).__name__}: {err}"
+            if self.skipped:
+                final = "stopped"
+                message = f"{message}; stopped during the baselines, skipped: {', '.join(self.skipped)}"
+                self.summary["skipped"] = list(self.skipped)
         if self.writer is not None:
             self.writer.save_weights("final", self.path.layout.unflatten(self.path.w))
             if self.summary:

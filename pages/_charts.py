@@ -112,6 +112,13 @@ def sparsify_summary(summary: dict, rows, target: float | None, mode: str | None
     st.subheader("Summary")
     st.table(table.set_index("network"))
     st.caption(f"The path ended: {summary.get('end_reason', '')}.")
+    skipped_note(summary)
+
+
+def skipped_note(summary: dict) -> None:
+    """Which baselines Stop skipped (their rows are left empty)."""
+    if summary.get("skipped"):
+        st.caption(f"Stopped during the baselines: {', '.join(summary['skipped'])} skipped, not computed.")
 
 
 def generic_charts(rows, key: str) -> None:
@@ -149,7 +156,7 @@ def continual_pictures(steps: list[int], snapshots, key: str, marker: int | None
 
 def continual_summary(summary: dict, key: str) -> None:
     """The geodesic's final per-task accuracies beside the baselines' (bars and a table)."""
-    if not summary.get("baselines"):
+    if not summary.get("geodesic"):
         return
     st.subheader("Geodesic and baselines")
     st.plotly_chart(plots.continual_bars_figure(summary), key=f"{key}:bars")
@@ -165,3 +172,4 @@ def continual_summary(summary: dict, key: str) -> None:
         f"same start for as many gradient evaluations as the path used ({summary.get('gradient_evaluations')}), "
         "one SGD step on a task-2 minibatch each."
     )
+    skipped_note(summary)

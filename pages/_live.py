@@ -260,6 +260,8 @@ def cached_problem(setup: SetupConfig, classes: Sequence[int] | None = None) -> 
 def _phase(runner: PathRunner | None) -> str:
     if runner is None or not runner.alive:
         return "done"
+    if runner.path.done:
+        return "baselines"  # only Stop does anything now
     return "paused" if runner.state == "paused" else "running"
 
 
@@ -269,6 +271,7 @@ def _request(page: str, action: str, runner: PathRunner | None = None) -> None:
     script draws anything (the script then only waits for the thread to take it in)."""
     if runner is not None and action in ("pause", "resume", "step", "stop"):
         getattr(runner, action)()
+        _log.debug("%s reached the runner at %.3f", action, time.time())
     st.session_state[f"{page}:action"] = action
 
 
@@ -279,7 +282,7 @@ def _buttons_ui(page: str, phase: str, ready: bool, runner: PathRunner | None = 
         pause.button("Resume", on_click=_request, args=(page, "resume", runner), key=f"{page}:Resume", width="stretch")
     else:
         pause.button("Pause", disabled=phase != "running", on_click=_request, args=(page, "pause", runner), key=f"{page}:Pause", width="stretch")
-    step.button("Step", disabled=phase == "done", on_click=_request, args=(page, "step", runner), key=f"{page}:Step", width="stretch")
+    step.button("Step", disabled=phase in ("done", "baselines"), on_click=_request, args=(page, "step", runner), key=f"{page}:Step", width="stretch")
     stop.button("Stop", disabled=phase == "done", on_click=_request, args=(page, "stop", runner), key=f"{page}:Stop", width="stretch")
 
 
@@ -301,8 +304,25 @@ def _status_ui(runner: PathRunner, total: int) -> None:
     elif runner.finished and runner.message:
         line += f" · {runner.message}"
     elif runner.alive and runner.path.done:
-        line += " · the path has ended; computing the baselines to compare with…"
+        line += " · the path has ended; computing the baselines to compare with (Stop skips them)…"
     st.markdown(line)
+    if runner.alive and runner.path.done:
+        _baselines_progress_ui(runner)
+    elif runner.skipped:
+        st.caption(f"Stop skipped the baselines {', '.join(runner.skipped)}: the path's figures are kept; "
+                   "the summary leaves those rows empty.")
+
+
+def _baselines_progress_ui(runner: PathRunner) -> None:
+    """One bar per baseline started so far (the runner fills in ``progress``)."""
+    progress = dict(runner.progress)
+    if not progress:
+        return
+    for column, (name, fraction) in zip(st.columns(max(3, len(progress))), progress.items()):
+        column.progress(fraction, text=f"{_BASELINE_NAMES.get(name, name)}: {'done' if fraction >= 1 else f'{fraction:.0%}'}")
+
+
+_BASELINE_NAMES = {"finetune": "fine-tune", "ewc": "EWC", "replay": "replay", "bezier": "Bezier curve"}
 
 
 def _wait_first_step(runner: PathRunner, timeout: float) -> None:
@@ -436,7 +456,7 @@ def _live_view(
     runner: PathRunner, seen: str, draw: Callable[[PathRunner], None], total: int,
     draw_pictures: Callable[[PathRunner], None] | None = None,
 ) -> None:
-    every = {"running": POLL_RUNNING, "paused": POLL_PAUSED}.get(seen)
+    every = {"running": POLL_RUNNING, "baselines": POLL_RUNNING, "paused": POLL_PAUSED}.get(seen)
 
     @st.fragment(run_every=every)
     def view() -> None:
@@ -453,7 +473,7 @@ def _live_view(
         return
 
     # paused, a path only moves on Step, which reruns the whole page
-    @st.fragment(run_every=POLL_RUNNING * PICTURES_EVERY if seen == "running" else None)
+    @st.fragment(run_every=POLL_RUNNING * PICTURES_EVERY if seen in ("running", "baselines") else None)
     def pictures() -> None:
         started = time.perf_counter()
         draw_pictures(runner)

@@ -15,31 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from appserver import FIRST_CHART_POINTS, AppServer, launch_chromium
-from test_browser import _require_browser
+from appserver import FIRST_CHART_POINTS
+# one server and one browser for this module (module-scoped fixtures), and the helpers
+from test_browser import _button, _status, browser, server  # noqa: F401
 
 SHOTS = Path(__file__).parent / "screenshots"
 # the time of the last click, by the browser's clock (the same machine's clock as the server's)
 CLICK_CLOCK = "() => { window.__clicks = []; document.addEventListener('click', () => window.__clicks.push(Date.now() / 1000), true); }"
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    _require_browser()
-    runs = tmp_path_factory.mktemp("runs")
-    with AppServer(runs, env={"OMP_NUM_THREADS": "1"}) as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        chromium = launch_chromium(pw)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture
@@ -47,16 +29,6 @@ def context(browser):
     context = browser.new_context(viewport={"width": 1400, "height": 2000})
     yield context
     context.close()
-
-
-def _button(page, label: str):
-    return page.get_by_test_id("stMainBlockContainer").get_by_role("button", name=label, exact=True)
-
-
-def _status(page, pattern: str, timeout: float = 120_000):
-    locator = page.get_by_text(re.compile(pattern)).first
-    locator.wait_for(timeout=timeout)
-    return re.search(pattern, locator.inner_text())
 
 
 def _newest_run(server) -> Path:
@@ -140,3 +112,28 @@ def test_a_reload_reattaches_and_a_second_tab_watches(server, context):
     _button(page, "Stop").click()
     stopped = int(_status(page, r"^stopped · step (\d+)").group(1))
     _status(other, rf"^stopped · step {stopped} ", timeout=15_000)
+
+
+def test_stop_during_the_baselines(server, context):
+    page = context.new_page()
+    _start(page, f"{server.url}/continual?steps=150")
+    page.get_by_text(re.compile(r"computing the baselines")).wait_for(timeout=120_000)
+    bar = page.get_by_text(re.compile(r"^fine-tune: \d+%")).first
+    bar.wait_for(timeout=30_000)
+    page.screenshot(path=str(SHOTS / "live_baselines.png"))
+    pressed = time.time()
+    _button(page, "Stop").click()
+    match = _status(page, r"^stopped · step (\d+) of 150", timeout=20_000)
+    shown = time.time() - pressed
+    run = _newest_run(server)
+    summary = json.loads((run / "summary.json").read_text())
+    status = json.loads((run / "status.json").read_text())
+    print(f"stop during the baselines: the record said 'stopped' {status['updated'] - pressed:.2f} s after the click, "
+          f"the page {shown:.2f} s after")
+    assert status["updated"] - pressed < 1.5, "Stop ends the baselines at once (0.24 s from the callback seen)"
+    assert status["status"] == "stopped" and "skipped" in status["message"]
+    assert "finetune" in summary["skipped"] and "geodesic" in summary  # the path's figures are kept
+    assert len(_rows(run)) == int(match.group(1))
+    page.get_by_text(re.compile(r"^Stopped during the baselines: .*fine-tune|^Stopped during the baselines: .*finetune")).first.wait_for(timeout=20_000)
+    page.get_by_text("Geodesic and baselines", exact=True).wait_for(timeout=20_000)
+    page.screenshot(path=str(SHOTS / "live_baselines_stopped.png"), full_page=True)
