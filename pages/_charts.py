@@ -52,7 +52,7 @@ def sparsify_curves(rows, reference: dict, baselines: dict | None, target: float
                     marker: int | None = None, moving: bool = False) -> None:
     """The figures along the path: four numbers, then accuracy, loss and sparsity against step."""
     table = plots.as_table(rows)
-    sparsify_numbers(table, reference)
+    sparsify_numbers(table if marker is None else table[table["step"] <= marker], reference)  # the numbers at the marker
     x = x_axis_ui(f"{key}:x")
     x_marker = None
     if marker is not None and x in table and len(table):

@@ -149,9 +149,10 @@ def landscape_ui(runner, n: int) -> None:
     view()
 
 
-def replay_record(record, key: str = "replay") -> None:
+def replay_record(record, key: str = "replay", at: int | None = None) -> None:
     """A finished connect run read back from its folder (for the Runs page): the
-    profiles, the PCA with the line and the Bezier curve, the table, the landscape."""
+    profiles, the PCA with the line and the Bezier curve, the table, the landscape.
+    ``at``: the step the replay slider is on, marked on the whole run's charts."""
     from geoviz.connect import load_landscape
     from geoviz.curves import BezierCurve, LineCurve
 
@@ -159,9 +160,14 @@ def replay_record(record, key: str = "replay") -> None:
     if not summary.get("profiles"):
         st.info("This connect run has no summary yet (it ended before w_B, or is still running).")
         return
+    steps, snapshots = record.snapshots()
+    length, current = None, None
+    table = record.table
+    if at is not None and "path_length" in table and len(table):
+        length = float(table.loc[(table["step"] - at).abs().idxmin(), "path_length"])
+        current = min(range(len(steps)), key=lambda i: abs(steps[i] - at)) if steps else None
     left, right = st.columns(2)
-    left.plotly_chart(plots_connect.profiles_figure(summary["profiles"]), key=f"{key}:profiles")
-    _, snapshots = record.snapshots()
+    left.plotly_chart(plots_connect.profiles_figure(summary["profiles"], marker=length), key=f"{key}:profiles")
     others = {}
     if (record.path / "weights" / "connect_points.safetensors").is_file():
         points = record.weights("connect_points")  # flat, in the snapshots' order
@@ -169,7 +175,7 @@ def replay_record(record, key: str = "replay") -> None:
         others["line"] = LineCurve(points["w_a"], points["w_b"]).weights(ts)
         if "bezier_control" in points:  # (not when Stop skipped the Bezier curve)
             others["bezier"] = BezierCurve(points["w_a"], points["bezier_control"], points["w_b"]).weights(ts)
-    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others), key=f"{key}:pca")
+    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others, current=current), key=f"{key}:pca")
     st.dataframe(pd.DataFrame(plots_connect.summary_rows(summary)), hide_index=True, key=f"{key}:table")
     landscape = load_landscape(record.path)
     if landscape is not None:

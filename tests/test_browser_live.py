@@ -137,3 +137,54 @@ def test_stop_during_the_baselines(server, context):
     page.get_by_text(re.compile(r"^Stopped during the baselines: .*fine-tune|^Stopped during the baselines: .*finetune")).first.wait_for(timeout=20_000)
     page.get_by_text("Geodesic and baselines", exact=True).wait_for(timeout=20_000)
     page.screenshot(path=str(SHOTS / "live_baselines_stopped.png"), full_page=True)
+
+
+# JavaScript: the names of the traces of the plotly chart whose title starts with `title`
+TRACE_NAMES = """(title) => {
+  for (const div of document.querySelectorAll('.js-plotly-plot')) {
+    const text = div.layout && div.layout.title && (div.layout.title.text || div.layout.title);
+    if (String(text).includes(title)) return div._fullData.map(t => t.name);
+  }
+  return [];
+}"""
+# JavaScript: the x coordinates of trace `name` of the chart whose title starts with `title`
+TRACE_X = """([title, name]) => {
+  for (const div of document.querySelectorAll('.js-plotly-plot')) {
+    const text = div.layout && div.layout.title && (div.layout.title.text || div.layout.title);
+    if (!String(text).includes(title)) continue;
+    const trace = div._fullData.find(t => t.name === name);
+    return trace ? Array.from(trace.x).map(Number) : null;
+  }
+  return null;
+}"""
+
+
+def test_connect_draws_the_line_at_once_and_replays(server, context):
+    page = context.new_page()
+    page.goto(f"{server.url}/connect?eps=0.2&steps=40&eval_every=5")
+    _button(page, "Run").wait_for(timeout=90_000)
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
+    _button(page, "Run").click()
+    _status(page, r"^running · step", timeout=60_000)
+    # the straight line needs no training: it is on the chart while the geodesic runs
+    page.wait_for_function(f"({TRACE_NAMES})('Loss and accuracy').includes('straight line: train loss')", timeout=30_000)
+    assert page.get_by_text(re.compile(r"^finished · step")).count() == 0
+    page.screenshot(path=str(SHOTS / "live_connect_running.png"))
+    _status(page, r"^finished · step 40 of 40", timeout=240_000)
+    run = _newest_run(server).name
+
+    page.goto(f"{server.url}/runs?run={run}")
+    page.wait_for_function(f"({TRACE_X})(['Paths on the', 'replay']) !== null", timeout=60_000)
+    path_before = page.evaluate(TRACE_X, ["Paths on the", "geodesic"])
+    star_before = page.evaluate(TRACE_X, ["Paths on the", "replay"])
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    slider.press("Home")
+    page.wait_for_function(f"JSON.stringify(({TRACE_X})(['Paths on the', 'replay'])) !== JSON.stringify({star_before})",
+                           timeout=30_000)
+    page.wait_for_timeout(500)
+    assert page.evaluate(TRACE_X, ["Paths on the", "geodesic"]) == path_before, "one PCA for the whole run"
+    marker = page.evaluate("""() => { for (const div of document.querySelectorAll('.js-plotly-plot')) {
+        if (String(div.layout.title.text).includes("Loss and accuracy")) return (div.layout.shapes || []).map(s => s.x0); } }""")
+    assert marker and 0 < marker[0] <= 0.2 + 1e-6, "the marker sits at step 1: one step of ε = 0.2 along the geodesic"
+    page.screenshot(path=str(SHOTS / "runs_connect_replay.png"), full_page=True)
