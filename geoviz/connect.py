@@ -253,9 +253,9 @@ class ConnectTask:
                     previous = out
         return total
 
-    def judge(self, curve) -> tuple[dict, dict]:
-        """(summary, profile) of a line or Bezier curve."""
-        profile = self.curve_profile(curve)
+    def judge(self, curve, profile: dict | None = None) -> tuple[dict, dict]:
+        """(summary, profile) of a line or Bezier curve (its profile reused when given)."""
+        profile = profile or self.curve_profile(curve)
         summary = path_summary(profile, self.endpoint_losses)
         summary["length"] = profile["length"][-1]
         summary["functional_length"] = self.functional_length(curve)
@@ -264,7 +264,7 @@ class ConnectTask:
     # -- the landscape ---------------------------------------------------------------
     def third_point(self, curves: dict) -> torch.Tensor:
         """The plane's third point as the config asks: Bezier control point or geodesic midpoint."""
-        if self.config.third == "midpoint":
+        if self.config.third == "midpoint" or "bezier" not in curves:  # (no Bezier when Stop skipped it)
             return curves["geodesic"].weights(torch.tensor([0.5]))[0]
         return curves["bezier"].control
 
@@ -353,25 +353,35 @@ def connect_runner(
                 "reached": path.end_reason == "reached the target network",
             }
         )
-        line = task.line()
-        t0 = time.perf_counter()
-        bezier = task.train_bezier(path.gradient_evaluations)
-        bezier_seconds = time.perf_counter() - t0
-        line_summary, line_profile = task.judge(line)
-        bezier_summary, bezier_profile = task.judge(bezier)
-        bezier_summary.update({"training_steps": path.gradient_evaluations, "seconds": bezier_seconds})
         steps, snapshots = runner.trajectory()
-        runner.curves = {"line": line, "bezier": bezier, "geodesic": PolylineCurve(snapshots.to(task.w_a.device, task.w_a.dtype))}
-        writer.save_weights("bezier_control", problem.layout.unflatten(bezier.control))
-        # the three points as flat vectors, in the order of the snapshots (for replays)
-        writer.save_weights("connect_points", {"w_a": task.w_a, "w_b": task.w_b, "bezier_control": bezier.control})
+        runner.curves = {**runner.curves, "geodesic": PolylineCurve(snapshots.to(task.w_a.device, task.w_a.dtype))}
+        profiles = {"geodesic": geo_profile, "line": line_profile}
+        runner.publish(profiles=dict(profiles))
+        line_summary, _ = task.judge(line, line_profile)
+
+        def train_and_judge(report):
+            t0 = time.perf_counter()
+            curve = task.train_bezier(path.gradient_evaluations, lambda step, _: report(step, path.gradient_evaluations), 10)
+            seconds = time.perf_counter() - t0
+            summary, profile = task.judge(curve)
+            return curve, {**summary, "training_steps": path.gradient_evaluations, "seconds": seconds}, profile
+
+        done = runner.baseline("bezier", train_and_judge)
+        points = {"w_a": task.w_a, "w_b": task.w_b}
+        if done is not None:
+            bezier, bezier_summary, profiles["bezier"] = done
+            runner.curves["bezier"] = bezier
+            writer.save_weights("bezier_control", problem.layout.unflatten(bezier.control))
+            points["bezier_control"] = bezier.control
+        # the points as flat vectors, in the order of the snapshots (for replays)
+        writer.save_weights("connect_points", points)
         return {
             "reference": reference,
             "endpoints": task.endpoints,
             "geodesic": geodesic,
             "line": line_summary,
-            "bezier": bezier_summary,
-            "profiles": {"geodesic": geo_profile, "line": line_profile, "bezier": bezier_profile},
+            "bezier": bezier_summary if done is not None else None,
+            "profiles": profiles,
             "steps": path.step,
             "gradient_evaluations": path.gradient_evaluations,
             "end_reason": path.end_reason,
@@ -381,7 +391,11 @@ def connect_runner(
         task.path(), writer, on_finish, abandon_after=abandon_after, snapshot_budget_mb=snapshot_budget_mb / 2
     )
     runner.task = task
-    runner.curves = {}
+    # the straight line needs no training: drawn while the geodesic runs
+    line = task.line()
+    line_profile = task.curve_profile(line)
+    runner.curves = {"line": line}
+    runner.publish(profiles={"line": line_profile})
     return runner
 
 

@@ -245,8 +245,10 @@ class ContinualTask:
                 fisher += torch.einsum("bk,bkp->p", probs, jac**2)
         return fisher / n
 
-    def train_baseline(self, name: str, steps: int) -> tuple[torch.Tensor, float]:
+    def train_baseline(self, name: str, steps: int, progress=None) -> tuple[torch.Tensor, float]:
         """SGD (or Adam) on task 2 for ``steps`` steps from w0, plus the baseline's task-1 term.
+
+        ``progress(done, total)``, when given, is called every few steps (it may raise to stop).
 
         Returns:
             (final flat weights, wall seconds including the Fisher for EWC).
@@ -272,7 +274,9 @@ class ContinualTask:
         gen_memory = torch.Generator().manual_seed(p.setup.seed + 2)
         n2, m = self.t2.x_train.shape[0], self.memory_x.shape[0]
         batch = min(cfg.batch_size, n2)
-        for _ in range(max(0, steps)):
+        for i in range(max(0, steps)):
+            if progress is not None and i % 10 == 0:
+                progress(i, steps)
             index = torch.randint(0, n2, (batch,), generator=gen).to(p.device)
             logits = self.t2.restrict(self._logits(w, self.t2.x_train[index]))
             loss = F.cross_entropy(logits, self.t2.y_train[index])
@@ -293,11 +297,14 @@ class ContinualTask:
         """Every baseline at ``steps`` gradient evaluations: ({name: figures}, {name: weights})."""
         results, weights = {}, {}
         for name in names:
-            w, seconds = self.train_baseline(name, steps)
-            figures = self.evaluate(w)
-            results[name] = {**self.scores(figures), **figures, "seconds": seconds, "gradient_evaluations": steps}
-            weights[name] = w
+            results[name], weights[name] = self.baseline(name, steps)
         return results, weights
+
+    def baseline(self, name: str, steps: int, progress=None) -> tuple[dict, torch.Tensor]:
+        """One baseline at ``steps`` gradient evaluations: (figures, weights)."""
+        w, seconds = self.train_baseline(name, steps, progress)
+        figures = self.evaluate(w)
+        return {**self.scores(figures), **figures, "seconds": seconds, "gradient_evaluations": steps}, w
 
 
 def continual_runner(
@@ -341,23 +348,29 @@ def continual_runner(
     def on_finish(runner: PathRunner) -> dict:
         path = runner.path
         final = runner.rows()[-1]
-        results, weights = task.baselines(path.gradient_evaluations, baselines)
-        if runner.writer is not None:
-            for name, w in weights.items():
-                runner.writer.save_weights(name, problem.layout.unflatten(w))
-        return {
+        summary = {
             "scenario": sequence.scenario,
             "task_sequence": sequence.name,
             "memory_size": config.memory,
             "mode": task.solver.mode,
             "start": start,
             "geodesic": {**ContinualTask.scores(final), "task1_loss": final["task1_loss"], "task2_loss": final["task2_loss"]},
-            "baselines": results,
+            "baselines": {},
             "steps": path.step,
             "gradient_evaluations": path.gradient_evaluations,
             "path_seconds": final.get("seconds"),
             "end_reason": path.end_reason,
         }
+        runner.publish(**summary)
+        results = summary["baselines"]
+        for name in baselines:  # each drawn as soon as it is ready; Stop skips the rest
+            done = runner.baseline(name, lambda report, name=name: task.baseline(name, path.gradient_evaluations, report))
+            if done is not None:
+                results[name], w = done
+                runner.publish(baselines=dict(results))
+                if runner.writer is not None:
+                    runner.writer.save_weights(name, problem.layout.unflatten(w))
+        return summary
 
     runner = PathRunner(
         task.path(), writer, on_finish, abandon_after=abandon_after, snapshot_budget_mb=snapshot_budget_mb / 2

@@ -245,13 +245,14 @@ def trajectory_figure(
         return _figure([], [], title, "PC1", "PC2")
     steps = list(steps)
     index = _subsample(steps, max_points)
-    if current is not None:  # make sure the highlighted point is in the picture
-        index = sorted(set(index) | {int(np.argmin([abs(s - current) for s in steps]))})
     chosen = [steps[i] for i in index]
+    # one PCA of the whole trajectory, whichever point is highlighted (a replay slider
+    # moves the star; the picture stays put); the highlighted point is projected on it
     pca = trajectory_pca(snapshots[index], k=2)
     xy = pca.coords.numpy()  # (S, 2)
     ev = pca.explained.numpy()
-    at = len(chosen) - 1 if current is None else int(np.argmin([abs(s - current) for s in chosen]))
+    nearest = len(steps) - 1 if current is None else int(np.argmin([abs(s - current) for s in steps]))
+    star = pca.project(snapshots[nearest : nearest + 1].float()).numpy()  # (1, 2)
     data = [
         {
             "type": "scatter",
@@ -267,10 +268,10 @@ def trajectory_figure(
         {"type": "scatter", "x": xy[:1, 0], "y": xy[:1, 1], "mode": "markers", "name": "start (dense)", "marker": {"size": 14, "color": _COLORS["dense"]}},
         {
             "type": "scatter",
-            "x": xy[at : at + 1, 0],
-            "y": xy[at : at + 1, 1],
+            "x": star[:, 0],
+            "y": star[:, 1],
             "mode": "markers",
-            "name": f"now: step {chosen[at]}",
+            "name": f"now: step {steps[nearest]}",
             "marker": {"size": 20, "color": _COLORS["one_shot"], "symbol": "star", "line": {"width": 1, "color": "black"}},
         },
     ]

@@ -21,12 +21,15 @@ PATH_COLORS = {"geodesic": "#1f77b4", "line": "#d62728", "bezier": "#2ca02c"}
 _LABELS = {"geodesic": "geodesic", "line": "straight line", "bezier": "Bezier curve"}
 
 
-def profiles_figure(profiles: Mapping[str, Mapping[str, Sequence[float]]]) -> go.Figure:
+def profiles_figure(profiles: Mapping[str, Mapping[str, Sequence[float]]], marker: float | None = None) -> go.Figure:
     """Train loss (solid, left axis) and test accuracy (dotted, right axis) along each path.
 
     Args:
         profiles: path name -> {"length": Euclidean length so far, "train_loss", "test_accuracy"}.
+        marker: a Euclidean length to mark with a vertical line (the replay slider).
     """
+    shapes = [] if marker is None else [{"type": "line", "yref": "paper", "y0": 0, "y1": 1, "x0": marker, "x1": marker,
+                                         "line": {"color": "#444", "width": 1.5, "dash": "dot"}}]
     data = []
     lowest = 1.0
     for name, profile in profiles.items():
@@ -42,7 +45,7 @@ def profiles_figure(profiles: Mapping[str, Mapping[str, Sequence[float]]]) -> go
                      "name": f"{_LABELS.get(name, name)}: test accuracy", "yaxis": "y2",
                      "line": {"color": color, "width": 2, "dash": "dot"}, "legendgroup": name})
     return _figure(
-        data, [], "Loss and accuracy along the paths", "Euclidean length along the path  Σ|Δw|", "train loss",
+        data, shapes, "Loss and accuracy along the paths", "Euclidean length along the path  Σ|Δw|", "train loss",
         yaxis2={"title": {"text": "test accuracy"}, "overlaying": "y", "side": "right", "range": [max(0.0, lowest - 0.05), 1.005], "showgrid": False, "tickformat": ".2f"},
         height=460,
     )
@@ -102,13 +105,15 @@ def connect_pca_figure(
     snapshots: torch.Tensor,
     others: Mapping[str, torch.Tensor] | None = None,
     max_points: int = 60,
+    current: int | None = None,
 ) -> go.Figure:
     """The geodesic's trajectory on its top two principal components, with the line and
     the Bezier curve projected into the same frame.
 
     Args:
         snapshots: (S, P) geodesic snapshots (the first is w_A, the last the current point).
-        others: name -> (T, P) points of the other paths.
+        others: name -> (T, P) points of the other paths (the line's last point is w_B).
+        current: index of a snapshot to mark (the replay slider); the PCA is of them all.
     """
     title = "Paths on the geodesic's top two PCs"
     if snapshots.shape[0] < 3:
@@ -125,8 +130,17 @@ def connect_pca_figure(
         proj = pca.project(points.detach().float().cpu()).numpy()
         data.append({"type": "scatter", "x": proj[:, 0], "y": proj[:, 1], "mode": "lines", "name": _LABELS.get(name, name),
                      "line": {"color": PATH_COLORS.get(name, "#7f7f7f"), "width": 2, "dash": "dash"}})
-    data.append({"type": "scatter", "x": xy[:1, 0], "y": xy[:1, 1], "mode": "markers+text", "text": ["w_A"], "textposition": "top center",
-                 "name": "w_A", "showlegend": False, "marker": {"size": 12, "color": "black"}})
+    ends = [("w_A", xy[0])]
+    if others and "line" in others:  # the line ends exactly on w_B
+        ends.append(("w_B", pca.project(others["line"][-1:].detach().float().cpu()).numpy()[0]))
+    for name, point in ends:  # the label beside its marker, not on it
+        data.append({"type": "scatter", "x": [point[0]], "y": [point[1]], "mode": "markers+text", "text": [name],
+                     "textposition": "bottom center", "textfont": {"size": 14}, "cliponaxis": False, "name": name,
+                     "showlegend": False, "marker": {"size": 12, "color": "black"}})
+    if current is not None:
+        at = pca.project(snapshots[current : current + 1].detach().float().cpu()).numpy()[0]
+        data.append({"type": "scatter", "x": [at[0]], "y": [at[1]], "mode": "markers", "name": "replay",
+                     "marker": {"size": 18, "color": "#d62728", "symbol": "star", "line": {"width": 1, "color": "black"}}})
     return _figure(data, [], title, f"PC1 ({variance_share(ev[0])} of variance)", f"PC2 ({variance_share(ev[1])} of variance)")
 
 

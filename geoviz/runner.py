@@ -18,7 +18,11 @@ from geoviz.engine import Path, flush_denormals
 from geoviz.errors import DivergedError, GeovizError
 from geoviz.runs import RunWriter, SnapshotBudget
 
-__all__ = ["PathRunner"]
+__all__ = ["PathRunner", "BaselineStopped"]
+
+
+class BaselineStopped(Exception):
+    """Raised inside a baseline's progress callback when Stop was pressed."""
 
 
 class PathRunner:
@@ -60,6 +64,11 @@ class PathRunner:
         self._budget = SnapshotBudget(path.w.numel() * 4, int(snapshot_budget_mb * 2**20))
         self._trajectory: dict[int, torch.Tensor] = {}
         self.started_at: float | None = None
+        # the after-path phase: each baseline's progress (0..1), the ones Stop skipped,
+        # and what is ready of the summary before on_finish returns it whole
+        self.progress: dict[str, float] = {}
+        self.skipped: list[str] = []
+        self.partial: dict = {}
         self.first_step_at: float | None = None
         self._keep(0, path.w)
 
@@ -77,6 +86,11 @@ class PathRunner:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stepping(self) -> bool:
+        """A Step was asked for and its step has not started yet."""
+        return self._step_tokens > 0
 
     @property
     def finished(self) -> bool:
@@ -122,6 +136,34 @@ class PathRunner:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    # -- the after-path phase (called by on_finish, in the runner's thread) ----------
+    def baseline(self, name: str, work: Callable[[Callable[[int, int], None]], object]):
+        """Run one baseline with its progress shown and Stop heard; None when skipped.
+
+        ``work(report)`` computes the baseline, calling ``report(done, total)`` now and
+        then: that records the progress and raises :class:`BaselineStopped` once Stop
+        was pressed (or nobody watches any more).
+        """
+        def report(done: int, total: int) -> None:
+            self.progress[name] = min(1.0, done / max(1, total))
+            if self._stop or self._abandoned():
+                raise BaselineStopped(name)
+
+        try:
+            report(0, 1)
+            out = work(report)
+        except BaselineStopped:
+            self.progress.pop(name, None)
+            self.skipped.append(name)
+            return None
+        self.progress[name] = 1.0
+        return out
+
+    def publish(self, **parts) -> None:
+        """Make part of the summary visible to the page before the whole is ready."""
+        with self._lock:
+            self.partial = {**self.partial, **parts}
+
     # -- the loop -----------------------------------------------------------------
     def _keep(self, step: int, w: torch.Tensor) -> None:
         if self._budget.wants(step):
@@ -150,10 +192,10 @@ class PathRunner:
                 self._wake.wait(timeout=1.0)
             if self._stop:
                 return False
+            if self.state != "running":  # before the token is taken: see `stepping`
+                self._set_state("running")
             if self._paused:
                 self._step_tokens -= 1
-            if self.state != "running":
-                self._set_state("running")
             return True
 
     def _abandoned(self) -> bool:
@@ -176,7 +218,7 @@ class PathRunner:
                     final, message = "stopped", "stopped: nobody watched it"
                     break
                 record = next(self.path)
-                row = record.row()
+                row = {**record.row(), "time": time.time()}  # wall clock: when each step ended
                 with self._lock:
                     self._rows.append(row)
                 if self.first_step_at is None:
@@ -208,6 +250,10 @@ class PathRunner:
                 final, message = "stopped", "stopped by a signal while the baselines were computed; the path's steps are kept"
             except Exception as err:  # the path is kept even if a baseline fails
                 message += f"; summary failed: {type(err).__name__}: {err}"
+            if self.skipped:
+                final = "stopped"
+                message = f"{message}; stopped during the baselines, skipped: {', '.join(self.skipped)}"
+                self.summary["skipped"] = list(self.skipped)
         if self.path.backend_used is not None:  # what really computed G v (a fallback shows here)
             self.summary = {**self.summary, "backend": self.path.backend_used}
         if self.writer is not None:

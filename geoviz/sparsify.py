@@ -100,19 +100,24 @@ class SparsifyTask:
         params = self.problem.params(w)
         return {n: float((params[n] == 0).float().mean()) for n in prunable_names(self.problem.model)}
 
-    def finetune_baseline(self, gradient_evaluations: int) -> float:
+    def finetune_baseline(self, gradient_evaluations: int, progress=None) -> float:
         """Magnitude pruning + Adam fine-tuning with the given number of gradient steps."""
-        return finetune_pruned(self.problem, self.mask, gradient_evaluations, self.config)
+        return finetune_pruned(self.problem, self.mask, gradient_evaluations, self.config, progress)
 
 
-def finetune_pruned(problem: Problem, mask: torch.Tensor, steps: int, config: SparsifyConfig) -> float:
-    """Prune by ``mask``, then train with labels for ``steps`` Adam steps, masked; test accuracy."""
+def finetune_pruned(problem: Problem, mask: torch.Tensor, steps: int, config: SparsifyConfig, progress=None) -> float:
+    """Prune by ``mask``, then train with labels for ``steps`` Adam steps, masked; test accuracy.
+
+    ``progress(done, total)``, when given, is called every few steps (it may raise to stop).
+    """
     p = problem
     w = (p.w0 * mask).clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=config.finetune_lr)
     gen = torch.Generator().manual_seed(p.setup.seed)
     n = p.x_train.shape[0]
-    for _ in range(max(0, steps)):
+    for i in range(max(0, steps)):
+        if progress is not None and i % 10 == 0:
+            progress(i, steps)
         index = torch.randint(0, n, (config.finetune_batch,), generator=gen).to(p.device)
         logits = torch.func.functional_call(p.model, ({**p.params(w), **p.buffers},), (p.x_train[index],))
         loss = torch.nn.functional.cross_entropy(logits, p.y_train[index])
@@ -168,7 +173,8 @@ def sparsify_runner(
     def on_finish(runner: PathRunner) -> dict:
         path = runner.path
         final = runner.rows()[-1]
-        finetune = task.finetune_baseline(path.gradient_evaluations)
+        runner.publish(baselines={"one_shot": task.one_shot_accuracy})
+        finetune = runner.baseline("finetune", lambda report: task.finetune_baseline(path.gradient_evaluations, report))
         return {
             "reference": reference,
             "dense_accuracy": task.dense_accuracy,

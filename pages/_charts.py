@@ -53,7 +53,7 @@ def sparsify_curves(rows, reference: dict, baselines: dict | None, target: float
                     marker: int | None = None, moving: bool = False) -> None:
     """The figures along the path: four numbers, then accuracy, loss and sparsity against step."""
     table = plots.as_table(rows)
-    sparsify_numbers(table, reference)
+    sparsify_numbers(table if marker is None else table[table["step"] <= marker], reference)  # the numbers at the marker
     x = x_axis_ui(f"{key}:x")
     x_marker = None
     if marker is not None and x in table and len(table):
@@ -113,6 +113,13 @@ def sparsify_summary(summary: dict, rows, target: float | None, mode: str | None
     st.subheader("Summary")
     st.table(table.set_index("network"))
     st.caption(f"The path ended: {_safe.md(summary.get('end_reason', ''))}.")
+    skipped_note(summary)
+
+
+def skipped_note(summary: dict) -> None:
+    """Which baselines Stop skipped (their rows are left empty)."""
+    if summary.get("skipped"):
+        st.caption(f"Stopped during the baselines: {', '.join(summary['skipped'])} skipped, not computed.")
 
 
 def generic_charts(rows, key: str) -> None:
@@ -150,7 +157,7 @@ def continual_pictures(steps: list[int], snapshots, key: str, marker: int | None
 
 def continual_summary(summary: dict, key: str) -> None:
     """The geodesic's final per-task accuracies beside the baselines' (bars and a table)."""
-    if not summary.get("baselines"):
+    if not summary.get("geodesic"):
         return
     st.subheader("Geodesic and baselines")
     st.plotly_chart(plots.continual_bars_figure(summary), key=f"{key}:bars")
@@ -166,3 +173,4 @@ def continual_summary(summary: dict, key: str) -> None:
         f"same start for as many gradient evaluations as the path used ({summary.get('gradient_evaluations')}), "
         "one SGD step on a task-2 minibatch each."
     )
+    skipped_note(summary)

@@ -120,10 +120,11 @@ class Control:
             raise ConfigError(f"The link sets {self.name} out of range: {err}") from None
 
 
-def _widget(control: Control, key: str):
+def _widget(control: Control, key: str, disabled: bool = False):
     if control.options:
-        return st.sidebar.selectbox(control.label, control.options, key=key, help=control.help)
-    return st.sidebar.number_input(control.label, key=key, help=control.help, step=control.step, format=control.format)
+        return st.sidebar.selectbox(control.label, control.options, key=key, help=control.help, disabled=disabled)
+    return st.sidebar.number_input(control.label, key=key, help=control.help, step=control.step, format=control.format,
+                                   disabled=disabled)
 
 
 def controls_ui(page: str, controls: Sequence[Control]) -> dict:
@@ -135,10 +136,17 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
     reported in one sentence and replaced by the default.
     """
     through_app()
+    shown, owner = _attach(page)
+    # while a run is live its settings are the sidebar's, locked (the sidebar never
+    # contradicts the charts); once it has ended they are free again
+    locked = shown is not None and shown.alive and getattr(shown, "settings", None) is not None
     saved = st.session_state.setdefault(f"{page}:settings", {})
     params = st.query_params
     for control in controls:
         key = f"{page}:{control.name}"
+        if locked:
+            st.session_state[key] = shown.settings[control.name]
+            continue
         if key in st.session_state:
             continue
         value = saved.get(control.name, control.default)
@@ -149,10 +157,71 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
                 _safe.error(err)  # the sentence holds the URL's text: shown as text
                 value = control.default
         st.session_state[key] = value
-    values = {c.name: _widget(c, f"{page}:{c.name}") for c in controls}
-    saved.update(values)
-    st.query_params.from_dict({k: str(v) for k, v in values.items()})
+    values = {c.name: _widget(c, f"{page}:{c.name}", disabled=locked) for c in controls}
+    if locked:
+        st.sidebar.caption("The settings are those of the run shown, locked while it is live: Stop it to change them.")
+    if owner:
+        saved.update(values)
+    query = {k: str(v) for k, v in values.items()}
+    if shown is not None and getattr(shown, "settings", None) == values:  # the address reproduces the run shown
+        query["run" if owner else "watch"] = run_id(shown)
+    st.query_params.from_dict(query)
+    st.session_state[f"{page}:values"] = values
     return values
+
+
+# -- live runs of the server: a reload or a second tab finds them here --------------
+KEEP_ENDED_RUNS = 8  # ended runs kept in memory for a reload, besides the live ones
+
+
+@st.cache_resource(show_spinner=False)
+def _registry() -> dict[str, PathRunner]:
+    """Every run started by this server, by run id (one dict shared by all sessions)."""
+    return {}
+
+
+def run_id(runner: PathRunner) -> str:
+    """A runner's id: the name of its run folder (the Runs page's name for it)."""
+    return runner.writer.dir.name if runner.writer is not None else f"memory-{id(runner):x}"
+
+
+def _application(runner: PathRunner) -> str:
+    return runner.writer.application if runner.writer is not None else ""
+
+
+def _register(runner: PathRunner) -> None:
+    registry = _registry()
+    registry[run_id(runner)] = runner
+    ended = [k for k, r in list(registry.items()) if not r.alive]
+    for k in ended[:-KEEP_ENDED_RUNS]:
+        registry.pop(k, None)
+
+
+def live_runs(page: str | None = None) -> list[tuple[str, PathRunner]]:
+    """The server's runs that are running or paused (of one application if given)."""
+    return [(k, r) for k, r in list(_registry().items()) if r.alive and (page is None or _application(r) == page)]
+
+
+def _attach(page: str) -> tuple[PathRunner | None, bool]:
+    """The runner this page shows, and whether this session controls it.
+
+    ``?watch=<run id>`` shows any run of the server read-only. Otherwise the session's
+    own runner; a fresh session (a reload, a new tab) opened with ``?run=<run id>``
+    takes its run back from the server's registry, with its controls.
+    """
+    params = st.query_params
+    registry = _registry()
+    watched = registry.get(params.get("watch", ""))
+    if watched is not None and _application(watched) == page:
+        return watched, False
+    key = f"{page}:runner"
+    runner: PathRunner | None = st.session_state.get(key)
+    wanted = params.get("run")
+    if wanted and (runner is None or run_id(runner) != wanted):
+        found = registry.get(wanted)
+        if found is not None and _application(found) == page:
+            st.session_state[key] = runner = found
+    return runner, True
 
 
 def device_options() -> tuple[str, ...]:
@@ -200,22 +269,30 @@ def cached_problem(setup: SetupConfig, classes: Sequence[int] | None = None) -> 
 def _phase(runner: PathRunner | None) -> str:
     if runner is None or not runner.alive:
         return "done"
+    if runner.path.done:
+        return "baselines"  # only Stop does anything now
     return "paused" if runner.state == "paused" else "running"
 
 
-def _request(page: str, action: str) -> None:
+def _request(page: str, action: str, runner: PathRunner | None = None) -> None:
+    """A button's callback. Pause / Step / Resume / Stop reach the path thread here,
+    directly: callbacks run first thing in the rerun the click causes, before the page's
+    script draws anything (the script then only waits for the thread to take it in)."""
+    if runner is not None and action in ("pause", "resume", "step", "stop"):
+        getattr(runner, action)()
+        _log.debug("%s reached the runner at %.3f", action, time.time())
     st.session_state[f"{page}:action"] = action
 
 
-def _buttons_ui(page: str, phase: str, ready: bool) -> None:
+def _buttons_ui(page: str, phase: str, ready: bool, runner: PathRunner | None = None) -> None:
     run, pause, step, stop, _ = st.columns([1, 1, 1, 1, 4])
     run.button("Run", type="primary", disabled=not ready, on_click=_request, args=(page, "run"), key=f"{page}:Run", width="stretch")
     if phase == "paused":
-        pause.button("Resume", on_click=_request, args=(page, "resume"), key=f"{page}:Resume", width="stretch")
+        pause.button("Resume", on_click=_request, args=(page, "resume", runner), key=f"{page}:Resume", width="stretch")
     else:
-        pause.button("Pause", disabled=phase != "running", on_click=_request, args=(page, "pause"), key=f"{page}:Pause", width="stretch")
-    step.button("Step", disabled=phase == "done", on_click=_request, args=(page, "step"), key=f"{page}:Step", width="stretch")
-    stop.button("Stop", disabled=phase == "done", on_click=_request, args=(page, "stop"), key=f"{page}:Stop", width="stretch")
+        pause.button("Pause", disabled=phase != "running", on_click=_request, args=(page, "pause", runner), key=f"{page}:Pause", width="stretch")
+    step.button("Step", disabled=phase in ("done", "baselines"), on_click=_request, args=(page, "step", runner), key=f"{page}:Step", width="stretch")
+    stop.button("Stop", disabled=phase == "done", on_click=_request, args=(page, "stop", runner), key=f"{page}:Stop", width="stretch")
 
 
 def _status_ui(runner: PathRunner, total: int) -> None:
@@ -239,8 +316,25 @@ def _status_ui(runner: PathRunner, total: int) -> None:
     elif runner.finished and runner.message:
         line += f" · {_safe.md(runner.message)}"
     elif runner.alive and runner.path.done:
-        line += " · the path has ended; computing the baselines to compare with…"
+        line += " · the path has ended; computing the baselines to compare with (Stop skips them)…"
     st.markdown(line)
+    if runner.alive and runner.path.done:
+        _baselines_progress_ui(runner)
+    elif runner.skipped:
+        st.caption(f"Stop skipped the baselines {', '.join(runner.skipped)}: the path's figures are kept; "
+                   "the summary leaves those rows empty.")
+
+
+def _baselines_progress_ui(runner: PathRunner) -> None:
+    """One bar per baseline started so far (the runner fills in ``progress``)."""
+    progress = dict(runner.progress)
+    if not progress:
+        return
+    for column, (name, fraction) in zip(st.columns(max(3, len(progress))), progress.items()):
+        column.progress(fraction, text=f"{_BASELINE_NAMES.get(name, name)}: {'done' if fraction >= 1 else f'{fraction:.0%}'}")
+
+
+_BASELINE_NAMES = {"finetune": "fine-tune", "ewc": "EWC", "replay": "replay", "bezier": "Bezier curve"}
 
 
 def _wait_first_step(runner: PathRunner, timeout: float) -> None:
@@ -277,7 +371,13 @@ def run_panel(
     key = f"{page}:runner"
     buttons = st.container()
     action = st.session_state.pop(f"{page}:action", None)
-    runner: PathRunner | None = st.session_state.get(key)
+    runner, owner = _attach(page)
+    if not owner:
+        action = None
+        st.info(f"Watching run {run_id(runner)} read-only (it was started in another tab). "
+                f"[Start a run of your own](/{page}).")
+    elif runner is None:
+        _not_live_notice(page)
     if action == "run" and make_runner is not None:
         if runner is not None and runner.alive:
             runner.stop()
@@ -289,22 +389,29 @@ def run_panel(
         else:
             built = time.perf_counter()
             _freeze_for_run()  # only once there is a run to end it: a failed build keeps nothing frozen
+            runner.settings = st.session_state.get(f"{page}:values")
             runner.start()
             st.session_state[key] = runner
+            _register(runner)
+            st.query_params["run"] = run_id(runner)
             _wait_first_step(runner, 1.5)
             _log.debug("run: built in %.3f s, first step after %.3f s", built - clicked, time.perf_counter() - built)
+            st.rerun()  # the sidebar was drawn before the run existed: draw it again, locked
     elif action in ("pause", "resume", "step", "stop") and runner is not None:
-        before = len(runner.rows())
-        getattr(runner, action)()
+        # the button's callback has already told the thread (see _request)
         if action == "step":  # one more step, then paused again
-            _wait_for(runner, lambda r: len(r.rows()) > before and _phase(r) != "running")
+            _wait_for(runner, lambda r: _phase(r) != "running" and not r.stepping)
         else:
             _wait_for(runner, _ACKNOWLEDGED[action])
     phase = _phase(runner)  # one view of the runner for the buttons and the poller
     if runner is not None and phase == "done":
         _unfreeze_after_run()
     with buttons:
-        _buttons_ui(page, phase, make_runner is not None)
+        if owner:
+            _buttons_ui(page, phase, make_runner is not None, runner)
+        else:
+            _status_only_ui(page, phase)
+        _settings_notice(page, runner)
     if runner is None:
         st.info("Choose the settings in the sidebar and press **Run**: the path is drawn as it grows.")
         if placeholder is not None:
@@ -312,6 +419,35 @@ def run_panel(
         return None
     _live_view(runner, phase, draw, total_steps, draw_pictures)
     return runner
+
+
+def _status_only_ui(page: str, phase: str) -> None:
+    """A watcher's buttons: drawn (so the page looks the same) but never usable."""
+    for column, label in zip(st.columns([1, 1, 1, 1, 4]), ("Run", "Resume" if phase == "paused" else "Pause", "Step", "Stop")):
+        column.button(label, disabled=True, key=f"{page}:watch:{label}", width="stretch")
+
+
+def _not_live_notice(page: str) -> None:
+    """A link to a run that is not (or no longer) live here; and the runs that are."""
+    wanted = st.query_params.get("run") or st.query_params.get("watch")
+    if wanted:
+        st.warning(f"Run {wanted} is not live on this server (it ended before the server restarted, or never ran "
+                   "here); the Runs page lists every run it has recorded.")
+    others = live_runs(page)
+    if others:
+        links = ", ".join(f"[{k}](/{page}?watch={k}) ({r.state}, step {r.path.step})" for k, r in others)
+        st.caption(f"Live on this server now, to watch read-only: {links}.")
+
+
+def _settings_notice(page: str, runner: PathRunner | None) -> None:
+    """When the sidebar no longer holds the settings of the run shown, say so."""
+    settings = getattr(runner, "settings", None)
+    values = st.session_state.get(f"{page}:values")
+    if runner is None or settings is None or values is None or settings == values:
+        return
+    changed = ", ".join(f"{k} {settings[k]}" for k in settings if settings[k] != values.get(k))
+    st.caption(f"The charts below are of run {run_id(runner)}, made with {changed}; the sidebar now says otherwise. "
+               "Press Run to walk the new settings.")
 
 
 # when the runner has taken a button's action in (it finishes the step it is in first)
@@ -332,7 +468,7 @@ def _live_view(
     runner: PathRunner, seen: str, draw: Callable[[PathRunner], None], total: int,
     draw_pictures: Callable[[PathRunner], None] | None = None,
 ) -> None:
-    every = {"running": POLL_RUNNING, "paused": POLL_PAUSED}.get(seen)
+    every = {"running": POLL_RUNNING, "baselines": POLL_RUNNING, "paused": POLL_PAUSED}.get(seen)
 
     @st.fragment(run_every=every)
     def view() -> None:
@@ -349,7 +485,7 @@ def _live_view(
         return
 
     # paused, a path only moves on Step, which reruns the whole page
-    @st.fragment(run_every=POLL_RUNNING * PICTURES_EVERY if seen == "running" else None)
+    @st.fragment(run_every=POLL_RUNNING * PICTURES_EVERY if seen in ("running", "baselines") else None)
     def pictures() -> None:
         started = time.perf_counter()
         draw_pictures(runner)

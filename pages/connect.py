@@ -15,7 +15,7 @@ from geoviz.engine import SolverConfig
 from geoviz.errors import GeovizError
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
-from pages import _live, _safe
+from pages import _charts, _live, _safe
 from pages._live import Control
 
 CONTROLS = (
@@ -50,12 +50,15 @@ def _profiles(runner) -> dict:
     summary = runner.summary
     if summary.get("profiles"):
         return summary["profiles"]
+    ready = runner.partial.get("profiles", {})  # the line at once; the baselines as they end
+    if "geodesic" in ready:
+        return ready
     task = runner.task
     rows = [r for r in runner.rows() if "train_loss" in r]
     start = {"path_length": 0.0, **task.endpoints["a"]}
     rows = [start] + rows
-    return {"geodesic": {"length": [r["path_length"] for r in rows], "train_loss": [r["train_loss"] for r in rows],
-                         "test_accuracy": [r["test_accuracy"] for r in rows]}}
+    return {**ready, "geodesic": {"length": [r["path_length"] for r in rows], "train_loss": [r["train_loss"] for r in rows],
+                                  "test_accuracy": [r["test_accuracy"] for r in rows]}}
 
 
 def draw(runner) -> None:
@@ -63,7 +66,7 @@ def draw(runner) -> None:
     summary = runner.summary
     if runner.path.done and not summary and not runner.finished:
         st.info(f"The geodesic has ended ({_safe.md(runner.path.end_reason)}). Training the Bezier curve for "
-                f"{runner.path.gradient_evaluations} SGD steps (as many as the geodesic's G·v products) and judging the line…")
+                f"{runner.path.gradient_evaluations} SGD steps (as many as the geodesic's G·v products); Stop skips it.")
     evaluated = [r for r in runner.rows() if "distance_to_b" in r]
     if evaluated:
         task = runner.task
@@ -92,6 +95,7 @@ def draw(runner) -> None:
             "Euclidean length": st.column_config.NumberColumn(format="%.2f"),
             "functional length": st.column_config.NumberColumn(format="%.2f"),
         })
+        _charts.skipped_note(summary)
 
 
 def placeholder() -> None:
@@ -146,9 +150,10 @@ def landscape_ui(runner, n: int) -> None:
     view()
 
 
-def replay_record(record, key: str = "replay") -> None:
+def replay_record(record, key: str = "replay", at: int | None = None) -> None:
     """A finished connect run read back from its folder (for the Runs page): the
-    profiles, the PCA with the line and the Bezier curve, the table, the landscape."""
+    profiles, the PCA with the line and the Bezier curve, the table, the landscape.
+    ``at``: the step the replay slider is on, marked on the whole run's charts."""
     from geoviz.connect import load_landscape
     from geoviz.curves import BezierCurve, LineCurve
 
@@ -156,16 +161,22 @@ def replay_record(record, key: str = "replay") -> None:
     if not summary.get("profiles"):
         st.info("This connect run has no summary yet (it ended before w_B, or is still running).")
         return
+    steps, snapshots = record.snapshots()
+    length, current = None, None
+    table = record.table
+    if at is not None and "path_length" in table and len(table):
+        length = float(table.loc[(table["step"] - at).abs().idxmin(), "path_length"])
+        current = min(range(len(steps)), key=lambda i: abs(steps[i] - at)) if steps else None
     left, right = st.columns(2)
-    left.plotly_chart(plots_connect.profiles_figure(summary["profiles"]), key=f"{key}:profiles")
-    _, snapshots = record.snapshots()
+    left.plotly_chart(plots_connect.profiles_figure(summary["profiles"], marker=length), key=f"{key}:profiles")
     others = {}
     if (record.path / "weights" / "connect_points.safetensors").is_file():
         points = record.weights("connect_points")  # flat, in the snapshots' order
         ts = torch.linspace(0, 1, 41)
         others["line"] = LineCurve(points["w_a"], points["w_b"]).weights(ts)
-        others["bezier"] = BezierCurve(points["w_a"], points["bezier_control"], points["w_b"]).weights(ts)
-    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others), key=f"{key}:pca")
+        if "bezier_control" in points:  # (not when Stop skipped the Bezier curve)
+            others["bezier"] = BezierCurve(points["w_a"], points["bezier_control"], points["w_b"]).weights(ts)
+    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others, current=current), key=f"{key}:pca")
     st.dataframe(pd.DataFrame(plots_connect.summary_rows(summary)), hide_index=True, key=f"{key}:table")
     landscape = load_landscape(record.path)
     if landscape is not None:

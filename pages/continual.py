@@ -71,7 +71,7 @@ def draw_pictures(runner) -> None:
     """The PCA of the trajectory (redrawn less often), then the summary once the baselines are trained."""
     steps, snapshots = runner.trajectory()
     _charts.continual_pictures(steps, snapshots, "live", moving=runner.alive)
-    _charts.continual_summary(runner.summary, "live")
+    _charts.continual_summary(runner.summary or runner.partial, "live")
 
 
 def placeholder() -> None:

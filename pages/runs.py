@@ -38,16 +38,15 @@ def replay(record) -> None:
         st.info("This run has no finished step yet.")
         return
     last = int(table["step"].max())
-    at = st.slider("Replay up to step", 1, last, last, key="runs:step") if last > 1 else last
-    shown = table[table["step"] <= at]
+    at = st.slider("Replay: the point at step", 1, last, last, key="runs:step") if last > 1 else last
+    # the charts are of the whole run (fixed axes, one PCA); the slider moves a marker
     steps, snapshots = record.snapshots()
     keep = [i for i, s in enumerate(steps) if s <= at]
-    steps, snapshots = [steps[i] for i in keep], snapshots[keep] if keep else snapshots
     if record.config.get("application") == "sparsify":
         summary = record.summary
-        layers, title = _layers_at(record, at, last, steps, snapshots)
+        layers, title = _layers_at(record, at, last, [steps[i] for i in keep], snapshots[keep] if keep else snapshots)
         _charts.sparsify_charts(
-            shown,
+            table,
             summary.get("reference", {}),
             summary.get("baselines"),
             record.config.get("sparsify", {}).get("sparsity"),
@@ -56,20 +55,20 @@ def replay(record) -> None:
             steps,
             snapshots,
             "replay",
-            marker=at if at < last else None,
+            marker=at,
         )
         _charts.sparsify_summary(
             summary, table, record.config.get("sparsify", {}).get("sparsity"), record.config.get("solver", {}).get("mode")
         )
     elif record.config.get("application") == "continual":
-        _charts.continual_charts(shown, record.summary.get("start", {}), steps, snapshots, "replay", marker=at if at < last else None)
+        _charts.continual_charts(table, record.summary.get("start", {}), steps, snapshots, "replay", marker=at)
         _charts.continual_summary(record.summary, "replay")
     elif record.config.get("application") == "connect":
         from pages.connect import replay_record
 
-        replay_record(record)
+        replay_record(record, at=at)
     else:
-        _charts.generic_charts(shown, "replay")
+        _charts.generic_charts(table[table["step"] <= at], "replay")
 
 
 def page() -> None:

@@ -45,7 +45,7 @@ def configs(values: dict) -> tuple[SetupConfig, SparsifyConfig, SolverConfig]:
 
 def draw(runner) -> None:
     """The live figures along the path of a sparsification runner."""
-    task, summary = runner.task, runner.summary
+    task, summary = runner.task, runner.summary or runner.partial  # each baseline drawn once ready
     reference = {"dense_accuracy": task.dense_accuracy, "one_shot_accuracy": task.one_shot_accuracy}
     _charts.sparsify_curves(runner.rows(), reference, summary.get("baselines"), task.config.sparsity, "live", moving=runner.alive)
 

@@ -72,7 +72,10 @@ def _status(at: AppTest) -> str:
 
 def _finish(at: AppTest, timeout: float = 180) -> object:
     runner = at.session_state["sparsify:runner"]
-    runner.join(timeout)
+    deadline = time.time() + timeout
+    while runner.alive and time.time() < deadline:
+        runner.touch()  # as the page's poll would: not abandoned, baselines included
+        runner.join(1.0)
     assert not runner.alive
     at.run()
     assert not at.exception, at.exception
@@ -260,11 +263,19 @@ def test_runs_page_lists_opens_and_replays_a_run():
     assert at.selectbox(key="runs:open").value == runner.writer.dir.name
     assert at.query_params["run"] == runner.writer.dir.name
     assert len(at.get("download_button")) == 2
+    whole = _figures(at)
     at.slider(key="runs:step").set_value(6).run()
     figures = _figures(at)
-    assert list(_points(figures["Test accuracy along the path"]["data"][0]["x"])) == [1, 3, 6]
+    # the whole run stays drawn (fixed axes); a marker moves to the slider's step
+    accuracy = figures["Test accuracy along the path"]
+    assert list(_points(accuracy["data"][0]["x"])) == [1, 3, 6, 9, 12]
+    assert any(shape.get("x0") == 6 for shape in accuracy["layout"]["shapes"])
     pca = next(spec for title, spec in figures.items() if title.startswith("Weight trajectory"))
+    before = next(spec for title, spec in whole.items() if title.startswith("Weight trajectory"))
     assert pca["data"][2]["name"] == "now: step 6"
+    # one PCA of the whole run: the path's picture is the same wherever the slider is
+    assert list(_points(pca["data"][0]["x"])) == list(_points(before["data"][0]["x"]))
+    assert list(_points(pca["data"][2]["x"])) != list(_points(before["data"][2]["x"]))
 
 
 def test_first_run_on_a_fresh_machine_trains_with_a_progress_bar(tmp_path, monkeypatch):

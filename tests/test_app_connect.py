@@ -38,7 +38,7 @@ def test_connect_page_runs_and_draws_everything(app):
     at.button(key="connect:Run").click().run()
     assert not at.exception and not at.error
     runner = at.session_state["connect:runner"]
-    _wait(lambda: runner.finished)
+    _wait(lambda: runner.touch() or runner.finished)  # touched as the page's poll would: not abandoned
     assert runner.state == "finished", runner.message
     at.run()
     assert not at.exception and not at.error

@@ -44,7 +44,7 @@ def test_continual_page_runs_and_draws_everything(app, runs_dir):
     at.button(key="continual:Run").click().run()
     assert not at.exception and not at.error
     runner = at.session_state["continual:runner"]
-    _wait(lambda: runner.finished)
+    _wait(lambda: runner.touch() or runner.finished)  # touched as the page's poll would: not abandoned
     assert runner.state == "finished", runner.message
     at.run()
     assert not at.exception and not at.error

@@ -196,7 +196,10 @@ def test_figures_draw_from_the_run_record(digits_run):
     assert {t.name for t in contour.data[1:4]} == {"geodesic", "straight line", "Bezier curve"}
     _, snapshots = digits_run.trajectory()
     pca = plots_connect.connect_pca_figure(snapshots, {"line": digits_run.curves["line"].weights(torch.linspace(0, 1, 5))})
-    assert len(pca.data) == 3
+    assert [t.name for t in pca.data] == ["geodesic", "straight line", "w_A", "w_B"]  # both ends labelled
+    replay = plots_connect.connect_pca_figure(snapshots, {"line": digits_run.curves["line"].weights(torch.linspace(0, 1, 5))},
+                                              current=3)
+    assert replay.data[-1].name == "replay" and list(replay.data[0].x) == list(pca.data[0].x)  # the same PCA, a marker
     rows = plots_connect.summary_rows(summary)
     assert [r["path"] for r in rows] == ["geodesic", "straight line", "Bezier curve"]
 

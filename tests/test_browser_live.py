@@ -1,0 +1,190 @@
+"""The live controls in a real browser (issue 13, part 1): Pause stops where it is
+clicked (measured from the run record), a run survives a reload and shows in a second
+tab, Stop ends the baselines, the settings are locked while a run is live, connect
+runs replay, and narrow / projected screens truncate no button label.
+
+One server for the whole module; screenshots go to tests/screenshots/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from appserver import FIRST_CHART_POINTS
+# one server and one browser for this module (module-scoped fixtures), and the helpers
+from test_browser import _button, _status, browser, server  # noqa: F401
+
+SHOTS = Path(__file__).parent / "screenshots"
+# the time of the last click, by the browser's clock (the same machine's clock as the server's)
+CLICK_CLOCK = "() => { window.__clicks = []; document.addEventListener('click', () => window.__clicks.push(Date.now() / 1000), true); }"
+
+
+@pytest.fixture
+def context(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 2000})
+    yield context
+    context.close()
+
+
+def _newest_run(server) -> Path:
+    runs = sorted(p for p in Path(server.env["GEOVIZ_RUNS"]).iterdir() if (p / "config.json").exists())
+    return runs[-1]
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "steps.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _start(page, url: str) -> None:
+    page.goto(url)
+    _button(page, "Run").wait_for(timeout=90_000)
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
+    _button(page, "Run").click()
+    page.wait_for_function(f"({FIRST_CHART_POINTS})() > 0", timeout=60_000, polling=50)
+
+
+def test_pause_stops_where_it_is_clicked(server, context):
+    page = context.new_page()
+    _start(page, f"{server.url}/sparsify?steps=3000&sparsity=0.9&eval_every=10")
+    page.evaluate(CLICK_CLOCK)
+    page.wait_for_timeout(2500)  # let a poll or two redraw the charts: the click lands among them
+    pressed = time.time()
+    _button(page, "Pause").click()
+    shown_by = time.time()
+    step = int(_status(page, r"^paused · step (\d+)", timeout=10_000).group(1))
+    shown_after = time.time() - shown_by
+    clicked = page.evaluate("() => window.__clicks[window.__clicks.length - 1]")
+    rows = _rows(_newest_run(server))
+    last = rows[-1]
+    late = [r for r in rows if r["time"] > clicked]
+    print(f"playwright pressed {pressed:.3f}, browser click {clicked:.3f}, click returned {shown_by:.3f}")
+    print(f"pause: clicked at step {max(r['step'] for r in rows if r['time'] <= clicked)}, stopped at {last['step']} "
+          f"{last['time'] - clicked:.3f} s after the click ({len(late)} steps after it); 'paused' shown {shown_after:.2f} s after")
+    assert last["step"] == step, "the page shows the step the run record stopped at"
+    assert last["time"] - clicked < 0.3, f"the path went on {last['time'] - clicked:.2f} s after the click"
+    assert shown_after < 2.5, "the page says 'paused' within one poll"
+    page.screenshot(path=str(SHOTS / "live_paused.png"))
+    _button(page, "Stop").click()
+    _status(page, r"^stopped · step")
+
+
+def test_a_reload_reattaches_and_a_second_tab_watches(server, context):
+    page = context.new_page()
+    _start(page, f"{server.url}/sparsify?steps=3000&sparsity=0.9&eval_every=10&eps=0.04")
+    page.wait_for_function("() => location.search.includes('run=')", timeout=10_000)
+    run = re.search(r"run=([^&]+)", page.url).group(1)
+    assert run == _newest_run(server).name
+    # the settings are locked while the run is live
+    eps = page.get_by_test_id("stSidebar").get_by_role("spinbutton", name="Step length ε")
+    assert eps.is_disabled()
+    page.reload()
+    step = int(_status(page, r"^running · step (\d+)", timeout=30_000).group(1))
+    assert step > 0
+    page.wait_for_function(f"({FIRST_CHART_POINTS})() > 0", timeout=30_000, polling=100)
+    assert "eps=0.04" in page.url and f"run={run}" in page.url
+    assert page.get_by_test_id("stSidebar").get_by_role("spinbutton", name="Step length ε").input_value() == "0.040"
+    page.screenshot(path=str(SHOTS / "live_reloaded.png"))
+    _button(page, "Pause").click()
+    paused = int(_status(page, r"^paused · step (\d+)", timeout=10_000).group(1))
+    assert paused >= step
+
+    # a second tab, opened on the page without the run's id, finds it and watches it
+    other = context.new_page()
+    other.goto(f"{server.url}/sparsify")
+    link = other.get_by_role("link", name=run)
+    link.wait_for(timeout=30_000)
+    other.goto(server.url + link.get_attribute("href"))  # (a markdown link opens yet another tab)
+    _status(other, rf"^paused · step {paused} ", timeout=30_000)
+    other.wait_for_function(f"({FIRST_CHART_POINTS})() > 0", timeout=30_000, polling=100)
+    assert other.get_by_text(re.compile(f"Watching run {run} read-only")).count() == 1
+    for label in ("Run", "Resume", "Step", "Stop"):
+        assert _button(other, label).is_disabled(), f"{label} is read-only in the second tab"
+    assert other.get_by_test_id("stSidebar").get_by_role("spinbutton", name="Step length ε").input_value() == "0.040"
+    other.screenshot(path=str(SHOTS / "live_second_tab.png"))
+    # the first tab still controls it; the watcher follows
+    _button(page, "Resume").click()
+    _status(page, r"^running · step")
+    _button(page, "Stop").click()
+    stopped = int(_status(page, r"^stopped · step (\d+)").group(1))
+    _status(other, rf"^stopped · step {stopped} ", timeout=15_000)
+
+
+def test_stop_during_the_baselines(server, context):
+    page = context.new_page()
+    _start(page, f"{server.url}/continual?steps=150")
+    page.get_by_text(re.compile(r"computing the baselines")).wait_for(timeout=120_000)
+    bar = page.get_by_text(re.compile(r"^fine-tune: \d+%")).first
+    bar.wait_for(timeout=30_000)
+    page.screenshot(path=str(SHOTS / "live_baselines.png"))
+    pressed = time.time()
+    _button(page, "Stop").click()
+    match = _status(page, r"^stopped · step (\d+) of 150", timeout=20_000)
+    shown = time.time() - pressed
+    run = _newest_run(server)
+    summary = json.loads((run / "summary.json").read_text())
+    status = json.loads((run / "status.json").read_text())
+    print(f"stop during the baselines: the record said 'stopped' {status['updated'] - pressed:.2f} s after the click, "
+          f"the page {shown:.2f} s after")
+    assert status["updated"] - pressed < 1.5, "Stop ends the baselines at once (0.24 s from the callback seen)"
+    assert status["status"] == "stopped" and "skipped" in status["message"]
+    assert "finetune" in summary["skipped"] and "geodesic" in summary  # the path's figures are kept
+    assert len(_rows(run)) == int(match.group(1))
+    page.get_by_text(re.compile(r"^Stopped during the baselines: .*fine-tune|^Stopped during the baselines: .*finetune")).first.wait_for(timeout=20_000)
+    page.get_by_text("Geodesic and baselines", exact=True).wait_for(timeout=20_000)
+    page.screenshot(path=str(SHOTS / "live_baselines_stopped.png"), full_page=True)
+
+
+# JavaScript: the names of the traces of the plotly chart whose title starts with `title`
+TRACE_NAMES = """(title) => {
+  for (const div of document.querySelectorAll('.js-plotly-plot')) {
+    const text = div.layout && div.layout.title && (div.layout.title.text || div.layout.title);
+    if (String(text).includes(title)) return div._fullData.map(t => t.name);
+  }
+  return [];
+}"""
+# JavaScript: the x coordinates of trace `name` of the chart whose title starts with `title`
+TRACE_X = """([title, name]) => {
+  for (const div of document.querySelectorAll('.js-plotly-plot')) {
+    const text = div.layout && div.layout.title && (div.layout.title.text || div.layout.title);
+    if (!String(text).includes(title)) continue;
+    const trace = div._fullData.find(t => t.name === name);
+    return trace ? Array.from(trace.x).map(Number) : null;
+  }
+  return null;
+}"""
+
+
+def test_connect_draws_the_line_at_once_and_replays(server, context):
+    page = context.new_page()
+    page.goto(f"{server.url}/connect?eps=0.2&steps=40&eval_every=5")
+    _button(page, "Run").wait_for(timeout=90_000)
+    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=90_000)
+    _button(page, "Run").click()
+    _status(page, r"^running · step", timeout=60_000)
+    # the straight line needs no training: it is on the chart while the geodesic runs
+    page.wait_for_function(f"({TRACE_NAMES})('Loss and accuracy').includes('straight line: train loss')", timeout=30_000)
+    assert page.get_by_text(re.compile(r"^finished · step")).count() == 0
+    page.screenshot(path=str(SHOTS / "live_connect_running.png"))
+    _status(page, r"^finished · step 40 of 40", timeout=240_000)
+    run = _newest_run(server).name
+
+    page.goto(f"{server.url}/runs?run={run}")
+    page.wait_for_function(f"({TRACE_X})(['Paths on the', 'replay']) !== null", timeout=60_000)
+    path_before = page.evaluate(TRACE_X, ["Paths on the", "geodesic"])
+    star_before = page.evaluate(TRACE_X, ["Paths on the", "replay"])
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    slider.press("Home")
+    page.wait_for_function(f"JSON.stringify(({TRACE_X})(['Paths on the', 'replay'])) !== JSON.stringify({star_before})",
+                           timeout=30_000)
+    page.wait_for_timeout(500)
+    assert page.evaluate(TRACE_X, ["Paths on the", "geodesic"]) == path_before, "one PCA for the whole run"
+    marker = page.evaluate("""() => { for (const div of document.querySelectorAll('.js-plotly-plot')) {
+        if (String(div.layout.title.text).includes("Loss and accuracy")) return (div.layout.shapes || []).map(s => s.x0); } }""")
+    assert marker and 0 < marker[0] <= 0.2 + 1e-6, "the marker sits at step 1: one step of ε = 0.2 along the geodesic"
+    page.screenshot(path=str(SHOTS / "runs_connect_replay.png"), full_page=True)
