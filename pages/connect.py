@@ -15,7 +15,7 @@ from geoviz.engine import SolverConfig
 from geoviz.errors import GeovizError
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
-from pages import _live
+from pages import _charts, _live
 from pages._live import Control
 
 CONTROLS = (
@@ -85,7 +85,7 @@ def draw(runner) -> None:
         ends = summary["endpoints"]
         st.caption(f"Endpoints: w_A train loss {ends['a']['train_loss']:.4f}, test accuracy {ends['a']['test_accuracy']:.4f}; "
                    f"w_B train loss {ends['b']['train_loss']:.4f}, test accuracy {ends['b']['test_accuracy']:.4f}. "
-                   "Barrier: the highest train loss along the path minus the mean of the endpoints'.")
+                   "Barrier: the highest train loss along the path minus the mean of the endpoints'. " + _charts.NOISE)
         st.dataframe(pd.DataFrame(plots_connect.summary_rows(summary)), hide_index=True, key="connect:table", column_config={
             "barrier (train loss)": st.column_config.NumberColumn(format="%.4f"),
             "min test accuracy": st.column_config.NumberColumn(format="%.4f"),
