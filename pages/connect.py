@@ -62,8 +62,9 @@ def draw(runner) -> None:
     """The live charts of a connect runner: profiles, PCA, and the summary table."""
     summary = runner.summary
     if runner.path.done and not summary and not runner.finished:
-        st.info(f"The geodesic has ended ({runner.path.end_reason}). Training the Bezier curve for "
-                f"{runner.path.gradient_evaluations} SGD steps (as many as the geodesic's G·v products) and judging the line…")
+        st.info(f"The geodesic has ended ({runner.path.end_reason}). Training the Bezier curves (with labels, and "
+                f"without) for {runner.path.gradient_evaluations} SGD steps each (as many as the geodesic's G·v products) "
+                "and judging the line…")
     evaluated = [r for r in runner.rows() if "distance_to_b" in r]
     if evaluated:
         task = runner.task

@@ -115,6 +115,7 @@ def test_digits_run_record(digits_run):
     assert (digits_run.writer.dir / "weights" / "bezier_control.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_digits_claims_over_seeds():
     """Pairs (0, 1), (2, 3), (4, 5): the line has a barrier, the geodesic bends around it and
     is functionally shorter; both Bezier curves (labels or not) lower the barrier too. Means ±

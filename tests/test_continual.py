@@ -144,6 +144,7 @@ def test_digits_class_incremental_cli_payload_and_record(tmp_path):
     assert abs(last["task1_accuracy"] - geo["task1"]) < 1e-12 and abs(last["task2_accuracy"] - geo["task2"]) < 1e-12
 
 
+@pytest.mark.slow
 def test_digits_claims_over_seeds():
     """Class-incremental digits at the defaults, seeds 0, 1, 2 (each its own start network and
     memory draw): the geodesic learns task 2 and keeps task 1, fine-tuning forgets; the penalty

@@ -90,6 +90,7 @@ def test_distillation_baseline_uses_no_labels_and_keeps_the_mask():
     assert first > task.one_shot_accuracy
 
 
+@pytest.mark.slow
 def test_digits_claims_over_seeds():
     """Seeds 0, 1, 2 at the defaults (90% sparsity): the geodesic keeps accuracy where one-shot
     pruning loses it; every method's mean ± sd is printed (pytest -s) beside the data it used."""
