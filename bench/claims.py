@@ -83,7 +83,9 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
 
             def progress(seed, rows, app=app):
-                print(f"  {dataset} {app} seed {seed} done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+                figures = {name: {k: round(v, 4) for k, v in r.items() if k in FIGURES[app]} for name, r in rows.items()}
+                print(f"  {dataset} {app} seed {seed} done ({time.perf_counter() - t0:.0f} s): {figures}",
+                      file=sys.stderr, flush=True)
 
             per_seed = claims.over_seeds(rows_of, setup, [seed_of(s) for s in args.seeds], progress)
             rows = claims.table(per_seed, FIGURES[app])

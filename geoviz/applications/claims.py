@@ -4,9 +4,11 @@ One function per application runs, for one start seed, the exact geodesic (throu
 the application's runner, so its baselines are the ones the CLI and the pages
 report, at the path's gradient-evaluation budget), the penalty mode (the path
 alone, with as many steps as the geodesic used gradient evaluations: one each,
-so the same budget; it stops earlier where it reaches its target), and returns one row per method with its figures and the data it used.
-:func:`over_seeds` repeats it over seeds and :func:`mean_sd` condenses the rows.
-Used by ``bench/claims.py`` and by the claim tests.
+so the same budget; it stops earlier where it reaches its target), and returns
+one row per method with its figures and the data it used. :func:`over_seeds`
+repeats it over seeds and :func:`table` condenses the rows to mean ± sd. Used by
+``bench/claims.py``, ``bench/ablation.py`` (the ``*_path_row`` functions: one path
+alone) and the claim tests.
 
 Seeds: in sparsify the seed trains the dense network and draws the path's metric
 batches and the baselines' minibatches; in continual it also draws the memory of
@@ -39,6 +41,9 @@ __all__ = [
     "sparsify_rows",
     "continual_rows",
     "connect_rows",
+    "sparsify_path_row",
+    "continual_path_row",
+    "connect_path_row",
     "over_seeds",
     "mean_sd",
     "format_mean_sd",
@@ -92,11 +97,7 @@ def sparsify_rows(
                      "gradient_evaluations": budget, "reached": runner.path.end_reason != "step budget reached"},
     }
     if penalty is not None:
-        path = SparsifyTask(problem, replace(config, steps=budget), penalty).path()
-        _finish(path)
-        rows["penalty"] = {"accuracy": pruned(path.w), "data_used": used["geodesic"],
-                           "gradient_evaluations": path.gradient_evaluations,
-                           "reached": path.end_reason != "step budget reached"}
+        rows["penalty"] = sparsify_path_row(problem, replace(config, steps=budget), penalty)
     for name, accuracy in s["baselines"].items():
         rows[name] = {"accuracy": accuracy, "data_used": used[name],
                       "gradient_evaluations": 0 if name == "one_shot" else budget}
@@ -122,11 +123,7 @@ def continual_rows(
                      "gradient_evaluations": s["gradient_evaluations"]},
     }
     if penalty is not None:
-        budget = s["gradient_evaluations"]
-        path = ContinualTask(problem, sequence, replace(config, steps=budget), penalty).path()
-        _finish(path)
-        rows["penalty"] = {**ContinualTask.scores(task.evaluate(path.w)), "data_used": s["geodesic"]["data_used"],
-                           "gradient_evaluations": path.gradient_evaluations}
+        rows["penalty"] = continual_path_row(problem, sequence, replace(config, steps=s["gradient_evaluations"]), penalty)
     for name, r in s["baselines"].items():
         rows[name] = {**{k: r[k] for k in keys}, "data_used": r["data_used"],
                       "gradient_evaluations": r["gradient_evaluations"]}
@@ -152,16 +149,43 @@ def connect_rows(
                       "gradient_evaluations": 0 if name == "line" else s["gradient_evaluations"]}
     rows["geodesic"]["reached"] = s["geodesic"]["reached"]
     if penalty is not None:
-        penalty_task = ConnectTask(problem, replace(config, steps=s["gradient_evaluations"]), penalty)
-        path = penalty_task.path()
-        records = [r.row() for r in path]
-        landing = getattr(path.objective, "landing", 0.0)
-        summary = path_summary(penalty_task.geodesic_profile(records, landing), penalty_task.endpoint_losses)
-        rows["penalty"] = {**{k: summary[k] for k in ("barrier", "min_accuracy")},
-                           "length": path._path_length + landing, "functional_length": path._functional_length,
-                           "data_used": CONNECT_DATA_USED["geodesic"], "gradient_evaluations": path.gradient_evaluations,
-                           "reached": path.end_reason == "reached the target network"}
+        rows["penalty"] = connect_path_row(problem, replace(config, steps=s["gradient_evaluations"]), penalty)
     return rows
+
+
+# -- one path alone, no baselines (the penalty rows above, and the ablation) ----------------
+
+
+def sparsify_path_row(problem, config: SparsifyConfig, solver: SolverConfig) -> dict:
+    """Accuracy of a sparsification path's end, hard-pruned to the target (as the table judges it)."""
+    task = SparsifyTask(problem, config, solver)
+    path = task.path()
+    _finish(path)
+    accuracy = problem.evaluate(path.w * task.mask, problem.x_test, problem.y_test)[1]
+    return {"accuracy": accuracy, "data_used": SPARSIFY_DATA_USED["geodesic"],
+            "gradient_evaluations": path.gradient_evaluations, "reached": path.end_reason != "step budget reached"}
+
+
+def continual_path_row(problem, sequence, config: ContinualConfig, solver: SolverConfig) -> dict:
+    """Task-1, task-2 and average test accuracy at a continual path's end."""
+    task = ContinualTask(problem, sequence, config, solver)
+    path = task.path()
+    _finish(path)
+    return {**ContinualTask.scores(task.evaluate(path.w)), "data_used": task.data_used("geodesic"),
+            "gradient_evaluations": path.gradient_evaluations}
+
+
+def connect_path_row(problem, config: ConnectConfig, solver: SolverConfig) -> dict:
+    """Barrier, minimum test accuracy and lengths of a path from w_A toward w_B."""
+    task = ConnectTask(problem, config, solver)
+    path = task.path()
+    records = [r.row() for r in path]
+    landing = getattr(path.objective, "landing", 0.0)
+    summary = path_summary(task.geodesic_profile(records, landing), task.endpoint_losses)
+    return {**{k: summary[k] for k in ("barrier", "min_accuracy")},
+            "length": path._path_length + landing, "functional_length": path._functional_length,
+            "data_used": CONNECT_DATA_USED["geodesic"], "gradient_evaluations": path.gradient_evaluations,
+            "reached": path.end_reason == "reached the target network"}
 
 
 def over_seeds(rows_of: Callable[[SetupConfig], Rows], setup: SetupConfig, seeds: Sequence[int],
