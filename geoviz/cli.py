@@ -277,13 +277,14 @@ def _cmd_sparsify(args) -> int:
             f"geodesic ({solver.mode:7s})       {s['accuracy']:.4f}  at sparsity {s['sparsity']:.3f}",
             f"one-shot pruning         {s['baselines']['one_shot']:.4f}",
             f"prune + fine-tune        {s['baselines']['finetune']:.4f}  ({s['gradient_evaluations']} gradient evaluations, uses labels)",
+            f"prune + distil           {s['baselines']['distill']:.4f}  (as many, inputs only)",
             f"steps {runner.path.step} ({s['end_reason']})",
         ]
         payload = {
             "dense_accuracy": s["dense_accuracy"],
             "accuracy": s["accuracy"],
             "sparsity": s["sparsity"],
-            "baselines": s["baselines"],
+            "baselines": {k: {"accuracy": v, "data_used": s["data_used"][k]} for k, v in s["baselines"].items()},
         }
         return lines, payload
 
@@ -311,7 +312,7 @@ def _cmd_continual(args) -> int:
             "memory_size": s["memory_size"],
             "start": {k: s["start"][k] for k in ("task1", "task2")},
             "geodesic": {k: s["geodesic"][k] for k in keys},
-            "baselines": {name: {k: r[k] for k in keys} for name, r in s["baselines"].items()},
+            "baselines": {name: {**{k: r[k] for k in keys}, "data_used": r["data_used"]} for name, r in s["baselines"].items()},
         }
         return lines, payload
 
@@ -336,10 +337,11 @@ def _cmd_connect(args) -> int:
             e = s["endpoints"][end]
             lines.append(f"endpoint {end.upper()}: train loss {e['train_loss']:.4f}, test accuracy {e['test_accuracy']:.4f}")
         lines.append(f"{'':10s} barrier  min acc  length  functional")
-        for name in ("geodesic", "line", "bezier"):
+        for name in ("geodesic", "line", "bezier", "bezier_inputs"):
             r = s[name]
             lines.append(f"{name:10s} {r['barrier']:7.4f}  {r['min_accuracy']:.4f}  {r['length']:6.2f}  {r['functional_length']:8.2f}")
-        lines.append(f"Bezier trained for {s['gradient_evaluations']} gradient evaluations, as many as the geodesic used; steps {s['steps']} ({s['end_reason']})")
+        lines.append(f"Bezier curves trained for {s['gradient_evaluations']} gradient evaluations, as many as the geodesic used "
+                     f"(bezier: labels; bezier_inputs: inputs only); steps {s['steps']} ({s['end_reason']})")
         if config.grid:
             cost = runner.task.grid_cost(config.grid)
             print(f"landscape: {cost['evaluations']} evaluations of {cost['rows_per_evaluation']} rows ({cost['method']})", file=sys.stderr)
@@ -349,6 +351,8 @@ def _cmd_connect(args) -> int:
             "endpoints": {k: {"loss": e["train_loss"], "accuracy": e["test_accuracy"]} for k, e in s["endpoints"].items()},
             **{name: {k: s[name][k] for k in ("barrier", "min_accuracy", "length", "functional_length")}
                for name in ("geodesic", "line", "bezier")},
+            "baselines": {name: {**{k: s[name][k] for k in ("barrier", "min_accuracy", "length", "functional_length")},
+                                 "data_used": s["data_used"][name]} for name in ("line", "bezier", "bezier_inputs")},
         }
         return lines, payload
 

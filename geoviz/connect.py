@@ -8,7 +8,10 @@ paths between them:
 - the straight line;
 - a quadratic Bezier curve whose control point is trained as in Garipov et al.
   2018 (t ~ U(0, 1) each step), with as many gradient evaluations as the geodesic
-  used G v products.
+  used G v products;
+- the same curve trained without labels (``bezier_inputs``): at t it is distilled
+  to the mixture (1 - t) p_A + t p_B of the endpoints' predictions on training
+  inputs, the data the geodesic sees.
 
 Each path is judged at evenly spaced points of its Euclidean length: train loss,
 test accuracy, the barrier (max train loss minus the mean of the endpoints' train
@@ -33,7 +36,7 @@ from geoviz.metric import functional_distance
 from geoviz.objectives import TowardPointObjective
 from geoviz.problem import Problem, start_network
 
-__all__ = ["THIRD_POINTS", "SOLVER_DEFAULTS", "ConnectConfig", "ConnectTask", "path_summary", "connect_runner", "run_landscape", "save_landscape", "load_landscape", "LandscapeJob"]
+__all__ = ["DATA_USED", "THIRD_POINTS", "SOLVER_DEFAULTS", "ConnectConfig", "ConnectTask", "path_summary", "connect_runner", "run_landscape", "save_landscape", "load_landscape", "LandscapeJob"]
 
 THIRD_POINTS = ("bezier", "midpoint")
 
@@ -41,6 +44,15 @@ THIRD_POINTS = ("bezier", "midpoint")
 # calibrated on digits MLP (two seeds), eps 0.1 / rho 1e-3 reaches w_B in ~250 steps
 # with a train-loss barrier of 0.03 against the line's 0.47 (METHOD.md: 0.06 vs 0.43).
 SOLVER_DEFAULTS = {"eps": 0.1, "damping": 1e-3}
+
+# What each path learns from, beyond the two networks (the geodesic's metric batches
+# are training inputs; it never reads a label).
+DATA_USED = {
+    "geodesic": "inputs only",
+    "line": "none",
+    "bezier": "inputs + labels",
+    "bezier_inputs": "inputs only",
+}
 
 
 @dataclass(frozen=True)
@@ -189,6 +201,54 @@ class ConnectTask:
             callback: called as ``callback(step, curve)`` every ``callback_every``
                 steps (for the benchmark), returning True to stop early.
         """
+
+        def loss(logits, index, t):
+            return torch.nn.functional.cross_entropy(logits, self.problem.y_train[index])
+
+        return self._train_control(steps, loss, callback, callback_every)
+
+    def train_bezier_inputs(self, steps: int, callback=None, callback_every: int = 0) -> BezierCurve:
+        """A Bezier curve trained without labels: at t, predict what the endpoints predict.
+
+        :meth:`train_bezier` with the labels replaced by soft targets. Each step
+        draws t ~ U(0, 1) and a minibatch of training *inputs* (the geodesic's
+        metric batches come from the same rows) and minimises the cross-entropy
+        of w(t)'s softmax against q_t = (1 - t) p_A + t p_B, the mixture of the
+        endpoints' predictive distributions (KL(q_t || p) up to a constant). The
+        target is each endpoint's own prediction at t = 0 and 1, their ensemble
+        at t = 1/2, and moves smoothly between them; the loss is linear in q_t,
+        so it is distillation to w_A with weight 1 - t and to w_B with weight t.
+        (The alternative, the nearer endpoint's outputs, asks nothing of the
+        middle, where the barrier lies: the curve could keep f_A to t = 1/2 and
+        then jump.) Soft-target cross-entropy has the labelled loss's gradient
+        scale (p - q on the logits), so Garipov et al.'s optimiser and learning
+        rate carry over unchanged; the squared logit difference, with the same
+        SGD, diverged on digits (a curve 300x longer than the line). Same
+        optimiser, minibatches and budget as :meth:`train_bezier`; arguments as there.
+        """
+        ends = self._endpoint_probabilities()  # (2, N, K)
+
+        def loss(logits, index, t):
+            target = (1.0 - float(t)) * ends[0, index] + float(t) * ends[1, index]  # (B, K)
+            return -(target * torch.log_softmax(logits.reshape(len(index), -1), -1)).sum(-1).mean()
+
+        return self._train_control(steps, loss, callback, callback_every)
+
+    def _endpoint_probabilities(self) -> torch.Tensor:
+        """softmax f(x; w_A) and softmax f(x; w_B) on every training input, (2, N, K), computed once."""
+        if getattr(self, "_ends", None) is None:
+            p = self.problem
+            outs = []
+            with torch.no_grad():
+                for w in (self.w_a, self.w_b):
+                    state = {**p.params(w), **p.buffers_at(w)}  # BatchNorm statistics of that network
+                    parts = [functional_call(p.model, (state,), (x,)) for x in torch.split(p.x_train, 4096)]
+                    outs.append(torch.softmax(torch.cat(parts).reshape(p.x_train.shape[0], -1), -1))
+            self._ends = torch.stack(outs)
+        return self._ends
+
+    def _train_control(self, steps: int, loss_of, callback, callback_every: int) -> BezierCurve:
+        """SGD with momentum on the control point; ``loss_of(logits, index, t)`` is the step's loss."""
         p, cfg = self.problem, self.config
         theta = (0.5 * (self.w_a + self.w_b)).clone().requires_grad_(True)
         opt = torch.optim.SGD([theta], lr=cfg.bezier_lr, momentum=0.9)
@@ -205,7 +265,7 @@ class ConnectTask:
                 logits = functional_call(p.model, ({**p.params(w), **buffers},), (p.x_train[index],))
             finally:
                 p.model.eval()
-            loss = torch.nn.functional.cross_entropy(logits, p.y_train[index])
+            loss = loss_of(logits, index, t)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -305,8 +365,9 @@ def connect_runner(
 ):
     """A :class:`~geoviz.runner.PathRunner` for the geodesic from w_A to w_B, with its record.
 
-    When the geodesic ends, ``on_finish`` judges it and its two baselines (line,
-    Bezier with the same number of gradient evaluations) and returns the summary.
+    When the geodesic ends, ``on_finish`` judges it and its baselines (the line;
+    Bezier curves trained with labels and without, each with as many gradient
+    evaluations as the geodesic used) and returns the summary.
     The runner gets ``task`` and, after the end, ``curves`` (line, bezier, geodesic
     polyline) for the landscape.
     """
@@ -359,20 +420,29 @@ def connect_runner(
         runner.publish(profiles=dict(profiles))
         line_summary, _ = task.judge(line, line_profile)
 
-        def train_and_judge(report):
-            t0 = time.perf_counter()
-            curve = task.train_bezier(path.gradient_evaluations, lambda step, _: report(step, path.gradient_evaluations), 10)
-            seconds = time.perf_counter() - t0
-            summary, profile = task.judge(curve)
-            return curve, {**summary, "training_steps": path.gradient_evaluations, "seconds": seconds}, profile
+        def train_and_judge(train):
+            def work(report):
+                t0 = time.perf_counter()
+                curve = train(path.gradient_evaluations, lambda step, _: report(step, path.gradient_evaluations), 10)
+                seconds = time.perf_counter() - t0
+                summary, profile = task.judge(curve)
+                return curve, {**summary, "training_steps": path.gradient_evaluations, "seconds": seconds}, profile
 
-        done = runner.baseline("bezier", train_and_judge)
+            return work
+
+        done = runner.baseline("bezier", train_and_judge(task.train_bezier))
         points = {"w_a": task.w_a, "w_b": task.w_b}
         if done is not None:
             bezier, bezier_summary, profiles["bezier"] = done
             runner.curves["bezier"] = bezier
             writer.save_weights("bezier_control", problem.layout.unflatten(bezier.control))
             points["bezier_control"] = bezier.control
+            runner.publish(profiles=dict(profiles))
+        # the label-free curve: the endpoints' predictions on the same inputs
+        done_inputs = runner.baseline("bezier_inputs", train_and_judge(task.train_bezier_inputs))
+        if done_inputs is not None:
+            bezier_inputs, inputs_summary, profiles["bezier_inputs"] = done_inputs
+            runner.curves["bezier_inputs"] = bezier_inputs
         # the points as flat vectors, in the order of the snapshots (for replays)
         writer.save_weights("connect_points", points)
         return {
@@ -381,6 +451,8 @@ def connect_runner(
             "geodesic": geodesic,
             "line": line_summary,
             "bezier": bezier_summary if done is not None else None,
+            "bezier_inputs": inputs_summary if done_inputs is not None else None,
+            "data_used": DATA_USED,
             "profiles": profiles,
             "steps": path.step,
             "gradient_evaluations": path.gradient_evaluations,

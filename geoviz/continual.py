@@ -293,6 +293,15 @@ class ContinualTask:
                     w.copy_((w + shrink * w0) / (1.0 + shrink))
         return w.detach(), time.perf_counter() - t0
 
+    def data_used(self, name: str) -> str:
+        """What a method learns from of task 1 (all of them use task 2's labels)."""
+        return {
+            "geodesic": f"{self.config.memory} inputs only",
+            "finetune": "none",
+            "ewc": f"{self.config.ewc_samples} inputs only (Fisher of the model's own predictions)",
+            "replay": f"{self.config.memory} inputs + labels",
+        }[name]
+
     def baselines(self, steps: int, names=BASELINES) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
         """Every baseline at ``steps`` gradient evaluations: ({name: figures}, {name: weights})."""
         results, weights = {}, {}
@@ -304,7 +313,8 @@ class ContinualTask:
         """One baseline at ``steps`` gradient evaluations: (figures, weights)."""
         w, seconds = self.train_baseline(name, steps, progress)
         figures = self.evaluate(w)
-        return {**self.scores(figures), **figures, "seconds": seconds, "gradient_evaluations": steps}, w
+        return {**self.scores(figures), **figures, "seconds": seconds, "gradient_evaluations": steps,
+                "data_used": self.data_used(name)}, w
 
 
 def continual_runner(
@@ -354,7 +364,8 @@ def continual_runner(
             "memory_size": config.memory,
             "mode": task.solver.mode,
             "start": start,
-            "geodesic": {**ContinualTask.scores(final), "task1_loss": final["task1_loss"], "task2_loss": final["task2_loss"]},
+            "geodesic": {**ContinualTask.scores(final), "task1_loss": final["task1_loss"], "task2_loss": final["task2_loss"],
+                         "data_used": task.data_used("geodesic")},
             "baselines": {},
             "steps": path.step,
             "gradient_evaluations": path.gradient_evaluations,

@@ -452,7 +452,7 @@ def continual_results(summary: Mapping) -> pd.DataFrame:
     used = {"finetune": "none", "ewc": "Fisher of task 1", "replay": f"{memory} examples with labels"}
     for name, scores in (summary.get("baselines") or {}).items():
         rows.append({"method": _METHOD_NAMES.get(name, name), "task 1": scores.get("task1"), "task 2": scores.get("task2"),
-                     "average": scores.get("average"), "task-1 data used": used.get(name, ""),
+                     "average": scores.get("average"), "task-1 data used": scores.get("data_used", used.get(name, "")),
                      "gradient evaluations": scores.get("gradient_evaluations")})
     return pd.DataFrame(rows, columns=["method", "task 1", "task 2", "average", "task-1 data used", "gradient evaluations"])
 

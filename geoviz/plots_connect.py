@@ -17,8 +17,9 @@ from geoviz.plots import _figure, variance_share
 
 __all__ = ["PATH_COLORS", "profiles_figure", "landscape_figure", "connect_pca_figure", "summary_rows"]
 
-PATH_COLORS = {"geodesic": "#1f77b4", "line": "#d62728", "bezier": "#2ca02c"}
-_LABELS = {"geodesic": "geodesic", "line": "straight line", "bezier": "Bezier curve"}
+PATH_COLORS = {"geodesic": "#1f77b4", "line": "#d62728", "bezier": "#2ca02c", "bezier_inputs": "#9467bd"}
+_LABELS = {"geodesic": "geodesic", "line": "straight line", "bezier": "Bezier curve",
+           "bezier_inputs": "Bezier curve, no labels"}
 
 
 def profiles_figure(profiles: Mapping[str, Mapping[str, Sequence[float]]], marker: float | None = None) -> go.Figure:
@@ -145,15 +146,14 @@ def connect_pca_figure(
 
 
 def summary_rows(summary: Mapping) -> list[dict]:
-    """One row per path for the summary table: barrier, minimum accuracy, lengths."""
+    """One row per path for the summary table: barrier, minimum accuracy, lengths, data used."""
     rows = []
-    for name in ("geodesic", "line", "bezier"):
+    for name in ("geodesic", "line", "bezier", "bezier_inputs"):
         r = summary.get(name)
         if not r:
             continue
-        note = {"geodesic": f"{summary.get('gradient_evaluations', '')} G·v products, inputs only",
-                "line": "no training",
-                "bezier": f"{r.get('training_steps', '')} SGD steps, uses labels"}[name]
+        note = {"geodesic": f"{summary.get('gradient_evaluations', '')} G·v products",
+                "line": "no training"}.get(name, f"{r.get('training_steps', '')} SGD steps")
         rows.append({
             "path": _LABELS[name],
             "barrier (train loss)": r["barrier"],
@@ -161,5 +161,6 @@ def summary_rows(summary: Mapping) -> list[dict]:
             "Euclidean length": r["length"],
             "functional length": r.get("functional_length"),
             "cost": note,
+            "data used": (summary.get("data_used") or {}).get(name, ""),
         })
     return rows

@@ -9,11 +9,21 @@ import torch
 from geoviz.engine import Path, SolverConfig
 from geoviz.errors import ConfigError
 from geoviz.validation import check_fields
+from geoviz.metric import functional_distance
 from geoviz.models import prunable_names
 from geoviz.objectives import SparsifyObjective, magnitude_mask
 from geoviz.problem import Problem
 
-__all__ = ["SparsifyConfig", "SparsifyTask", "finetune_pruned"]
+__all__ = ["DATA_USED", "SparsifyConfig", "SparsifyTask", "finetune_pruned", "distill_pruned"]
+
+# What each method of the summary learns from (beyond the dense network itself).
+# The geodesic's metric batches are training inputs; it never reads a label.
+DATA_USED = {
+    "geodesic": "inputs only",
+    "one_shot": "none",
+    "finetune": "inputs + labels",
+    "distill": "inputs only",
+}
 
 
 @dataclass(frozen=True)
@@ -104,23 +114,57 @@ class SparsifyTask:
         """Magnitude pruning + Adam fine-tuning with the given number of gradient steps."""
         return finetune_pruned(self.problem, self.mask, gradient_evaluations, self.config, progress)
 
+    def distill_baseline(self, gradient_evaluations: int, progress=None) -> float:
+        """Magnitude pruning + distillation to the dense outputs (no labels), same budget."""
+        return distill_pruned(self.problem, self.mask, gradient_evaluations, self.config, self.solver.metric, progress)
+
 
 def finetune_pruned(problem: Problem, mask: torch.Tensor, steps: int, config: SparsifyConfig, progress=None) -> float:
     """Prune by ``mask``, then train with labels for ``steps`` Adam steps, masked; test accuracy.
 
     ``progress(done, total)``, when given, is called every few steps (it may raise to stop).
     """
+    return _train_pruned(problem, mask, steps, config, None, progress)
+
+
+def distill_pruned(
+    problem: Problem, mask: torch.Tensor, steps: int, config: SparsifyConfig, metric: str = "output", progress=None
+) -> float:
+    """Prune by ``mask``, then distil the dense network for ``steps`` Adam steps, masked.
+
+    The label-free counterpart of :func:`finetune_pruned`: the same optimiser,
+    minibatches and mask, but the loss is D(f(w), f(w0)) on the training *inputs*
+    (the inputs the geodesic's metric batches come from), with D the path's own
+    metric (``output``: mean squared change of the logits, which ds^2 measures to
+    first order; ``fisher``: twice the KL divergence of the dense network's
+    softmax from the pruned one's). It keeps the same quantity the geodesic keeps,
+    so the two differ only in how they get there: prune at once and repair, or walk.
+    """
+    return _train_pruned(problem, mask, steps, config, metric, progress)
+
+
+def _train_pruned(
+    problem: Problem, mask: torch.Tensor, steps: int, config: SparsifyConfig, distil_metric: str | None, progress=None
+) -> float:
+    """Masked Adam from w0 * mask: cross-entropy on labels, or (``distil_metric``) D to f(w0)."""
     p = problem
     w = (p.w0 * mask).clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=config.finetune_lr)
     gen = torch.Generator().manual_seed(p.setup.seed)
     n = p.x_train.shape[0]
+    dense = {**p.params(p.w0), **p.buffers}
     for i in range(max(0, steps)):
         if progress is not None and i % 10 == 0:
             progress(i, steps)
         index = torch.randint(0, n, (config.finetune_batch,), generator=gen).to(p.device)
-        logits = torch.func.functional_call(p.model, ({**p.params(w), **p.buffers},), (p.x_train[index],))
-        loss = torch.nn.functional.cross_entropy(logits, p.y_train[index])
+        x = p.x_train[index]
+        logits = torch.func.functional_call(p.model, ({**p.params(w), **p.buffers},), (x,))
+        if distil_metric is None:
+            loss = torch.nn.functional.cross_entropy(logits, p.y_train[index])
+        else:
+            with torch.no_grad():
+                reference = torch.func.functional_call(p.model, (dense,), (x,))  # (B, K)
+            loss = functional_distance(logits.reshape(len(x), -1), reference.reshape(len(x), -1), distil_metric)
         opt.zero_grad()
         loss.backward()
         w.grad.mul_(mask)
@@ -140,8 +184,9 @@ def sparsify_runner(
 ):
     """A :class:`~geoviz.runner.PathRunner` for a sparsification path, with its run record.
 
-    The summary written at the end holds the dense, one-shot and prune+fine-tune
-    accuracies (the fine-tune gets as many gradient evaluations as the path used).
+    The summary written at the end holds the dense, one-shot, prune+fine-tune (labels)
+    and prune+distil (inputs only) accuracies (the last two get as many gradient
+    evaluations as the path used), and what data each method used.
     """
     from dataclasses import asdict
 
@@ -175,13 +220,16 @@ def sparsify_runner(
         final = runner.rows()[-1]
         runner.publish(baselines={"one_shot": task.one_shot_accuracy})
         finetune = runner.baseline("finetune", lambda report: task.finetune_baseline(path.gradient_evaluations, report))
+        runner.publish(baselines={"one_shot": task.one_shot_accuracy, "finetune": finetune})
+        distill = runner.baseline("distill", lambda report: task.distill_baseline(path.gradient_evaluations, report))
         return {
             "reference": reference,
             "dense_accuracy": task.dense_accuracy,
             "accuracy": problem.evaluate(path.w, problem.x_test, problem.y_test)[1],
             "sparsity": task.sparsity_of(path.w),
             "layer_sparsity": task.layer_sparsity(path.w),
-            "baselines": {"one_shot": task.one_shot_accuracy, "finetune": finetune},
+            "baselines": {"one_shot": task.one_shot_accuracy, "finetune": finetune, "distill": distill},
+            "data_used": DATA_USED,
             "steps": path.step,
             "gradient_evaluations": path.gradient_evaluations,
             "path_seconds": final.get("seconds"),

@@ -14,6 +14,9 @@ from pages import _safe
 
 __all__ = ["sparsify_charts", "sparsify_curves", "sparsify_pictures", "sparsify_numbers", "sparsify_summary", "generic_charts", "continual_curves", "continual_pictures", "x_axis_ui"]
 
+# one run's differences this small are within what another seed changes (bench/claims.py)
+NOISE = "A single run's difference below about two test images is noise; compare over seeds (bench/claims.py)."
+
 
 def x_axis_ui(key: str) -> str:
     """Which x axis the loss curve uses: step, or one of the two path lengths."""
@@ -104,7 +107,8 @@ def sparsify_summary(summary: dict, rows, target: float | None, mode: str | None
             (f"end of {path}, as is", summary.get("accuracy"), summary.get("sparsity"), "inputs only"),
             (f"end of {path}, pruned to the target", last.get("pruned_accuracy"), target, "inputs only"),
             ("one-shot magnitude pruning", baselines.get("one_shot"), target, "none"),
-            (f"pruning + fine-tuning ({budget})", baselines.get("finetune"), target, "labels"),
+            (f"pruning + fine-tuning ({budget})", baselines.get("finetune"), target, "inputs + labels"),
+            (f"pruning + distillation to the dense outputs ({budget})", baselines.get("distill"), target, "inputs only"),
         ],
         columns=["network", "test accuracy", "sparsity", "data used"],
     )
@@ -112,7 +116,7 @@ def sparsify_summary(summary: dict, rows, target: float | None, mode: str | None
     table["sparsity"] = table["sparsity"].map(lambda v: "—" if v is None or v != v else f"{v:.3f}")
     st.subheader("Summary")
     st.table(table.set_index("network"))
-    st.caption(f"The path ended: {_safe.md(summary.get('end_reason', ''))}.")
+    st.caption(f"The path ended: {_safe.md(summary.get('end_reason', ''))}. {NOISE}")
     skipped_note(summary)
 
 
@@ -171,6 +175,6 @@ def continual_summary(summary: dict, key: str) -> None:
     st.caption(
         f"Scenario: {_safe.md(summary.get('scenario'))} ({_safe.md(summary.get('task_sequence', ''))}). Every baseline trains from the "
         f"same start for as many gradient evaluations as the path used ({summary.get('gradient_evaluations')}), "
-        "one SGD step on a task-2 minibatch each."
+        f"one SGD step on a task-2 minibatch each. {NOISE}"
     )
     skipped_note(summary)

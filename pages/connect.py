@@ -65,8 +65,9 @@ def draw(runner) -> None:
     """The live charts of a connect runner: profiles, PCA, and the summary table."""
     summary = runner.summary
     if runner.path.done and not summary and not runner.finished:
-        st.info(f"The geodesic has ended ({_safe.md(runner.path.end_reason)}). Training the Bezier curve for "
-                f"{runner.path.gradient_evaluations} SGD steps (as many as the geodesic's G·v products); Stop skips it.")
+        st.info(f"The geodesic has ended ({_safe.md(runner.path.end_reason)}). Training the Bezier curves (with labels, and "
+                f"without) for {runner.path.gradient_evaluations} SGD steps each (as many as the geodesic's G·v products); "
+                "Stop skips them.")
     evaluated = [r for r in runner.rows() if "distance_to_b" in r]
     if evaluated:
         task = runner.task
@@ -88,7 +89,7 @@ def draw(runner) -> None:
         ends = summary["endpoints"]
         st.caption(f"Endpoints: w_A train loss {ends['a']['train_loss']:.4f}, test accuracy {ends['a']['test_accuracy']:.4f}; "
                    f"w_B train loss {ends['b']['train_loss']:.4f}, test accuracy {ends['b']['test_accuracy']:.4f}. "
-                   "Barrier: the highest train loss along the path minus the mean of the endpoints'.")
+                   "Barrier: the highest train loss along the path minus the mean of the endpoints'. " + _charts.NOISE)
         st.dataframe(pd.DataFrame(plots_connect.summary_rows(summary)), hide_index=True, key="connect:table", column_config={
             "barrier (train loss)": st.column_config.NumberColumn(format="%.4f"),
             "min test accuracy": st.column_config.NumberColumn(format="%.4f"),

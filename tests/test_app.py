@@ -120,7 +120,7 @@ def test_short_sparsify_run_completes_with_its_points():
     assert 2 <= len(_points(pca["data"][0]["x"])) <= 40
     assert any(title.startswith("Per-layer sparsity at step 30") for title in figures)
     summary = at.table[0].value
-    assert len(summary) == 5 and summary["data used"].tolist()[-1] == "labels"
+    assert len(summary) == 6 and summary["data used"].tolist()[-2:] == ["inputs + labels", "inputs only"]
     one_shot = runner.summary["baselines"]["one_shot"]
     assert summary["test accuracy"].tolist()[3] == f"{one_shot:.4f}"
     assert [m.label for m in at.metric] == ["test accuracy", "if pruned now", "masked weights left", "functional length"]

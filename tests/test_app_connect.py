@@ -45,7 +45,7 @@ def test_connect_page_runs_and_draws_everything(app):
     # profiles and PCA, then the summary table with the three paths
     assert len(at.get("plotly_chart")) >= 2
     table = at.dataframe[0].value
-    assert list(table["path"]) == ["geodesic", "straight line", "Bezier curve"]
+    assert list(table["path"]) == ["geodesic", "straight line", "Bezier curve", "Bezier curve, no labels"]
     barrier = dict(zip(table["path"], table["barrier (train loss)"]))
     assert barrier["geodesic"] < barrier["straight line"]
     # the landscape: its cost is said before it runs, then the grid fills in
@@ -99,7 +99,7 @@ def test_a_connect_run_replays_from_its_folder(runs_dir):
     charts = at.get("plotly_chart")
     assert len(charts) == 3  # profiles, PCA with line and Bezier, landscape
     assert "Bezier curve" in charts[1].proto.spec and "contour" in charts[2].proto.spec
-    assert list(at.dataframe[0].value["path"]) == ["geodesic", "straight line", "Bezier curve"]
+    assert list(at.dataframe[0].value["path"]) == ["geodesic", "straight line", "Bezier curve", "Bezier curve, no labels"]
 
 
 def test_runs_page_replays_a_connect_run(runs_dir, monkeypatch):
@@ -122,5 +122,5 @@ def test_runs_page_replays_a_connect_run(runs_dir, monkeypatch):
     row = listing[listing["run"] == runner.writer.dir.name]
     assert row["application"].item() == "connect"
     assert row["barrier"].item() == pytest.approx(runner.summary["geodesic"]["barrier"])
-    assert list(at.dataframe[1].value["path"]) == ["geodesic", "straight line", "Bezier curve"]
+    assert list(at.dataframe[1].value["path"]) == ["geodesic", "straight line", "Bezier curve", "Bezier curve, no labels"]
     assert len(at.get("plotly_chart")) >= 2

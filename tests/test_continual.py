@@ -33,6 +33,8 @@ def _payload(proc) -> dict:
     assert set(out) == {"scenario", "memory_size", "start", "geodesic", "baselines", "steps", "wall_seconds", "run_dir"}
     assert set(out["start"]) == {"task1", "task2"} and set(out["geodesic"]) == KEYS
     assert set(out["baselines"]) == {"finetune", "ewc", "replay"}
+    used = {name: scores.pop("data_used") for name, scores in out["baselines"].items()}
+    assert used["finetune"] == "none" and "labels" in used["replay"] and "labels" not in used["ewc"], used
     for scores in [out["start"], out["geodesic"], *out["baselines"].values()]:
         assert set(scores) <= KEYS and all(0.0 <= v <= 1.0 for v in scores.values()), out
     for scores in [out["geodesic"], *out["baselines"].values()]:
@@ -121,16 +123,15 @@ def test_fisher_diagonal_matches_a_per_sample_loop():
 # -- the claims, on real data -----------------------------------------------------------
 
 
-def test_digits_class_incremental_default_cli_keeps_task1(tmp_path):
-    """No flags but the output: task 2 learnt, task 1 kept far above fine-tuning (which forgets it)."""
-    out = _payload(_cli("continual", "--json", "--quiet", "--out", str(tmp_path)))
+def test_digits_class_incremental_cli_payload_and_record(tmp_path):
+    """The CLI's JSON and the run record agree; baselines got the path's budget.
+
+    (The claims, over seeds and memory draws, are in test_digits_claims_over_seeds.)"""
+    out = _payload(_cli("continual", "--steps", "30", "--json", "--quiet", "--out", str(tmp_path)))
     assert out["scenario"] == "class-incremental" and out["memory_size"] == 100
-    start, geo, base = out["start"], out["geodesic"], out["baselines"]
+    start, geo = out["start"], out["geodesic"]
     assert start["task1"] > 0.95 and start["task2"] == 0.0  # a shared head trained on 0-4 only
-    assert base["finetune"]["task1"] < 0.2 and base["finetune"]["task2"] > 0.9  # forgetting
-    assert geo["task1"] >= 0.85 and geo["task1"] >= base["finetune"]["task1"] + 0.6, out
-    assert geo["task2"] >= 0.85, out
-    assert geo["average"] > base["finetune"]["average"] + 0.3 and geo["average"] > base["ewc"]["average"]
+    assert geo["task2"] > start["task2"]
     from geoviz.runs import read_run
 
     run = read_run(out["run_dir"])
@@ -141,6 +142,30 @@ def test_digits_class_incremental_default_cli_keeps_task1(tmp_path):
     assert {"final", "start", "finetune", "ewc", "replay"} <= {p.stem for p in (run.path / "weights").iterdir()}
     last = run.table.iloc[-1]
     assert abs(last["task1_accuracy"] - geo["task1"]) < 1e-12 and abs(last["task2_accuracy"] - geo["task2"]) < 1e-12
+
+
+@pytest.mark.slow
+def test_digits_claims_over_seeds():
+    """Class-incremental digits at the defaults, seeds 0, 1, 2 (each its own start network and
+    memory draw): the geodesic learns task 2 and keeps task 1, fine-tuning forgets; the penalty
+    mode, at the same budget, keeps task 1 too. Means ± sd printed (pytest -s)."""
+    from geoviz.applications import claims
+
+    figures = ["task1", "task2", "average"]
+    per_seed = claims.over_seeds(claims.continual_rows, SetupConfig(), [0, 1, 2])
+    table = {r["method"]: r for r in claims.table(per_seed, figures)}
+    print("\n" + claims.markdown("continual, class-incremental digits, memory 100, seeds 0 1 2",
+                                  list(table.values()), figures))
+    mean = {name: {f: r[f"{f}_mean"] for f in figures} for name, r in table.items()}
+    geo, finetune, ewc = mean["geodesic"], mean["finetune"], mean["ewc"]
+    assert all(r["n"] == 3 for r in table.values())
+    assert mean["start"]["task1"] > 0.95 and mean["start"]["task2"] == 0.0
+    assert finetune["task1"] < 0.2 and finetune["task2"] > 0.9  # forgetting
+    assert geo["task1"] >= 0.85 and geo["task1"] >= finetune["task1"] + 0.6, mean
+    assert geo["task2"] >= 0.85, mean
+    assert geo["average"] > finetune["average"] + 0.3 and geo["average"] > ewc["average"], mean
+    assert mean["penalty"]["task1"] >= finetune["task1"] + 0.6 and mean["penalty"]["task2"] >= 0.7, mean
+    assert table["penalty"]["gradient_evaluations_mean"] == table["geodesic"]["gradient_evaluations_mean"]
 
 
 def test_two_paths_of_one_task_are_the_same():
@@ -155,16 +180,14 @@ def test_two_paths_of_one_task_are_the_same():
     assert torch.equal(w1, w2)
 
 
-def test_penalty_mode_is_labelled_and_keeps_task1(tmp_path):
-    setup, config = SetupConfig(), ContinualConfig(steps=300, eval_every=100)
+def test_penalty_mode_is_labelled(tmp_path):
+    setup, config = SetupConfig(), ContinualConfig(steps=30, eval_every=10)
     problem, seq = load_continual(setup, config)
     runner = continual_runner(problem, seq, config, SolverConfig(mode="penalty"), str(tmp_path), baselines=("finetune",))
     assert runner.run() == "finished", runner.message
     s = runner.summary
     assert s["mode"] == "penalty" and runner.writer.config["solver"]["mode"] == "penalty"
-    assert s["gradient_evaluations"] == 300 == s["baselines"]["finetune"]["gradient_evaluations"]
-    assert s["geodesic"]["task1"] >= s["baselines"]["finetune"]["task1"] + 0.6, s
-    assert s["geodesic"]["task2"] >= 0.7, s
+    assert s["gradient_evaluations"] == 30 == s["baselines"]["finetune"]["gradient_evaluations"]
 
 
 @pytest.mark.parametrize("scenario", ["task-incremental", "permuted"])

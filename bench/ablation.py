@@ -1,0 +1,122 @@
+"""What makes the geodesic stronger: one setting changed at a time, on digits, over seeds.
+
+    python bench/ablation.py                        # continual and connect, seeds 0 1 2
+    python bench/ablation.py --apps sparsify --variants default,fisher,rho/10
+    python bench/ablation.py --json ablation.json
+
+Each variant changes one setting of the application's default solver (or its
+memory, for continual) and runs the path alone, no baselines; the table gives its
+figures as mean ± sd over the seeds and its gradient evaluations (the budget the
+baselines would get). The baselines at the defaults are in bench/claims.py.
+Connect uses the pairs (seed, seed + 1) for seeds 0, 2, 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from geoviz.applications import claims  # noqa: E402
+from geoviz.connect import SOLVER_DEFAULTS as CONNECT_SOLVER  # noqa: E402
+from geoviz.continual import DEFAULT_SOLVER as CONTINUAL_SOLVER  # noqa: E402
+from geoviz.continual import load_continual  # noqa: E402
+from geoviz.engine import SolverConfig  # noqa: E402
+from geoviz.problem import SetupConfig, load_problem  # noqa: E402
+
+FIGURES = {
+    "sparsify": ("accuracy",),
+    "continual": ("task1", "task2", "average"),
+    "connect": ("barrier", "min_accuracy", "functional_length"),
+}
+DEFAULT_SOLVERS = {"sparsify": SolverConfig(), "continual": CONTINUAL_SOLVER,
+                   "connect": SolverConfig(**CONNECT_SOLVER)}
+
+# name -> (solver changes, application-config changes)
+VARIANTS = {
+    "default": ({}, {}),
+    "fisher": ({"metric": "fisher"}, {}),
+    "rho*10": ({"damping": 10.0}, {}),  # multipliers of the default
+    "rho/10": ({"damping": 0.1}, {}),
+    "cg 5": ({"cg_iterations": 5}, {}),
+    "cg 20": ({"cg_iterations": 20}, {}),
+    "eps*2": ({"eps": 2.0}, {}),
+    "eps/2": ({"eps": 0.5}, {}),
+    "memory 50": ({}, {"memory": 50}),
+    "memory 200": ({}, {"memory": 200}),
+    "metric batch 64": ({"metric_batch": 64}, {}),
+    "penalty": ({"mode": "penalty"}, {}),
+    "penalty lr 3e-3 ramp 20": ({"mode": "penalty", "penalty_lr": 3e-3, "penalty_ramp": 20}, {}),
+}
+MULTIPLIERS = ("damping", "eps")
+
+
+def _solver(app: str, changes: dict) -> SolverConfig:
+    base = DEFAULT_SOLVERS[app]
+    values = {k: (getattr(base, k) * v if k in MULTIPLIERS else v) for k, v in changes.items()}
+    return replace(base, **values)
+
+
+def _row(app: str, seed: int, name: str, budget: int | None) -> dict:
+    solver_changes, config_changes = VARIANTS[name]
+    solver = _solver(app, solver_changes)
+    setup = SetupConfig(seed=seed, device="cpu")
+    penalty = solver.mode == "penalty"
+    if app == "sparsify":
+        config = replace(claims.SPARSIFY, **config_changes)
+        return claims.sparsify_path_row(load_problem(setup), replace(config, steps=budget) if penalty and budget else config, solver)
+    if app == "continual":
+        config = replace(claims.CONTINUAL, **config_changes)
+        problem, sequence = load_continual(setup, config)
+        return claims.continual_path_row(problem, sequence, replace(config, steps=budget) if penalty and budget else config, solver)
+    config = replace(claims.CONNECT, **config_changes)
+    return claims.connect_path_row(load_problem(setup), replace(config, steps=budget) if penalty and budget else config, solver)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--apps", default="continual,connect")
+    parser.add_argument("--variants", default=None, help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    results = {}
+    for app in args.apps.split(","):
+        names = args.variants.split(",") if args.variants else [
+            n for n in VARIANTS if not (n.startswith("memory") and app != "continual")]
+        bad = [n for n in names if n not in VARIANTS]
+        if bad or app not in FIGURES:
+            print(f"error: unknown variant or application {bad or app!r}.", file=sys.stderr)
+            return 2
+        seeds = [2 * s if app == "connect" else s for s in args.seeds]
+        per_variant, budgets = {}, {}
+        for name in names:
+            t0 = time.perf_counter()
+            rows = []
+            for seed in seeds:
+                # the penalty mode gets as many steps as the default geodesic used gradient evaluations
+                row = _row(app, seed, name, budgets.get(seed))
+                if name == "default":
+                    budgets[seed] = row["gradient_evaluations"]
+                rows.append({name: row})
+            per_variant[name] = rows
+            print(f"  {app} {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
+            table = [r for rows_ in per_variant.values() for r in claims.table(rows_, FIGURES[app])]
+            results[app] = {"seeds": seeds, "per_variant": per_variant, "table": table}
+            if args.json:
+                Path(args.json).write_text(json.dumps(results, indent=1))
+        print("\n" + claims.markdown(f"ablation: {app}, digits, seeds {seeds}", results[app]["table"], FIGURES[app]),
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The applications measured together (sparsify, continual, connect): claims over seeds."""
