@@ -13,7 +13,7 @@ from geoviz.models import MODEL_NAMES
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
 from geoviz.tasks import DEFAULT_SPLIT, SCENARIOS, load_task_sequence
-from pages import _charts, _live
+from pages import _charts, _live, _sweep
 from pages._live import Control
 
 _CONFIG = ContinualConfig()
@@ -100,6 +100,7 @@ def page() -> None:
             problem = _live.cached_problem(setup, sequence.start_classes)
             return continual_runner(problem, sequence, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
+    _sweep.sweep_panel("continual", "continual", values, ("memory", "damping", "eps", "metric", "mode", "ewc_lambda"))
     _live.run_panel("continual", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
 
 

@@ -53,6 +53,8 @@ __all__ = [
     "list_sweeps",
     "summarize",
     "check_address",
+    "spec_argv",
+    "SweepProcess",
 ]
 
 APPLICATIONS = ("sparsify", "continual", "connect")
@@ -248,7 +250,7 @@ class SweepSpec:
         if self.search != "grid" and not self.setting_names:
             raise ConfigError(f"A {self.search} search needs at least one --range or --grid.")
         base = parse_trial(self.application, list(self.fixed))  # fixed flags alone
-        for name in ("seed", "out", "json", "quiet"):
+        for name in ("out", "json", "quiet"):
             if any(f == f"--{name}" or f.startswith(f"--{name}=") for f in self.fixed):
                 raise ConfigError(f"--{name} is set by the sweep itself, not per trial.")
         grid = {}
@@ -498,8 +500,13 @@ def _recorder(book: SweepBook, plan: dict, progress: Callable[[SweepBook], None]
                 self._changed(index, status="interrupted", message="Tune ended the trial before it reported its end")
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            error = str(getattr(trial, "error_msg", None) or "its Ray worker failed").strip().splitlines()
-            self._changed(self._index(trial), status="failed", message=error[-1] if error else "its Ray worker failed")
+            # the trial reports its own failures; this is its worker dying (e.g. Ray's OOM killer)
+            lines = []
+            with contextlib.suppress(Exception):
+                lines = [line.strip() for line in str(trial.get_error() or "").splitlines() if line.strip()]
+            reason = next((line for line in lines if not line.startswith("Failure #")), "")
+            message = "its Ray worker failed" + (f": {reason[:300]}" if reason else "")
+            self._changed(self._index(trial), status="failed", message=message)
 
         def on_step_end(self, iteration, trials, **info):
             book.heartbeat()
@@ -585,3 +592,77 @@ def run_sweep(
             raise
         book.close("finished")
     return read_sweep(folder), time.time() - t0
+
+
+# -- a sweep in a process of its own (the live pages' Sweep panel) -----------------------
+def spec_argv(spec: SweepSpec) -> list[str]:
+    """The ``python -m geoviz sweep`` arguments of a spec."""
+    argv = [spec.application]
+    for name, values in spec.grid.items():
+        argv += ["--grid", f"{name}={','.join(map(str, values))}"]
+    for name, (low, high, log) in spec.ranges.items():
+        argv += ["--range", f"{name}={low}:{high}" + (":log" if log else "")]
+    argv += ["--seeds", str(spec.seeds), "--search", spec.search, "--samples", str(spec.samples), "--scheduler", spec.scheduler]
+    for flag, value in (("--objective", spec.objective), ("--grace", spec.grace), ("--workers", spec.workers), ("--address", spec.address)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if spec.maximize is not None:
+        argv.append("--maximize" if spec.maximize else "--minimize")
+    return argv + list(spec.fixed)
+
+
+class SweepProcess:
+    """``python -m geoviz sweep`` in a child process, found again through its sweep folder.
+
+    The spec is checked here first (ConfigError, one sentence). ``stop()`` ends the
+    driver; Ray's processes end with it, and its unfinished trials read back as
+    interrupted.
+    """
+
+    def __init__(self, spec: SweepSpec, runs_root: str | os.PathLike | None = None):
+        import subprocess
+        import tempfile
+
+        spec.plan()
+        self.spec = spec
+        self.runs_root = Path(runs_root if runs_root is not None else default_runs_dir()).resolve()
+        self._log = tempfile.TemporaryFile()
+        root = Path(__file__).resolve().parents[2]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+        command = [sys.executable, "-m", "geoviz", "sweep", *spec_argv(spec), "--out", str(self.runs_root), "--quiet"]
+        self.proc = subprocess.Popen(command, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=self._log)
+        self._folder: Path | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    @property
+    def folder(self) -> Path | None:
+        """The sweep folder this process writes (None until it has made it)."""
+        if self._folder is None and sweeps_dir(self.runs_root).exists():
+            for sub in sweeps_dir(self.runs_root).iterdir():
+                try:
+                    if json.loads((sub / "status.json").read_text()).get("pid") == self.proc.pid:
+                        self._folder = sub
+                        break
+                except (OSError, ValueError):
+                    continue
+        return self._folder
+
+    def record(self) -> SweepRecord | None:
+        folder = self.folder
+        return read_sweep(folder) if folder is not None else None
+
+    def error(self) -> str:
+        """The driver's last stderr line when it ended badly, else ''."""
+        if self.alive or self.proc.returncode in (0, 1, -15):
+            return ""
+        self._log.seek(0)
+        lines = self._log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"the sweep ended with status {self.proc.returncode}"
+
+    def stop(self) -> None:
+        if self.alive:
+            self.proc.terminate()
+            self.proc.wait(30)
