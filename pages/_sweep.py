@@ -9,16 +9,9 @@ import streamlit as st
 
 from geoviz.errors import GeovizError
 from geoviz.figures import compare
-from geoviz.record.sweep import FIGURES, SweepProcess, SweepSpec, settings_of
+from geoviz.record.sweep import BASELINE_FIGURES, SweepProcess, SweepSpec, settings_of
+from geoviz.record.sweep_record import mean_sd_table, summarize
 from geoviz.runs import default_runs_dir
-
-# the figure ranked by, then the baselines' (mean ± sd over seeds too)
-SHOWN = {
-    "sparsify": ("accuracy", "finetune", "one_shot", "reached_sparsity"),
-    "continual": ("average", "replay_average", "ewc_average", "finetune_average"),
-    "connect": ("barrier", "line_barrier", "bezier_barrier", "min_accuracy"),
-}
-
 
 _SWEEP_FLAGS = {"grid", "range", "seeds", "search", "samples", "objective", "scheduler", "grace", "workers", "address"}
 
@@ -76,12 +69,10 @@ def _progress(key: str, application: str) -> None:
         done = int((~table["status"].isin(["pending", "running"])).sum())
         st.markdown(f"**{record.state if not running.alive else 'running'}** · {done} of {len(table)} trials done · "
                     f"[open in Compare](/compare?sweep={record.name})")
-        shown = [f for f in SHOWN[application] if f in FIGURES[application]]
-        st.dataframe(compare.mean_sd_table(table, record.setting_names, shown, record.maximize), hide_index=True,
+        shown = [record.objective, *(f for f in BASELINE_FIGURES[application] if f != record.objective)]
+        st.dataframe(mean_sd_table(table, record.setting_names, shown, record.maximize), hide_index=True,
                      key=f"{key}:table")
         if (table["status"] == "finished").any():
-            from geoviz.record.sweep_record import summarize
-
             summary = summarize(table, record.setting_names, record.objective, record.maximize)
             st.plotly_chart(compare.errorbar_figure(summary, record.setting_names, record.objective), key=f"{key}:bars")
 

@@ -78,7 +78,9 @@ def test_four_trial_sweep_records_every_trial(local_ray, runs_dir, capsys):
     assert payload["best"]["settings"] == {"damping": best}
     assert payload["best"]["mean"] == pytest.approx(np.mean(by_damping[best]))
     assert payload["best"]["sd"] == pytest.approx(np.std(by_damping[best], ddof=1))
-    assert "±" in out and f"damping={best}" in out.splitlines()[1]
+    best_line = out.splitlines()[2]  # the header, the table's head, the best setting
+    assert best_line.split()[0] == f"{best:g}" or float(best_line.split()[0]) == best
+    assert f"{np.mean(by_damping[best]):.4f} ± {np.std(by_damping[best], ddof=1):.4f} (2)" in best_line
     record = read_sweep(payload["sweep_dir"])
     assert record.state == "finished" and list(record.table["status"]) == ["finished"] * 4
 

@@ -28,7 +28,6 @@ __all__ = [
     "parallel_figure",
     "cost_figure",
     "COSTS",
-    "mean_sd_table",
 ]
 
 # each application's key figures along the path: (step-table column, title)
@@ -189,20 +188,3 @@ def cost_figure(table: pd.DataFrame, settings: Sequence[str], objective: str, co
         })
     return _figure(data, [], f"{objective} against cost", COSTS.get(cost, cost), objective)
 
-
-def mean_sd_table(table: pd.DataFrame, settings: Sequence[str], figures: Sequence[str], maximize: bool = True) -> pd.DataFrame:
-    """Per setting, "mean ± sd (n)" over seeds of each figure (the objective first, then
-    e.g. the baselines'), ordered best first by the first figure."""
-    from geoviz.record.sweep_record import summarize
-
-    figures = [f for f in figures if f in table]
-    if not figures:
-        return pd.DataFrame()
-    order = summarize(table, list(settings), figures[0], maximize)
-    out = order[list(settings)].copy() if settings else pd.DataFrame(index=order.index)
-    for figure in figures:
-        part = summarize(table, list(settings), figure, maximize)
-        part = order[list(settings)].merge(part, on=list(settings), how="left") if settings else part
-        out[figure] = [f"{m:.4f} ± {s:.4f} ({n})" if math.isfinite(s) else (f"{m:.4f} ({n})" if math.isfinite(m) else "-")
-                       for m, s, n in zip(part["mean"], part["sd"], part["n"])]
-    return out

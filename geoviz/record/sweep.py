@@ -69,6 +69,12 @@ LIVE = {
     "continual": {"task1": "task1_accuracy", "task2": "task2_accuracy", "average": "average_accuracy"},
     "connect": {},
 }
+# what a summary shows beside the objective: the baselines, measured at the same budget
+BASELINE_FIGURES = {
+    "sparsify": ("finetune", "one_shot", "reached_sparsity"),
+    "continual": ("replay_average", "ewc_average", "finetune_average"),
+    "connect": ("line_barrier", "bezier_barrier", "min_accuracy"),
+}
 LOWER_IS_BETTER = {"barrier", "line_barrier", "bezier_barrier", "length", "functional_length"}
 # flags that are not settings of a path
 _NOT_SETTINGS = {"out", "json", "quiet", "seed", "help", "command"}
