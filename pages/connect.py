@@ -190,8 +190,8 @@ def page() -> None:
             problem = _live.cached_problem(setup)
             return connect_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
-    _sweep.sweep_panel("connect", "connect", values, ("damping", "eps", "align", "seed_b"))
     runner = _live.run_panel("connect", make_runner, draw, int(values["steps"]), placeholder)
+    _sweep.sweep_panel("connect", "connect", values, ("damping", "eps", "align", "seed_b"))
     landscape_ui(runner, max(2, int(values["grid"])))
 
 

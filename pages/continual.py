@@ -100,8 +100,8 @@ def page() -> None:
             problem = _live.cached_problem(setup, sequence.start_classes)
             return continual_runner(problem, sequence, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
-    _sweep.sweep_panel("continual", "continual", values, ("memory", "damping", "eps", "metric", "mode", "ewc_lambda"))
     _live.run_panel("continual", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
+    _sweep.sweep_panel("continual", "continual", values, ("memory", "damping", "eps", "metric", "mode", "ewc_lambda"))
 
 
 if __name__ == "__main__":

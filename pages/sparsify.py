@@ -87,8 +87,8 @@ def page() -> None:
             problem = _live.cached_problem(setup)
             return sparsify_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
-    _sweep.sweep_panel("sparsify", "sparsify", values, ("damping", "eps", "metric", "mode", "sparsity"))
     _live.run_panel("sparsify", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
+    _sweep.sweep_panel("sparsify", "sparsify", values, ("damping", "eps", "metric", "mode", "sparsity"))
 
 
 if __name__ == "__main__":
