@@ -41,7 +41,7 @@ def _range(text: str) -> tuple[str, tuple[float, float, bool]]:
 
 def build_parser() -> argparse.ArgumentParser:
     from geoviz.cli import _Parser
-    from geoviz.record.sweep import APPLICATIONS, SCHEDULERS, SEARCHES
+    from geoviz.record.sweep_spec import APPLICATIONS, SCHEDULERS, SEARCHES
 
     p = _Parser(prog="python -m geoviz sweep", allow_abbrev=False,
                 description="Sweep settings and seeds of one application on Ray Tune; "
@@ -100,7 +100,7 @@ def _clean(value):
 
 def report(record, wall: float) -> tuple[list[str], dict]:
     """The summary lines and the --json object of a finished sweep."""
-    from geoviz.record.sweep import BASELINE_FIGURES, FIGURES
+    from geoviz.record.sweep_spec import BASELINE_FIGURES, FIGURES
     from geoviz.record.sweep_record import mean_sd_table, summarize
 
     table, names, objective = record.table, record.setting_names, record.objective

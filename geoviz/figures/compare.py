@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from geoviz.plots import X_AXES, _figure, _line
-from geoviz.record.sweep import final_figures
+from geoviz.record.sweep_spec import final_figures
 
 __all__ = [
     "CURVES",
