@@ -41,7 +41,7 @@ def _range(text: str) -> tuple[str, tuple[float, float, bool]]:
 
 def build_parser() -> argparse.ArgumentParser:
     from geoviz.cli import _Parser
-    from geoviz.record.sweep import APPLICATIONS, SCHEDULERS, SEARCHES
+    from geoviz.record.sweep_spec import APPLICATIONS, SCHEDULERS, SEARCHES
 
     p = _Parser(prog="python -m geoviz sweep", allow_abbrev=False,
                 description="Sweep settings and seeds of one application on Ray Tune; "
@@ -100,19 +100,15 @@ def _clean(value):
 
 def report(record, wall: float) -> tuple[list[str], dict]:
     """The summary lines and the --json object of a finished sweep."""
-    from geoviz.record.sweep import FIGURES
-    from geoviz.record.sweep_record import summarize
+    from geoviz.record.sweep_spec import BASELINE_FIGURES, FIGURES
+    from geoviz.record.sweep_record import mean_sd_table, summarize
 
     table, names, objective = record.table, record.setting_names, record.objective
     summary = summarize(table, names, objective, record.maximize)
     lines = [f"{record.application} sweep: {len(table)} trials, objective {objective} "
-             f"({'higher' if record.maximize else 'lower'} is better), mean ± sd over seeds, best first"]
-    width = max([len(", ".join(f"{k}={row[k]}" for k in names)) for _, row in summary.iterrows()] + [12])
-    for _, row in summary.iterrows():
-        shown = ", ".join(f"{k}={row[k]}" for k in names) or "(fixed settings)"
-        sd = f" ± {row['sd']:.4f}" if math.isfinite(row["sd"]) else " ± -     "
-        mean = f"{row['mean']:.4f}" if math.isfinite(row["mean"]) else "  -   "
-        lines.append(f"  {shown:{width}s}  {mean}{sd}  ({int(row['n'])} of {int(row['trials'])} trials finished)")
+             f"({'higher' if record.maximize else 'lower'} is better); mean ± sd (finished seeds) per setting, best first"]
+    shown = [objective, *(f for f in BASELINE_FIGURES[record.application] if f != objective)]
+    lines += ["  " + line for line in mean_sd_table(table, names, shown, record.maximize).to_string(index=False).splitlines()]
     for _, row in table[~table["status"].isin(["finished"])].iterrows():
         shown = ", ".join(f"{k}={row[k]}" for k in names)
         lines.append(f"  trial {row['trial']} ({shown}, seed {row['seed']}) {row['status']}: {row['message']}")

@@ -37,10 +37,12 @@ def runs_ui(root: Path) -> None:
         return
     records = [read_run(root / n) for n in chosen]
     curves_ui(records)
-    table, differ = compare.settings_table(records)
+    table, shared, differ = compare.settings_table(records)
     st.subheader("Settings and results")
     st.caption("Highlighted: the settings that differ between these runs." if differ else "These runs share every setting.")
     st.table(compare.highlight_rows(table, differ))
+    with st.expander(f"The {len(shared)} settings these runs share"):
+        st.table(shared)
 
 
 def sweep_ui(root: Path) -> None:

@@ -15,7 +15,7 @@ from geoviz.engine import SolverConfig
 from geoviz.errors import GeovizError
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
-from pages import _charts, _live, _safe
+from pages import _charts, _live, _safe, _sweep
 from pages._live import Control
 
 CONTROLS = (
@@ -204,6 +204,7 @@ def page() -> None:
             return connect_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
     runner = _live.run_panel("connect", make_runner, draw, int(values["steps"]), placeholder)
+    _sweep.sweep_panel("connect", "connect", values, ("damping", "eps", "align", "seed_b"))
     landscape_ui(runner, max(2, int(values["grid"])))
 
 

@@ -13,7 +13,7 @@ from geoviz.models import MODEL_NAMES
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
 from geoviz.tasks import DEFAULT_SPLIT, SCENARIOS, load_task_sequence
-from pages import _charts, _live, _safe
+from pages import _charts, _live, _safe, _sweep
 from pages._live import Control
 
 _CONFIG = ContinualConfig()
@@ -101,6 +101,7 @@ def page() -> None:
             return continual_runner(problem, sequence, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
     _live.run_panel("continual", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
+    _sweep.sweep_panel("continual", "continual", values, ("memory", "damping", "eps", "metric", "mode", "ewc_lambda"))
 
 
 if __name__ == "__main__":

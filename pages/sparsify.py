@@ -14,7 +14,7 @@ from geoviz.models import MODEL_NAMES
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
 from geoviz.sparsify import SparsifyConfig, sparsify_runner
-from pages import _charts, _live, _safe
+from pages import _charts, _live, _safe, _sweep
 from pages._live import Control
 
 _SOLVER, _SPARSIFY = SolverConfig(), SparsifyConfig()  # the engine's defaults are the page's
@@ -88,6 +88,7 @@ def page() -> None:
             return sparsify_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
     _live.run_panel("sparsify", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
+    _sweep.sweep_panel("sparsify", "sparsify", values, ("damping", "eps", "metric", "mode", "sparsity"))
 
 
 if __name__ == "__main__":

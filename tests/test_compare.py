@@ -64,8 +64,8 @@ def _compare(query: dict) -> AppTest:
 
 def test_settings_table_marks_only_the_differing_setting(two_runs):
     _, (a, b, _) = two_runs
-    table, differ = compare.settings_table([a, b])
-    assert differ == ["damping"]
+    table, shared, differ = compare.settings_table([a, b])
+    assert differ == ["damping"] and "damping" not in shared.index and shared.loc["eps"].tolist() == ["0.05", "0.05"]
     assert list(table.index[:1]) == ["damping"] and table.loc["damping"].tolist() == ["0.0001", "0.01"]
     assert table.loc["result: accuracy"].tolist() == [f"{r.summary['accuracy']:.4f}" for r in (a, b)]
     html = compare.highlight_rows(table, differ).to_html()

@@ -78,7 +78,9 @@ def test_four_trial_sweep_records_every_trial(local_ray, runs_dir, capsys):
     assert payload["best"]["settings"] == {"damping": best}
     assert payload["best"]["mean"] == pytest.approx(np.mean(by_damping[best]))
     assert payload["best"]["sd"] == pytest.approx(np.std(by_damping[best], ddof=1))
-    assert "±" in out and f"damping={best}" in out.splitlines()[1]
+    best_line = out.splitlines()[2]  # the header, the table's head, the best setting
+    assert best_line.split()[0] == f"{best:g}" or float(best_line.split()[0]) == best
+    assert f"{np.mean(by_damping[best]):.4f} ± {np.std(by_damping[best], ddof=1):.4f} (2)" in best_line
     record = read_sweep(payload["sweep_dir"])
     assert record.state == "finished" and list(record.table["status"]) == ["finished"] * 4
 
@@ -209,3 +211,48 @@ def test_a_sweep_on_a_ray_cluster_through_address(runs_dir):
         except subprocess.TimeoutExpired:
             head.kill()
             head.wait()
+
+
+def test_sweep_panel_on_the_sparsify_page_fills_in_as_trials_finish(runs_dir, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("GEOVIZ_RUNS", str(runs_dir))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/sparsify.py")
+    at.run()
+    for name, value in {"steps": 20, "eval_every": 5}.items():
+        at.number_input(key=f"sparsify:{name}").set_value(value)
+    at.multiselect(key="sparsify:sweep:names").set_value(["damping"]).run()
+    at.text_input(key="sparsify:sweep:values:damping").set_value("1e-4,-1").run()
+    at.button(key="sparsify:sweep:start").click().run()
+    assert [e.value for e in at.error] == ["damping must be a positive number (rho in mu = rho * lambda_max), got -1.0 "
+                                           "(in the trial with damping=-1)."]
+    assert "sparsify:sweep" not in at.session_state
+    at.text_input(key="sparsify:sweep:values:damping").set_value("1e-4,1e-2").run()
+    at.number_input(key="sparsify:sweep:seeds").set_value(1).run()
+    at.button(key="sparsify:sweep:start").click().run()
+    sweep = at.session_state["sparsify:sweep"]
+    try:
+        seen = set()
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            at.run()
+            assert not at.exception, at.exception
+            alive, record = sweep.alive, sweep.record()
+            if record is not None:
+                if alive:  # what the page showed while the sweep ran
+                    seen.add(int((record.table["status"] == "finished").sum()))
+                else:
+                    break
+            time.sleep(1.0)
+        assert not sweep.alive and sweep.proc.returncode == 0, sweep.error()
+        at.run()
+        table = next(d.value for d in at.dataframe if "damping" in d.value)
+        assert sorted(table["damping"]) == [1e-4, 1e-2]
+        runs = {r["damping"]: r for r in sweep.record().table.to_dict("records")}
+        assert table.set_index("damping").loc[1e-4, "accuracy"] == f"{runs[1e-4]['accuracy']:.4f} (1)"
+        assert any("mean ± sd over seeds" in m.value or "trials done" in m.value for m in at.markdown)
+        assert seen and min(seen) < 2, seen  # the page showed the sweep before its end
+    finally:
+        sweep.stop()

@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from geoviz.plots import X_AXES, _figure, _line
-from geoviz.record.sweep import final_figures
+from geoviz.record.sweep_spec import final_figures
 
 __all__ = [
     "CURVES",
@@ -81,26 +81,26 @@ def run_labels(records) -> list[str]:
     return labels
 
 
-def settings_table(records) -> tuple[pd.DataFrame, list[str]]:
-    """(rows: settings then final figures, columns: runs; the names of the differing settings).
-
-    Differing settings come first, then the results, then the settings all runs share.
-    """
+def settings_table(records) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(the differing settings, the final figures and the status; the settings every run
+    shares; the names of the differing settings). Rows are names, columns are runs."""
     settings = [run_settings(r) for r in records]
     results = [run_results(r) for r in records]
     keys = differing(settings)
     same = [k for k in dict.fromkeys(k for s in settings for k in s) if k not in keys]
     figures = list(dict.fromkeys(k for r in results for k in r))
     columns = [r.name for r in records]
-    rows = {}
-    for k in keys + same:
-        rows[k] = [str(s.get(k, "")) for s in settings]
+
+    def table(rows: dict) -> pd.DataFrame:
+        out = pd.DataFrame.from_dict(rows, orient="index", columns=columns) if rows else pd.DataFrame(columns=columns)
+        out.index.name = "setting"
+        return out
+
+    main = {k: [str(s.get(k, "")) for s in settings] for k in keys}
     for k in figures:
-        rows[f"result: {k}"] = [f"{r[k]:.4f}" if isinstance(r.get(k), float) and math.isfinite(r[k]) else "" for r in results]
-    rows["status"] = [r.state for r in records]
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=columns)
-    table.index.name = "setting"
-    return table, keys
+        main[f"result: {k}"] = [f"{r[k]:.4f}" if isinstance(r.get(k), float) and math.isfinite(r[k]) else "" for r in results]
+    main["status"] = [r.state for r in records]
+    return table(main), table({k: [str(s.get(k, "")) for s in settings] for k in same}), keys
 
 
 def highlight_rows(table: pd.DataFrame, rows: Sequence[str], color: str = "#fff3b0"):
@@ -187,3 +187,4 @@ def cost_figure(table: pd.DataFrame, settings: Sequence[str], objective: str, co
             "text": [f"seed {s}" for s in part["seed"]], "hovertemplate": "%{text}<br>%{x:.3g}, %{y:.4f}<extra></extra>",
         })
     return _figure(data, [], f"{objective} against cost", COSTS.get(cost, cost), objective)
+

@@ -12,6 +12,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 
 from geoviz.runs import _atomic_write_text, default_runs_dir, read_folders, writer_gone
 
-__all__ = ["SweepBook", "SweepRecord", "read_sweep", "list_sweeps", "summarize", "sweeps_dir", "UNFINISHED"]
+__all__ = ["SweepBook", "SweepRecord", "read_sweep", "list_sweeps", "summarize", "mean_sd_table", "sweeps_dir", "UNFINISHED"]
 
 UNFINISHED = ("pending", "running")
 FAILED = ("failed", "diverged")
@@ -193,3 +194,19 @@ def summarize(table: pd.DataFrame, settings: list[str], objective: str, maximize
         })
     out = pd.DataFrame(rows)
     return out.sort_values("mean", ascending=not maximize, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def mean_sd_table(table: pd.DataFrame, settings: Sequence[str], figures: Sequence[str], maximize: bool = True) -> pd.DataFrame:
+    """Per setting, "mean ± sd (n)" over seeds of each figure (the objective first, then
+    e.g. the baselines'), ordered best first by the first figure."""
+    figures = [f for f in figures if f in table]
+    if not figures:
+        return pd.DataFrame()
+    order = summarize(table, list(settings), figures[0], maximize)
+    out = order[list(settings)].copy() if settings else pd.DataFrame(index=order.index)
+    for figure in figures:
+        part = summarize(table, list(settings), figure, maximize)
+        part = order[list(settings)].merge(part, on=list(settings), how="left") if settings else part
+        out[figure] = [f"{m:.4f} ± {s:.4f} ({n})" if math.isfinite(s) else (f"{m:.4f} ({n})" if math.isfinite(m) else "-")
+                       for m, s, n in zip(part["mean"], part["sd"], part["n"])]
+    return out
