@@ -496,6 +496,8 @@ class Path:
         Each ``*_loss`` figure is compared with its value at w0 (one extra evaluation,
         at the first one, not counted in the path's time).
         """
+        if not any(name.endswith("_loss") for name in metrics):
+            return
         if self._start_losses is None:
             started = time.perf_counter()
             self._start_losses = {k: v for k, v in self.evaluate(self.w0).items() if k.endswith("_loss")}

@@ -9,9 +9,12 @@ stay literal) and is cut to a length a browser draws at once.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import re
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
@@ -81,7 +84,35 @@ def admitted(page: str, total_steps: int, make_runner: Callable):
     runner = make_runner()
     with _REGISTRY_LOCK:
         _RUNNERS.add(runner)
+    threading.Thread(target=_release_when_done, args=(weakref.ref(runner),), name="geoviz-release", daemon=True).start()
     return runner
+
+
+def release_memory() -> None:
+    """Give back what ended runs held, once no path runs on the server: objects the
+    page's gc.freeze hid from the collector (a tab closed mid-run never unfroze them),
+    reference cycles, and the C heap's free pages (glibc's malloc_trim)."""
+    with _REGISTRY_LOCK:
+        if _alive(list(_RUNNERS)):
+            return
+        if gc.get_freeze_count():
+            gc.unfreeze()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _release_when_done(ref: weakref.ref) -> None:
+    """Wait (without keeping the runner alive) until its path has ended, then release."""
+    while True:
+        time.sleep(1.0)
+        runner = ref()
+        if runner is None or (runner.finished and not runner.alive):
+            break
+        del runner
+    release_memory()
 
 
 def check_grid(n: int) -> None:
