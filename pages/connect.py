@@ -121,7 +121,7 @@ def landscape_ui(runner, n: int) -> None:
     if st.button("Draw the landscape", key="connect:draw", disabled=job is not None):
         try:
             _safe.check_grid(n)
-            job = LandscapeJob(runner, n).start()
+            job = LandscapeJob(runner, n, abandon_after=_live.ABANDON_AFTER).start()
         except (GeovizError, ValueError) as err:
             _safe.error(err)
             return
@@ -134,6 +134,7 @@ def landscape_ui(runner, n: int) -> None:
 
     @st.fragment(run_every=0.5 if seen else None)
     def view() -> None:
+        job.touch()
         if job.alive != seen:
             st.rerun()
         if job.error:
