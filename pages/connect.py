@@ -3,6 +3,8 @@ it with the straight line and a trained Bezier curve; then draw the landscape be
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 import torch
@@ -190,6 +192,8 @@ def page() -> None:
 
         def make_runner():
             problem = _live.cached_problem(setup)
+            seed_b = config.seed_b if config.seed_b is not None else setup.seed + 1
+            _live.admit_network(replace(setup, seed=seed_b), problem.data)  # w_B is a start network too
             return connect_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
     runner = _live.run_panel("connect", make_runner, draw, int(values["steps"]), placeholder)
