@@ -528,12 +528,17 @@ class LandscapeJob:
     Args:
         runner: a finished connect runner.
         n: grid points per side.
+        abandon_after: seconds without a ``touch()`` after which the job stops itself
+            (its browser tab went away), as a path does; None never.
     """
 
-    def __init__(self, runner, n: int):
+    def __init__(self, runner, n: int, abandon_after: float | None = None):
         import threading
+        import time
 
         self.runner, self.n = runner, n
+        self.abandon_after, self._clock = abandon_after, time.time
+        self._last_touch = time.time()
         self.task: ConnectTask = runner.task
         self.cost = self.task.grid_cost(n)
         self.landscape, self.shown = self.task.landscape(runner.curves, n)
@@ -549,6 +554,13 @@ class LandscapeJob:
     def stop(self) -> None:
         self._stop = True
 
+    def touch(self) -> None:
+        """Say that someone still watches (the page calls this when it polls)."""
+        self._last_touch = self._clock()
+
+    def _abandoned(self) -> bool:
+        return self.abandon_after is not None and self._clock() - self._last_touch > self.abandon_after
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -556,7 +568,7 @@ class LandscapeJob:
     def _run(self) -> None:
         try:
             for _ in self.landscape.fill(self.task.evaluator):
-                if self._stop:
+                if self._stop or self._abandoned():
                     break
             if self.runner.writer is not None and self.landscape.complete:
                 save_landscape(self.runner.writer.dir, self.landscape, self.shown, self.task.config.third)

@@ -387,6 +387,7 @@ class Path:
         self._net: nn.Module | None = None
         self._start_value: float | None = None
         self._start_losses: dict[str, float] | None = None
+        self._divergence: DivergedError | None = None
         self._t0 = time.perf_counter()
         self._elapsed = 0.0
 
@@ -460,6 +461,8 @@ class Path:
         return self
 
     def __next__(self) -> StepRecord:
+        if self._divergence is not None:  # seen in the last step's evaluation, which is kept
+            raise self._divergence
         if self.done:
             raise StopIteration
         t_start = time.perf_counter()
@@ -516,6 +519,8 @@ class Path:
         if self.done or self.step == 1 or self.step % self.eval_every == 0:
             metrics = self.evaluate(self.w)
             self._watch_losses(metrics)
+            if self._divergence is not None:
+                self.done = False  # the walker asks once more, and hears the divergence
         self._elapsed += time.perf_counter() - t_start
         return StepRecord(
             step=self.step,
@@ -539,10 +544,13 @@ class Path:
     def _watch_losses(self, metrics: dict) -> None:
         """An evaluated loss that explodes is a divergence even when the objective is fine
         (``--metric fisher --eps 50`` fell from 0.975 to chance accuracy, reported finished).
+        The step is returned (its figures show the collapse); the next call raises.
 
         Each ``*_loss`` figure is compared with its value at w0 (one extra evaluation,
         at the first one, not counted in the path's time).
         """
+        if not any(name.endswith("_loss") for name in metrics):
+            return
         if self._start_losses is None:
             started = time.perf_counter()
             self._start_losses = {k: v for k, v in self.evaluate(self.w0).items() if k.endswith("_loss")}
@@ -553,10 +561,11 @@ class Path:
             start = self._start_losses.get(name, float("nan"))
             limit = max(_LOSS_FACTOR * start, _LOSS_FLOOR) if math.isfinite(start) else _LOSS_FLOOR
             if not value <= limit:  # NaN too
-                raise DivergedError(
+                self._divergence = DivergedError(
                     f"The path diverged at step {self.step}: the {name.replace('_', ' ')} rose to {value:.3g} "
                     f"(from {start:.3g} at the start; {self._hint()})."
                 )
+                return
 
     def _nan(self, device: torch.device) -> torch.Tensor:
         if self._nan_tensor is None:

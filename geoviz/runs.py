@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import platform
 import secrets
@@ -162,6 +163,20 @@ def _save_file(tensors: dict, path: Path, metadata: dict | None = None) -> None:
         raise OSError(code, os.strerror(code), str(path)) from None
 
 
+def _thin_old_runs(root: Path, spare: Path) -> None:
+    """Keep the runs folder on its disk budget (geoviz.record.disk) as a run starts."""
+    from geoviz.errors import GeovizError
+    from geoviz.record.disk import enforce_budget
+
+    try:
+        freed = enforce_budget(root, spare=spare)
+    except (OSError, GeovizError) as err:
+        logging.getLogger("geoviz").warning("The runs folder's budget was not enforced: %s", err)
+        return
+    if freed:
+        logging.getLogger("geoviz").info("Thinned old runs' snapshots by %.1f MB to keep %s on its budget.", freed / 2**20, root)
+
+
 def _sweep_temp_files(folder: Path) -> None:
     """Remove temporary files a killed or failed write left in a run folder."""
     for sub in (folder, folder / "weights", folder / "snapshots"):
@@ -213,6 +228,7 @@ class RunWriter:
         self._closed = False
         self.write_status("running")
         _start_heartbeat(self)
+        _thin_old_runs(self.root, self.dir)
 
     # -- status -------------------------------------------------------------
     def write_status(self, status: str, message: str = "", **extra) -> None:

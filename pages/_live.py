@@ -237,6 +237,12 @@ def _shared_problem(setup: SetupConfig, classes: tuple | None) -> Problem:
     return load_problem(setup, classes=classes)
 
 
+def admit_network(setup: SetupConfig, data, classes: Sequence[int] | None = None) -> None:
+    """Count a start network this session would train anew (ConfigError past the server's cap)."""
+    if not network_cached(network_key(data, setup.model, setup.seed, hidden=setup.hidden, classes=classes)):
+        _safe.allow_new_network(f"{setup}/{classes}")
+
+
 def cached_problem(setup: SetupConfig, classes: Sequence[int] | None = None) -> Problem:
     """The problem for ``setup``, from cache; training shows a progress bar the first time.
 
@@ -255,8 +261,7 @@ def cached_problem(setup: SetupConfig, classes: Sequence[int] | None = None) -> 
         # disk and in memory, so this is instant once trained.
         setup.validate()
         data = load_dataset(setup.dataset, setup.data_dir, setup.download)
-        if not network_cached(network_key(data, setup.model, setup.seed, hidden=setup.hidden, classes=classes)):
-            _safe.allow_new_network(f"{setup}/{classes}")
+        admit_network(setup, data, classes)
         train_network(data, setup.model, setup.seed, hidden=setup.hidden, device=resolve_device(setup.device),
                       progress=progress, classes=classes)
         problem = _shared_problem(setup, None if classes is None else tuple(classes))

@@ -9,9 +9,12 @@ stay literal) and is cut to a length a browser draws at once.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import re
 import threading
+import time
 import weakref
 from collections.abc import Callable
 
@@ -23,12 +26,16 @@ from geoviz.validation import cut
 __all__ = ["md", "error", "admitted", "check_grid", "allow_new_network"]
 
 # what makes markdown inside one line: links and images ([]()!), autolinks and HTML
-# (<>), emphasis (*_~), code (`), maths ($), escapes (\\), entities (&), tables (|),
-# e-mail links (@), Streamlit's :color[...] (its [ is escaped). Sentence punctuation
-# (. , ; ' -) stays as it is, so the markdown source still reads as the sentence.
-_INLINE = re.compile(r"([\\`*_{}\[\]()<>!|~$&@])")
+# (<>), emphasis (*_~), code (`), maths ($), escapes (\\), entities (&), tables (|).
+# Sentence punctuation (. , ; ' -) stays as it is, so the source still reads as the
+# sentence. Bare URLs (http://..., www....), e-mail addresses and Streamlit's
+# :color[...] / :icon: are found in the text after the escapes are read (remark-gfm's
+# autolink literals; seen in Chromium), so a backslash cannot stop them: an invisible
+# word joiner (U+2060) breaks each of their patterns instead.
+_INLINE = re.compile(r"([\\`*_{}\[\]()<>!|~$&])")
 _LINE_START = re.compile(r"^([#>+\-=]|\d+[.)])")  # a heading, quote or list at the start
-_AUTOLINK = re.compile(r"(?i)(https?|ftp|mailto|www)(:|\.)")  # http://... and www.... as plain text
+_JOINER = "\u2060"
+_BARE = re.compile(r"(?i)(https?|ftp|mailto|file|data|javascript)(?=:)|(www)(?=\.)|(@)|(:)(?=[a-z])")
 LIMIT = 500  # characters of one message shown; a 5 MB status message hung a tab
 
 
@@ -36,7 +43,7 @@ def md(text, limit: int = LIMIT) -> str:
     """``text`` cut to ``limit`` characters, with every markdown character escaped."""
     flat = " ".join(cut(text, limit).split())  # no line breaks: no headings, lists or code blocks
     flat = _INLINE.sub(r"\\\1", flat)
-    flat = _AUTOLINK.sub(r"\1\\\2", flat)
+    flat = _BARE.sub(lambda m: m.group(0) + _JOINER, flat)
     return _LINE_START.sub(lambda m: m.group(1)[:-1] + "\\" + m.group(1)[-1], flat)
 
 
@@ -81,7 +88,35 @@ def admitted(page: str, total_steps: int, make_runner: Callable):
     runner = make_runner()
     with _REGISTRY_LOCK:
         _RUNNERS.add(runner)
+    threading.Thread(target=_release_when_done, args=(weakref.ref(runner),), name="geoviz-release", daemon=True).start()
     return runner
+
+
+def release_memory() -> None:
+    """Give back what ended runs held, once no path runs on the server: objects the
+    page's gc.freeze hid from the collector (a tab closed mid-run never unfroze them),
+    reference cycles, and the C heap's free pages (glibc's malloc_trim)."""
+    with _REGISTRY_LOCK:
+        if _alive(list(_RUNNERS)):
+            return
+        if gc.get_freeze_count():
+            gc.unfreeze()
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def _release_when_done(ref: weakref.ref) -> None:
+    """Wait (without keeping the runner alive) until its path has ended, then release."""
+    while True:
+        time.sleep(1.0)
+        runner = ref()
+        if runner is None or (runner.finished and not runner.alive):
+            break
+        del runner
+    release_memory()
 
 
 def check_grid(n: int) -> None:

@@ -3,6 +3,8 @@ it with the straight line and a trained Bezier curve; then draw the landscape be
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import streamlit as st
 import torch
@@ -126,7 +128,7 @@ def landscape_ui(runner, n: int) -> None:
     if st.button("Draw the landscape", key="connect:draw", disabled=job is not None):
         try:
             _safe.check_grid(n)
-            job = LandscapeJob(runner, n).start()
+            job = LandscapeJob(runner, n, abandon_after=_live.ABANDON_AFTER).start()
         except (GeovizError, ValueError) as err:
             _safe.error(err)
             return
@@ -139,6 +141,7 @@ def landscape_ui(runner, n: int) -> None:
 
     @st.fragment(run_every=0.5 if seen else None)
     def view() -> None:
+        job.touch()
         if job.alive != seen:
             st.rerun()
         if job.error:
@@ -201,6 +204,8 @@ def page() -> None:
 
         def make_runner():
             problem = _live.cached_problem(setup)
+            seed_b = config.seed_b if config.seed_b is not None else setup.seed + 1
+            _live.admit_network(replace(setup, seed=seed_b), problem.data)  # w_B is a start network too
             return connect_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
     runner = _live.run_panel("connect", make_runner, draw, int(values["steps"]), placeholder)

@@ -8,6 +8,8 @@ from pathlib import Path
 import streamlit as st
 
 from geoviz import plots
+from geoviz.errors import GeovizError
+from geoviz.record import disk
 from geoviz.runs import default_runs_dir, list_runs, zip_run
 from pages import _charts, _live, _safe
 
@@ -71,6 +73,23 @@ def replay(record) -> None:
         _charts.generic_charts(table[table["step"] <= at], "replay")
 
 
+def _delete_ui(root: Path, record) -> None:
+    """Delete the open run, after a confirmation; a running run cannot be."""
+    with st.expander("Delete this run"):
+        if record.state in ("running", "paused"):
+            st.caption("A running run cannot be deleted; stop it first.")
+            return
+        sure = st.checkbox(f"Yes, delete {_safe.md(record.name)} and every file in it", key=f"runs:sure:{record.name}")
+        if st.button("Delete run", type="primary", disabled=not sure, key="runs:delete"):
+            try:
+                disk.delete_run(root, record.name)
+            except GeovizError as err:
+                _safe.error(err)
+            else:
+                st.query_params.pop("run", None)
+                st.rerun()
+
+
 def page() -> None:
     _live.through_app()
     st.title("Runs")
@@ -81,6 +100,8 @@ def page() -> None:
         return
     names = [r.name for r in runs]
     listing = st.dataframe(plots.runs_table(runs), hide_index=True, key="runs:list", on_select="rerun", selection_mode="multi-row")
+    st.caption(f"Space used: {_safe.md(disk.usage(runs).sentence())}; the oldest finished runs' snapshots are thinned "
+               "when a new run would go over it.")
     ticked = [names[i] for i in listing.selection.rows]
     if ticked:
         st.page_link("pages/compare.py", label=f"Open {len(ticked)} ticked runs in Compare", icon=":material/compare_arrows:",
@@ -93,6 +114,7 @@ def page() -> None:
     st.query_params["run"] = name
     record = next(r for r in runs if r.name == name)
     st.markdown(f"**{_safe.md(record.state)}** · {len(record.table)} steps · {_safe.md(record.message)}")
+    _delete_ui(root, record)
     if record.state == "unreadable":
         return
     left, right, _ = st.columns([1, 1, 3])

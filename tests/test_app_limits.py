@@ -96,3 +96,21 @@ def test_new_start_networks_capped_per_session(monkeypatch, tmp_path):
     _run(at)
     assert "trained 0 new start networks, the most one session may" in _errors(at)
     assert not list((tmp_path / "empty-cache").glob("networks/*.safetensors"))
+
+
+def test_connect_counts_w_b_as_a_new_start_network(monkeypatch, tmp_path):
+    monkeypatch.setenv("GEOVIZ_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(safe, "MAX_NEW_NETWORKS", 1)
+    at = _app({"seed": "4242", "seed_b": "4243", "steps": "5", "hidden": "16"}, "pages/connect.py")
+    _run(at, "connect")
+    assert "trained 1 new start networks, the most one session may" in _errors(at)
+    assert len(list((tmp_path / "empty-cache").glob("networks/*.safetensors"))) == 1  # w_A only
+
+
+def test_landscape_grid_cap(monkeypatch):
+    from geoviz.errors import ConfigError
+
+    monkeypatch.setattr(safe, "MAX_GRID", 101)
+    safe.check_grid(101)
+    with pytest.raises(ConfigError, match="at most 101 x 101"):
+        safe.check_grid(102)

@@ -288,3 +288,16 @@ def test_fashion_geodesic_beats_the_line(tmp_path):
     assert s["line"]["barrier"] > 0.3
     assert s["geodesic"]["barrier"] < 0.5 * s["line"]["barrier"]
     assert s["geodesic"]["min_accuracy"] > s["line"]["min_accuracy"] + 0.03
+
+
+def test_landscape_job_stops_when_its_tab_goes_away(digits_run):
+    """Issue 14: a landscape job nobody polls stops itself, as a path does; a watched one completes."""
+    from geoviz.connect import LandscapeJob
+
+    left = LandscapeJob(digits_run, 60, abandon_after=0.5)
+    left._last_touch -= 1.0  # its tab stopped polling
+    left.start()._thread.join(120)
+    assert not left.alive and 1 <= left.landscape.rows_done < 60 and not left.landscape.complete
+    watched = LandscapeJob(digits_run, 4, abandon_after=60.0).start()
+    watched._thread.join(120)
+    assert watched.landscape.complete
