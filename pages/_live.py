@@ -161,6 +161,7 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
         query["run" if owner else "watch"] = run_id(shown)
     st.query_params.from_dict(query)
     st.session_state[f"{page}:values"] = values
+    st.session_state[f"{page}:locked"] = locked
     return values
 
 
@@ -392,6 +393,8 @@ def run_panel(
         else:
             _wait_for(runner, _ACKNOWLEDGED[action])
     phase = _phase(runner)  # one view of the runner for the buttons and the poller
+    if phase == "done" and st.session_state.get(f"{page}:locked"):
+        st.rerun()  # the run ended (Stop) after the sidebar was drawn locked: unlock it
     if runner is not None and phase == "done":
         _unfreeze_after_run()
     with buttons:

@@ -112,6 +112,14 @@ def test_a_reload_reattaches_and_a_second_tab_watches(server, context):
     _button(page, "Stop").click()
     stopped = int(_status(page, r"^stopped · step (\d+)").group(1))
     _status(other, rf"^stopped · step {stopped} ", timeout=15_000)
+    # the run has ended: the settings are free, and once changed, the page says the
+    # charts are of other settings and the address no longer names the run
+    eps = page.get_by_test_id("stSidebar").get_by_role("spinbutton", name="Step length ε")
+    assert not eps.is_disabled()
+    eps.fill("0.05")
+    eps.press("Enter")
+    page.get_by_text(re.compile(f"The charts below are of run {run}, made with eps 0.04")).wait_for(timeout=15_000)
+    page.wait_for_function("() => !location.search.includes('run=') && location.search.includes('eps=0.05')", timeout=10_000)
 
 
 def test_stop_during_the_baselines(server, context):
