@@ -14,6 +14,12 @@ from geoviz import plots
 __all__ = ["sparsify_charts", "sparsify_curves", "sparsify_pictures", "sparsify_numbers", "sparsify_summary", "generic_charts", "continual_curves", "continual_pictures", "x_axis_ui"]
 
 
+def row():
+    """Side by side while they fit, one under the other when not (a narrow or projected
+    screen): a wrapping row, where each element keeps Streamlit's minimum width."""
+    return st.container(horizontal=True, gap="small")
+
+
 def x_axis_ui(key: str) -> str:
     """Which x axis the loss curve uses: step, or one of the two path lengths."""
     return st.radio(
@@ -58,7 +64,7 @@ def sparsify_curves(rows, reference: dict, baselines: dict | None, target: float
     if marker is not None and x in table and len(table):
         x_marker = float(table.loc[(table["step"] - marker).abs().idxmin(), x])
     config = {"staticPlot": True} if moving else None
-    left, middle, right = st.columns(3)
+    left = middle = right = row()
     left.plotly_chart(plots.accuracy_figure(table, reference, baselines, marker=marker), key=f"{key}:accuracy", config=config)
     middle.plotly_chart(plots.loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
     right.plotly_chart(plots.sparsity_figure(table, target, marker=marker), key=f"{key}:sparsity", config=config)
@@ -68,7 +74,7 @@ def sparsify_pictures(layers: dict, target: float, layers_title: str, steps: lis
                       marker: int | None = None, moving: bool = False) -> None:
     """The pictures of one point and of the whole trajectory: per-layer sparsity and the PCA."""
     config = {"staticPlot": True} if moving else None
-    left, right = st.columns([2, 3])
+    left = right = row()
     left.plotly_chart(plots.layer_sparsity_figure(layers, target, layers_title), key=f"{key}:layers", config=config)
     right.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca", config=config)
 
@@ -80,7 +86,7 @@ def sparsify_numbers(rows, reference: dict) -> None:
         return
     last = table[table["test_accuracy"].notna()].iloc[-1]
     dense, one_shot = reference.get("dense_accuracy"), reference.get("one_shot_accuracy")
-    a, b, c, d = st.columns(4)
+    a = b = c = d = row()
     a.metric("test accuracy", f"{last['test_accuracy']:.3f}", None if dense is None else f"{last['test_accuracy'] - dense:+.3f} vs dense")
     b.metric("if pruned now", f"{last['pruned_accuracy']:.3f}", None if one_shot is None else f"{last['pruned_accuracy'] - one_shot:+.3f} vs one-shot")
     c.metric("masked weights left", f"{last['remaining_norm']:.1%}", help="|(1-m)·w| as a fraction of its start; the path ends near zero")
@@ -143,7 +149,7 @@ def continual_curves(rows, start: dict, key: str, marker: int | None = None, mov
     if marker is not None and x in table and len(table):
         x_marker = float(table.loc[(table["step"] - marker).abs().idxmin(), x])
     config = {"staticPlot": True} if moving else None
-    left, right = st.columns(2)
+    left = right = row()
     left.plotly_chart(plots.task_accuracy_figure(table, x, start, marker=x_marker), key=f"{key}:accuracy", config=config)
     right.plotly_chart(plots.task_loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
 

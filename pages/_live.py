@@ -277,14 +277,14 @@ def _request(page: str, action: str, runner: PathRunner | None = None) -> None:
 
 
 def _buttons_ui(page: str, phase: str, ready: bool, runner: PathRunner | None = None) -> None:
-    run, pause, step, stop, _ = st.columns([1, 1, 1, 1, 4])
-    run.button("Run", type="primary", disabled=not ready, on_click=_request, args=(page, "run"), key=f"{page}:Run", width="stretch")
+    run = pause = step = stop = st.container(horizontal=True, gap="small")  # buttons as wide as their labels
+    run.button("Run", type="primary", disabled=not ready, on_click=_request, args=(page, "run"), key=f"{page}:Run")
     if phase == "paused":
-        pause.button("Resume", on_click=_request, args=(page, "resume", runner), key=f"{page}:Resume", width="stretch")
+        pause.button("Resume", on_click=_request, args=(page, "resume", runner), key=f"{page}:Resume")
     else:
-        pause.button("Pause", disabled=phase != "running", on_click=_request, args=(page, "pause", runner), key=f"{page}:Pause", width="stretch")
-    step.button("Step", disabled=phase in ("done", "baselines"), on_click=_request, args=(page, "step", runner), key=f"{page}:Step", width="stretch")
-    stop.button("Stop", disabled=phase == "done", on_click=_request, args=(page, "stop", runner), key=f"{page}:Stop", width="stretch")
+        pause.button("Pause", disabled=phase != "running", on_click=_request, args=(page, "pause", runner), key=f"{page}:Pause")
+    step.button("Step", disabled=phase in ("done", "baselines"), on_click=_request, args=(page, "step", runner), key=f"{page}:Step")
+    stop.button("Stop", disabled=phase == "done", on_click=_request, args=(page, "stop", runner), key=f"{page}:Stop")
 
 
 def _status_ui(runner: PathRunner, total: int) -> None:
@@ -414,8 +414,9 @@ def run_panel(
 
 def _status_only_ui(page: str, phase: str) -> None:
     """A watcher's buttons: drawn (so the page looks the same) but never usable."""
-    for column, label in zip(st.columns([1, 1, 1, 1, 4]), ("Run", "Resume" if phase == "paused" else "Pause", "Step", "Stop")):
-        column.button(label, disabled=True, key=f"{page}:watch:{label}", width="stretch")
+    buttons = st.container(horizontal=True, gap="small")
+    for label in ("Run", "Resume" if phase == "paused" else "Pause", "Step", "Stop"):
+        buttons.button(label, disabled=True, key=f"{page}:watch:{label}")
 
 
 def _not_live_notice(page: str) -> None:

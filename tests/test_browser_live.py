@@ -196,3 +196,40 @@ def test_connect_draws_the_line_at_once_and_replays(server, context):
         if (String(div.layout.title.text).includes("Loss and accuracy")) return (div.layout.shapes || []).map(s => s.x0); } }""")
     assert marker and 0 < marker[0] <= 0.2 + 1e-6, "the marker sits at step 1: one step of ε = 0.2 along the geodesic"
     page.screenshot(path=str(SHOTS / "runs_connect_replay.png"), full_page=True)
+
+
+# JavaScript: the visible texts that do not fit their box (cut with an ellipsis or clipped)
+TRUNCATED = """() => {
+  const cut = [];
+  const main = document.querySelector('[data-testid="stMain"]') || document.body;
+  const boxes = main.querySelectorAll('button, [data-testid="stMetricValue"], [data-testid="stMetricLabel"], [data-testid="stMetricDelta"], h1, h2, h3');
+  for (const box of boxes) {
+    for (const el of [box, ...box.querySelectorAll('*')]) {
+      if (!el.offsetParent || !el.textContent.trim()) continue;
+      if (el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== 'visible') cut.push(el.textContent.trim());
+      if (el.textContent.includes('…') && !box.textContent.includes('baselines')) cut.push(el.textContent.trim());
+    }
+  }
+  return [...new Set(cut)];
+}"""
+
+
+@pytest.mark.parametrize("width, height", [(800, 900), (1280, 720)])
+def test_narrow_and_projected_screens_cut_no_label(server, browser, width, height):
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    try:
+        _start(page, f"{server.url}/sparsify?steps=3000&sparsity=0.9&eval_every=10")
+        _status(page, r"^running · step")
+        page.wait_for_timeout(2500)  # the tiles and the charts drawn
+        _button(page, "Pause").click()
+        _status(page, r"^paused · step")
+        page.screenshot(path=str(SHOTS / f"live_{width}x{height}.png"))
+        cut = page.evaluate(TRUNCATED)
+        assert cut == [], f"cut at {width}x{height}: {cut}"
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"the page scrolls sideways by {overflow} px"
+        _button(page, "Stop").click()
+        _status(page, r"^stopped · step")
+    finally:
+        context.close()
