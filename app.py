@@ -14,6 +14,8 @@ PAGES_DIR = Path(__file__).parent / "pages"
 
 
 def home() -> None:
+    if st.session_state.get("geoviz:home-left"):  # Back from a page: its settings do not belong on Home
+        st.query_params.clear()
     st.title("geoviz: walk through a network's weight space")
     st.markdown(
         "A trained network is one point in a space with one axis per weight. Most directions in that "
@@ -69,8 +71,9 @@ def _threads() -> None:
 
 if __name__ == "__main__":
     _threads()
-    st.set_page_config(page_title="geoviz", page_icon=":material/route:", layout="wide")
+    st.set_page_config(page_title="geoviz", page_icon="🧭", layout="wide")  # an emoji: no font server needed offline
     page = navigation()
     _live.keep_alive()
     st.session_state["geoviz:routed"] = True  # see _live.through_app
     page.run()
+    st.session_state["geoviz:home-left"] = page.url_path != ""  # (Home's own url_path is "")

@@ -89,20 +89,27 @@ def sparsify_numbers(rows, reference: dict) -> None:
     a = b = c = d = row()
     a.metric("test accuracy", f"{last['test_accuracy']:.3f}", None if dense is None else f"{last['test_accuracy'] - dense:+.3f} vs dense")
     b.metric("if pruned now", f"{last['pruned_accuracy']:.3f}", None if one_shot is None else f"{last['pruned_accuracy'] - one_shot:+.3f} vs one-shot")
-    c.metric("masked weights left", f"{last['remaining_norm']:.1%}", help="|(1-m)·w| as a fraction of its start; the path ends near zero")
+    left = last["remaining_norm"]  # a diverging path can push them far out: say "x times", not 88987.6%
+    c.metric("masked weights left", f"{left:.1%}" if left <= 2 else f"{left:.3g}× the start", help="|(1-m)·w| as a fraction of its start; the path ends near zero")
     d.metric("functional length", f"{last['functional_length']:.3g}", help="Σ√(θᵀGθ): how far the outputs have moved, summed over the steps")
 
 
 def sparsify_summary(summary: dict, rows, target: float | None, mode: str | None = None) -> None:
-    """The end of a sparsification path beside its baselines, once the path has ended."""
-    if not summary.get("baselines"):
+    """The end of a sparsification path beside its baselines, once the path has ended
+    (a stopped path: its last evaluated point, the baselines not computed)."""
+    evaluated = plots.as_table(rows)
+    stopped = not summary.get("baselines")
+    if stopped and ("pruned_accuracy" not in evaluated or evaluated["pruned_accuracy"].notna().sum() == 0):
         return
     mode = mode or summary.get("mode", "exact")
     path = "the geodesic path" if mode == "exact" else f"the path ({mode} mode)"
-    reference, baselines = summary.get("reference", {}), summary["baselines"]
-    evaluated = plots.as_table(rows)
+    reference = summary.get("reference", {})
+    baselines = summary.get("baselines") or {"one_shot": reference.get("one_shot_accuracy")}
     last = evaluated[evaluated["pruned_accuracy"].notna()].iloc[-1] if "pruned_accuracy" in evaluated else {}
-    budget = f"{summary.get('gradient_evaluations')} gradient evaluations, as many as the path used"
+    if stopped:
+        path = f"{path} where it was stopped (step {int(last['step'])})"
+        summary = {**summary, "accuracy": last.get("test_accuracy"), "sparsity": last.get("sparsity")}
+    budget = "not computed: stopped" if stopped else f"{summary.get('gradient_evaluations')} gradient evaluations, as many as the path used"
     table = pd.DataFrame(
         [
             ("dense start network", reference.get("dense_accuracy"), 0.0, "—"),
@@ -117,7 +124,10 @@ def sparsify_summary(summary: dict, rows, target: float | None, mode: str | None
     table["sparsity"] = table["sparsity"].map(lambda v: "—" if v is None or v != v else f"{v:.3f}")
     st.subheader("Summary")
     st.table(table.set_index("network"))
-    st.caption(f"The path ended: {summary.get('end_reason', '')}.")
+    if stopped:
+        st.caption("The path was stopped before its end: the fine-tuned baseline was not computed.")
+    else:
+        st.caption(f"The path ended: {summary.get('end_reason', '')}.")
     skipped_note(summary)
 
 
@@ -157,7 +167,8 @@ def continual_curves(rows, start: dict, key: str, marker: int | None = None, mov
 def continual_pictures(steps: list[int], snapshots, key: str, marker: int | None = None, moving: bool = False) -> None:
     """The PCA of a continual path's trajectory."""
     config = {"staticPlot": True} if moving else None
-    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca", config=config)
+    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker, start_label="start (task 1 learnt)"),
+                    key=f"{key}:pca", config=config)
 
 
 def continual_summary(summary: dict, key: str) -> None:

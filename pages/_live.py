@@ -13,6 +13,7 @@ import copy
 import gc
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +26,8 @@ from geoviz.problem import Problem, SetupConfig, load_problem
 from geoviz.training import resolve_device, train_network
 from geoviz.runner import PathRunner
 
-__all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options"]
+__all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options",
+           "dataset_options", "DATASET_HELP", "live_runs", "run_id"]
 
 # seconds between redraws while a path runs: live, yet cheap. A redraw costs the browser
 # far more than the server (~0.15 s of CPU per plotly chart against ~0.05 s in all on
@@ -219,6 +221,21 @@ def _attach(page: str) -> tuple[PathRunner | None, bool]:
     return runner, True
 
 
+def dataset_options() -> tuple[str, ...]:
+    """The datasets this server can open without a download: digits always, and
+    Fashion-MNIST where its files are installed (Debian's dataset-fashion-mnist)."""
+    from geoviz.data import FASHION_SYSTEM_DIR
+
+    fashion = FASHION_SYSTEM_DIR / "train-images-idx3-ubyte"
+    found = fashion.is_file() or fashion.with_name(fashion.name + ".gz").is_file()
+    return ("digits", "fashion-mnist") if found else ("digits",)
+
+
+DATASET_HELP = (" Offered here: the datasets this server has. Fashion-MNIST appears once its files are in "
+                "/usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist); MNIST and CIFAR run from "
+                "the command line (python -m geoviz ... --data-dir DIR).")
+
+
 def device_options() -> tuple[str, ...]:
     """auto, cpu, and cuda when a GPU is present."""
     import torch
@@ -298,8 +315,9 @@ def _status_ui(runner: PathRunner, total: int) -> None:
     else:
         beta = f" · β = {last['beta']:.3g}" if isinstance(last.get("beta"), float) else ""
     line = f"**{runner.state}** · step {step} of {total} · {rate:.1f} steps/s · {device}{beta}"
-    if runner.state == "diverged":
-        st.error(f"The path diverged at step {step}: {runner.message}. Its charts are kept below.")
+    if runner.state == "diverged":  # the engine's message names its step too: said once
+        reason = re.sub(r"^The path diverged at step \d+: ", "", runner.message).rstrip(".")
+        st.error(f"The path diverged at step {step}: {reason}. Its charts are kept below.")
     elif runner.state == "failed":
         st.error(f"The path failed at step {step}: {runner.message}")
     elif runner.finished and runner.message:
