@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import gc
 import logging
+import math
 import os
 import re
 import time
@@ -111,16 +112,62 @@ class Control:
             return self.options[[str(o) for o in self.options].index(text)]
         kind = type(self.default)
         try:
-            return kind(text)
+            value = kind(text)
         except ValueError:
             raise ConfigError(f"The link sets {self.name} to '{text}', which is not {'an integer' if kind is int else 'a number'}.")
+        if self.name in LOG_SCALE:
+            return _snap_to_scale(self, value)
+        if (sentence := _out_of_range(self, value)) is not None:
+            raise ConfigError(f"The link's value is out of range: {sentence}")
+        return value
+
+
+# Limits of the number settings, by name (the same names on every page). The lower
+# limit is the widget's; a value above the upper one is refused with a sentence and Run
+# is disabled, never clamped (a typed 1e9 step budget is not quietly made 1 or 100000).
+LIMITS = {
+    "steps": (1, 100_000), "eval_every": (1, 100_000), "seed": (0, 2**31 - 1), "seed_b": (0, 2**31 - 1),
+    "sparsity": (0.01, None), "eps": (1e-4, None), "grid": (2, 201), "memory": (1, 60_000), "ewc_lambda": (0.0, None),
+}  # (sparsity's upper end and the others' are the config's own checks)
+# damping moves by factors: a log scale of 1-2-5 steps (one click = about x2)
+DAMPING_STEPS = tuple(v for e in range(-7, 1) for m in (1, 2, 5) if (v := float(f"{m}e{e}")) <= 1.0)
+LOG_SCALE = {"damping": DAMPING_STEPS}
+
+
+def _limits(control: Control) -> tuple:
+    low, high = LIMITS.get(control.name, (None, None))
+    kind = type(control.default)
+    return (None if low is None else kind(low)), (None if high is None else kind(high))
+
+
+def _out_of_range(control: Control, value) -> str | None:
+    """One sentence when ``value`` is outside the setting's limits, else None."""
+    low, high = _limits(control)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if low is not None and value < low:
+            return f"{control.label} is {value}; the smallest allowed is {low}."
+        if high is not None and value > high:
+            return f"{control.label} is {value:,}; the largest allowed here is {high:,}."
+    return None
+
+
+def _snap_to_scale(control: Control, value: float) -> float:
+    scale = LOG_SCALE[control.name]
+    for option in scale:
+        if math.isclose(option, value, rel_tol=1e-6):
+            return option
+    raise ConfigError(f"The link sets {control.name} to {value:g}; on this page it is one of "
+                      f"{', '.join(f'{v:.0e}' for v in scale)}.")
 
 
 def _widget(control: Control, key: str, disabled: bool = False):
     if control.options:
         return st.sidebar.selectbox(control.label, control.options, key=key, help=control.help, disabled=disabled)
+    if control.name in LOG_SCALE:
+        return st.sidebar.select_slider(control.label, LOG_SCALE[control.name], key=key, help=control.help,
+                                        disabled=disabled, format_func=lambda v: f"{v:.0e}")
     return st.sidebar.number_input(control.label, key=key, help=control.help, step=control.step, format=control.format,
-                                   disabled=disabled)
+                                   disabled=disabled, min_value=_limits(control)[0])
 
 
 def controls_ui(page: str, controls: Sequence[Control]) -> dict:
@@ -146,6 +193,8 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
         if key in st.session_state:
             continue
         value = saved.get(control.name, control.default)
+        if control.name in LOG_SCALE and value not in LOG_SCALE[control.name]:  # a default off the scale
+            value = min(LOG_SCALE[control.name], key=lambda v: abs(math.log(v / value)))
         if control.name in params:
             try:
                 value = control.parse(params[control.name])
@@ -154,6 +203,10 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
                 value = control.default
         st.session_state[key] = value
     values = {c.name: _widget(c, f"{page}:{c.name}", disabled=locked) for c in controls}
+    refused = [sentence for c in controls if (sentence := _out_of_range(c, values[c.name])) is not None]
+    for sentence in refused:  # caught before Run, which stays disabled until it is fixed
+        st.error(sentence)
+    st.session_state[f"{page}:refused"] = bool(refused)
     if locked:
         st.sidebar.caption("The settings are those of the run shown, locked while it is live: Stop it to change them.")
     if owner:
@@ -377,6 +430,8 @@ def run_panel(
     """
     key = f"{page}:runner"
     buttons = st.container()
+    if st.session_state.get(f"{page}:refused"):
+        make_runner = None  # a setting is out of range (said above the buttons)
     action = st.session_state.pop(f"{page}:action", None)
     runner, owner = _attach(page)
     if not owner:

@@ -11,7 +11,7 @@ from geoviz import plots_connect
 from geoviz.connect import SOLVER_DEFAULTS, THIRD_POINTS, ConnectConfig, LandscapeJob, connect_runner
 from geoviz.curves import arc_length_parameters
 from geoviz.engine import SolverConfig
-from geoviz.errors import GeovizError
+from geoviz.errors import ConfigError, GeovizError
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
 from pages import _charts, _live
@@ -41,6 +41,8 @@ def configs(values: dict) -> tuple[SetupConfig, ConnectConfig, SolverConfig]:
     solver = SolverConfig(eps=float(values["eps"]), damping=float(values["damping"]))
     config.validate()
     solver.validate()
+    if config.seed_b == setup.seed:  # caught before Run (the engine says it too, but only once Run is pressed)
+        raise ConfigError(f"The two networks need different seeds; both are {setup.seed}.")
     return setup, config, solver
 
 

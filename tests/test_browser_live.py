@@ -233,3 +233,32 @@ def test_narrow_and_projected_screens_cut_no_label(server, browser, width, heigh
         _status(page, r"^stopped · step")
     finally:
         context.close()
+
+
+def test_settings_are_checked_before_run(server, context):
+    page = context.new_page()
+    page.goto(f"{server.url}/sparsify?steps=300")
+    _button(page, "Run").wait_for(timeout=90_000)
+    sidebar = page.get_by_test_id("stSidebar")
+    # damping moves by factors on a log scale
+    damping = sidebar.get_by_role("slider", name="Damping ρ")
+    assert damping.get_attribute("aria-valuetext") == "1e-04"
+    damping.focus()
+    damping.press("ArrowRight")
+    page.wait_for_function("() => location.search.includes('damping=0.0002')", timeout=10_000)
+    # a huge step budget is refused in a sentence, not clamped, and Run waits for a fix
+    steps = sidebar.get_by_role("spinbutton", name="Step budget")
+    steps.fill("1000000000")
+    steps.press("Enter")
+    page.get_by_text("Step budget is 1,000,000,000; the largest allowed here is 100,000.").wait_for(timeout=10_000)
+    assert _button(page, "Run").is_disabled()
+    assert steps.input_value() == "1000000000"
+    steps.fill("300")
+    steps.press("Enter")
+    page.wait_for_function("() => location.search.includes('steps=300')", timeout=10_000)
+    assert not _button(page, "Run").is_disabled()
+    # equal seeds of w_A and w_B on /connect: said before Run
+    page.goto(f"{server.url}/connect?seed=2&seed_b=2")
+    page.get_by_text("The two networks need different seeds; both are 2.").wait_for(timeout=60_000)
+    assert _button(page, "Run").is_disabled()
+    page.screenshot(path=str(SHOTS / "live_checked_settings.png"))
