@@ -14,6 +14,8 @@ PAGES_DIR = Path(__file__).parent / "pages"
 
 
 def home() -> None:
+    if st.session_state.get("geoviz:home-left"):  # Back from a page: its settings do not belong on Home
+        st.query_params.clear()
     st.title("geoviz: walk through a network's weight space")
     st.markdown(
         "A trained network is one point in a space with one axis per weight. Most directions in that "
@@ -30,6 +32,7 @@ def home() -> None:
         ("pages/continual.py", "Continual", "Learn a second task without forgetting the first; compare with fine-tuning, EWC and replay."),
         ("pages/connect.py", "Connect", "Find a low-loss path between two networks trained from different seeds; compare with the straight line and a Bezier curve."),
         ("pages/runs.py", "Runs", "Every path this server has walked: replay its charts, download its record."),
+        ("pages/learn.py", "Learn", "Short lessons, a step at a time: why most directions in weight space do not matter."),
     )
     for column, (path, title, text) in zip(st.columns(len(cards)), cards):
         with column.container(border=True, height="stretch"):
@@ -51,6 +54,7 @@ def navigation():
         st.Page(PAGES_DIR / "connect.py", title="Connect", icon=":material/timeline:", url_path="connect"),
         st.Page(PAGES_DIR / "runs.py", title="Runs", icon=":material/folder_open:", url_path="runs"),
         st.Page(PAGES_DIR / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
+        st.Page(PAGES_DIR / "learn.py", title="Learn", icon=":material/menu_book:", url_path="learn"),
     ]
     current = st.navigation(pages, position="hidden")
     for page in pages:
@@ -68,10 +72,25 @@ def _threads() -> None:
     torch.set_num_threads(int(os.environ.get("GEOVIZ_THREADS", "1")))
 
 
+@st.cache_resource(show_spinner=False)
+def _prepare_lessons() -> object:
+    """Once per server, in the background: every lesson's numbers, so no step waits."""
+    import threading
+
+    from geoviz.lessons import prepare
+
+    thread = threading.Thread(target=prepare, name="geoviz-lessons", daemon=True)
+    thread.start()
+    return thread
+
+
 if __name__ == "__main__":
     _threads()
-    st.set_page_config(page_title="geoviz", page_icon=":material/route:", layout="wide")
+    if os.environ.get("GEOVIZ_PREPARE_LESSONS", "1") != "0":
+        _prepare_lessons()
+    st.set_page_config(page_title="geoviz", page_icon="🧭", layout="wide")  # an emoji: no font server needed offline
     page = navigation()
     _live.keep_alive()
     st.session_state["geoviz:routed"] = True  # see _live.through_app
     page.run()
+    st.session_state["geoviz:home-left"] = page.url_path != ""  # (Home's own url_path is "")

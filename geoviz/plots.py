@@ -211,7 +211,10 @@ def layer_sparsity_figure(fractions: Mapping[str, float], target: float | None =
             "y": [fractions[n] for n in names],
             "marker": {"color": _COLORS["path"]},
             "text": [f"{fractions[n]:.0%}" for n in names],
-            "textposition": "outside",
+            # a label just above a bar near the target would be struck through by the
+            # target line: those go inside the bar
+            "textposition": ["inside" if target is not None and abs(fractions[n] - target) < 0.12 else "outside" for n in names],
+            "insidetextanchor": "end",
             "name": "fraction of the layer",
         }
     ]
@@ -229,7 +232,8 @@ def _subsample(steps: list[int], count: int) -> list[int]:
 
 
 def trajectory_figure(
-    steps: Sequence[int], snapshots: torch.Tensor, current: int | None = None, max_points: int = 40
+    steps: Sequence[int], snapshots: torch.Tensor, current: int | None = None, max_points: int = 40,
+    start_label: str = "start (dense)",
 ) -> go.Figure:
     """The weight trajectory on its top two principal components, the current point highlighted.
 
@@ -265,7 +269,7 @@ def trajectory_figure(
             "text": [f"step {s}" for s in chosen],
             "hoverinfo": "text",
         },
-        {"type": "scatter", "x": xy[:1, 0], "y": xy[:1, 1], "mode": "markers", "name": "start (dense)", "marker": {"size": 14, "color": _COLORS["dense"]}},
+        {"type": "scatter", "x": xy[:1, 0], "y": xy[:1, 1], "mode": "markers", "name": start_label, "marker": {"size": 14, "color": _COLORS["dense"]}},
         {
             "type": "scatter",
             "x": star[:, 0],

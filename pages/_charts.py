@@ -18,6 +18,12 @@ __all__ = ["sparsify_charts", "sparsify_curves", "sparsify_pictures", "sparsify_
 NOISE = "A single run's difference below about two test images is noise; compare over seeds (bench/claims.py)."
 
 
+def row():
+    """Side by side while they fit, one under the other when not (a narrow or projected
+    screen): a wrapping row, where each element keeps Streamlit's minimum width."""
+    return st.container(horizontal=True, gap="small")
+
+
 def x_axis_ui(key: str) -> str:
     """Which x axis the loss curve uses: step, or one of the two path lengths."""
     return st.radio(
@@ -62,7 +68,7 @@ def sparsify_curves(rows, reference: dict, baselines: dict | None, target: float
     if marker is not None and x in table and len(table):
         x_marker = float(table.loc[(table["step"] - marker).abs().idxmin(), x])
     config = {"staticPlot": True} if moving else None
-    left, middle, right = st.columns(3)
+    left = middle = right = row()
     left.plotly_chart(plots.accuracy_figure(table, reference, baselines, marker=marker), key=f"{key}:accuracy", config=config)
     middle.plotly_chart(plots.loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
     right.plotly_chart(plots.sparsity_figure(table, target, marker=marker), key=f"{key}:sparsity", config=config)
@@ -72,7 +78,7 @@ def sparsify_pictures(layers: dict, target: float, layers_title: str, steps: lis
                       marker: int | None = None, moving: bool = False) -> None:
     """The pictures of one point and of the whole trajectory: per-layer sparsity and the PCA."""
     config = {"staticPlot": True} if moving else None
-    left, right = st.columns([2, 3])
+    left = right = row()
     left.plotly_chart(plots.layer_sparsity_figure(layers, target, layers_title), key=f"{key}:layers", config=config)
     right.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca", config=config)
 
@@ -84,23 +90,30 @@ def sparsify_numbers(rows, reference: dict) -> None:
         return
     last = table[table["test_accuracy"].notna()].iloc[-1]
     dense, one_shot = reference.get("dense_accuracy"), reference.get("one_shot_accuracy")
-    a, b, c, d = st.columns(4)
+    a = b = c = d = row()
     a.metric("test accuracy", f"{last['test_accuracy']:.3f}", None if dense is None else f"{last['test_accuracy'] - dense:+.3f} vs dense")
     b.metric("if pruned now", f"{last['pruned_accuracy']:.3f}", None if one_shot is None else f"{last['pruned_accuracy'] - one_shot:+.3f} vs one-shot")
-    c.metric("masked weights left", f"{last['remaining_norm']:.1%}", help="|(1-m)·w| as a fraction of its start; the path ends near zero")
+    left = last["remaining_norm"]  # a diverging path can push them far out: say "x times", not 88987.6%
+    c.metric("masked weights left", f"{left:.1%}" if left <= 2 else f"{left:.3g}× the start", help="|(1-m)·w| as a fraction of its start; the path ends near zero")
     d.metric("functional length", f"{last['functional_length']:.3g}", help="Σ√(θᵀGθ): how far the outputs have moved, summed over the steps")
 
 
 def sparsify_summary(summary: dict, rows, target: float | None, mode: str | None = None) -> None:
-    """The end of a sparsification path beside its baselines, once the path has ended."""
-    if not summary.get("baselines"):
+    """The end of a sparsification path beside its baselines, once the path has ended
+    (a stopped path: its last evaluated point, the baselines not computed)."""
+    evaluated = plots.as_table(rows)
+    stopped = not summary.get("baselines")
+    if stopped and ("pruned_accuracy" not in evaluated or evaluated["pruned_accuracy"].notna().sum() == 0):
         return
     mode = mode or summary.get("mode", "exact")
     path = "the geodesic path" if mode == "exact" else f"the path ({mode} mode)"
-    reference, baselines = summary.get("reference", {}), summary["baselines"]
-    evaluated = plots.as_table(rows)
+    reference = summary.get("reference", {})
+    baselines = summary.get("baselines") or {"one_shot": reference.get("one_shot_accuracy")}
     last = evaluated[evaluated["pruned_accuracy"].notna()].iloc[-1] if "pruned_accuracy" in evaluated else {}
-    budget = f"{summary.get('gradient_evaluations')} gradient evaluations, as many as the path used"
+    if stopped:
+        path = f"{path} where it was stopped (step {int(last['step'])})"
+        summary = {**summary, "accuracy": last.get("test_accuracy"), "sparsity": last.get("sparsity")}
+    budget = "not computed: stopped" if stopped else f"{summary.get('gradient_evaluations')} gradient evaluations, as many as the path used"
     table = pd.DataFrame(
         [
             ("dense start network", reference.get("dense_accuracy"), 0.0, "—"),
@@ -116,7 +129,10 @@ def sparsify_summary(summary: dict, rows, target: float | None, mode: str | None
     table["sparsity"] = table["sparsity"].map(lambda v: "—" if v is None or v != v else f"{v:.3f}")
     st.subheader("Summary")
     st.table(table.set_index("network"))
-    st.caption(f"The path ended: {_safe.md(summary.get('end_reason', ''))}. {NOISE}")
+    if stopped:
+        st.caption("The path was stopped before its end: the fine-tuned baseline was not computed.")
+    else:
+        st.caption(f"The path ended: {_safe.md(summary.get('end_reason', ''))}. {NOISE}")
     skipped_note(summary)
 
 
@@ -148,7 +164,7 @@ def continual_curves(rows, start: dict, key: str, marker: int | None = None, mov
     if marker is not None and x in table and len(table):
         x_marker = float(table.loc[(table["step"] - marker).abs().idxmin(), x])
     config = {"staticPlot": True} if moving else None
-    left, right = st.columns(2)
+    left = right = row()
     left.plotly_chart(plots.task_accuracy_figure(table, x, start, marker=x_marker), key=f"{key}:accuracy", config=config)
     right.plotly_chart(plots.task_loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
 
@@ -156,7 +172,8 @@ def continual_curves(rows, start: dict, key: str, marker: int | None = None, mov
 def continual_pictures(steps: list[int], snapshots, key: str, marker: int | None = None, moving: bool = False) -> None:
     """The PCA of a continual path's trajectory."""
     config = {"staticPlot": True} if moving else None
-    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca", config=config)
+    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker, start_label="start (task 1 learnt)"),
+                    key=f"{key}:pca", config=config)
 
 
 def continual_summary(summary: dict, key: str) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import copy
 import gc
 import logging
+import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -27,7 +29,8 @@ from geoviz.validation import check_value, cut
 from geoviz.runner import PathRunner
 from pages import _safe
 
-__all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options"]
+__all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options",
+           "dataset_options", "DATASET_HELP", "live_runs", "run_id"]
 
 # seconds between redraws while a path runs: live, yet cheap. A redraw costs the browser
 # far more than the server (~0.15 s of CPU per plotly chart against ~0.05 s in all on
@@ -114,17 +117,62 @@ class Control:
             value = kind(text)
         except ValueError:
             raise ConfigError(f"The link sets {self.name} to '{cut(text, 80)}', which is not {'an integer' if kind is int else 'a number'}.")
+        if self.name in LOG_SCALE:
+            return _snap_to_scale(self, value)
+        if (sentence := _out_of_range(self, value)) is not None:
+            raise ConfigError(f"The link's value is out of range: {sentence}")
         try:
             return check_value(self.name, value)  # the same ranges as the CLI and the API
         except ConfigError as err:
             raise ConfigError(f"The link sets {self.name} out of range: {err}") from None
 
 
+# Limits of the number settings, by name (the same names on every page). The lower
+# limit is the widget's; a value above the upper one is refused with a sentence and Run
+# is disabled, never clamped (a typed 1e9 step budget is not quietly made 1 or 100000).
+LIMITS = {
+    "steps": (1, 100_000), "eval_every": (1, 100_000), "seed": (0, 2**31 - 1), "seed_b": (0, 2**31 - 1),
+    "sparsity": (0.01, None), "eps": (1e-4, None), "grid": (2, 201), "memory": (1, 60_000), "ewc_lambda": (0.0, None),
+}  # (sparsity's upper end and the others' are the config's own checks)
+# damping moves by factors: a log scale of 1-2-5 steps (one click = about x2)
+DAMPING_STEPS = tuple(v for e in range(-7, 1) for m in (1, 2, 5) if (v := float(f"{m}e{e}")) <= 1.0)
+LOG_SCALE = {"damping": DAMPING_STEPS}
+
+
+def _limits(control: Control) -> tuple:
+    low, high = LIMITS.get(control.name, (None, None))
+    kind = type(control.default)
+    return (None if low is None else kind(low)), (None if high is None else kind(high))
+
+
+def _out_of_range(control: Control, value) -> str | None:
+    """One sentence when ``value`` is outside the setting's limits, else None."""
+    low, high = _limits(control)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if low is not None and value < low:
+            return f"{control.label} is {value}; the smallest allowed is {low}."
+        if high is not None and value > high:
+            return f"{control.label} is {value:,}; the largest allowed here is {high:,}."
+    return None
+
+
+def _snap_to_scale(control: Control, value: float) -> float:
+    scale = LOG_SCALE[control.name]
+    for option in scale:
+        if math.isclose(option, value, rel_tol=1e-6):
+            return option
+    raise ConfigError(f"The link sets {control.name} to {value:g}; on this page it is one of "
+                      f"{', '.join(f'{v:.0e}' for v in scale)}.")
+
+
 def _widget(control: Control, key: str, disabled: bool = False):
     if control.options:
         return st.sidebar.selectbox(control.label, control.options, key=key, help=control.help, disabled=disabled)
+    if control.name in LOG_SCALE:
+        return st.sidebar.select_slider(control.label, LOG_SCALE[control.name], key=key, help=control.help,
+                                        disabled=disabled, format_func=lambda v: f"{v:.0e}")
     return st.sidebar.number_input(control.label, key=key, help=control.help, step=control.step, format=control.format,
-                                   disabled=disabled)
+                                   disabled=disabled, min_value=_limits(control)[0])
 
 
 def controls_ui(page: str, controls: Sequence[Control]) -> dict:
@@ -150,6 +198,8 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
         if key in st.session_state:
             continue
         value = saved.get(control.name, control.default)
+        if control.name in LOG_SCALE and value not in LOG_SCALE[control.name]:  # a default off the scale
+            value = min(LOG_SCALE[control.name], key=lambda v: abs(math.log(v / value)))
         if control.name in params:
             try:
                 value = control.parse(params[control.name])
@@ -158,6 +208,10 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
                 value = control.default
         st.session_state[key] = value
     values = {c.name: _widget(c, f"{page}:{c.name}", disabled=locked) for c in controls}
+    refused = [sentence for c in controls if (sentence := _out_of_range(c, values[c.name])) is not None]
+    for sentence in refused:  # caught before Run, which stays disabled until it is fixed
+        st.error(sentence)
+    st.session_state[f"{page}:refused"] = bool(refused)
     if locked:
         st.sidebar.caption("The settings are those of the run shown, locked while it is live: Stop it to change them.")
     if owner:
@@ -167,6 +221,7 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
         query["run" if owner else "watch"] = run_id(shown)
     st.query_params.from_dict(query)
     st.session_state[f"{page}:values"] = values
+    st.session_state[f"{page}:locked"] = locked
     return values
 
 
@@ -222,6 +277,21 @@ def _attach(page: str) -> tuple[PathRunner | None, bool]:
         if found is not None and _application(found) == page:
             st.session_state[key] = runner = found
     return runner, True
+
+
+def dataset_options() -> tuple[str, ...]:
+    """The datasets this server can open without a download: digits always, and
+    Fashion-MNIST where its files are installed (Debian's dataset-fashion-mnist)."""
+    from geoviz.data import FASHION_SYSTEM_DIR
+
+    fashion = FASHION_SYSTEM_DIR / "train-images-idx3-ubyte"
+    found = fashion.is_file() or fashion.with_name(fashion.name + ".gz").is_file()
+    return ("digits", "fashion-mnist") if found else ("digits",)
+
+
+DATASET_HELP = (" Offered here: the datasets this server has. Fashion-MNIST appears once its files are in "
+                "/usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist); MNIST and CIFAR run from "
+                "the command line (python -m geoviz ... --data-dir DIR).")
 
 
 def device_options() -> tuple[str, ...]:
@@ -290,14 +360,14 @@ def _request(page: str, action: str, runner: PathRunner | None = None) -> None:
 
 
 def _buttons_ui(page: str, phase: str, ready: bool, runner: PathRunner | None = None) -> None:
-    run, pause, step, stop, _ = st.columns([1, 1, 1, 1, 4])
-    run.button("Run", type="primary", disabled=not ready, on_click=_request, args=(page, "run"), key=f"{page}:Run", width="stretch")
+    run = pause = step = stop = st.container(horizontal=True, gap="small")  # buttons as wide as their labels
+    run.button("Run", type="primary", disabled=not ready, on_click=_request, args=(page, "run"), key=f"{page}:Run")
     if phase == "paused":
-        pause.button("Resume", on_click=_request, args=(page, "resume", runner), key=f"{page}:Resume", width="stretch")
+        pause.button("Resume", on_click=_request, args=(page, "resume", runner), key=f"{page}:Resume")
     else:
-        pause.button("Pause", disabled=phase != "running", on_click=_request, args=(page, "pause", runner), key=f"{page}:Pause", width="stretch")
-    step.button("Step", disabled=phase in ("done", "baselines"), on_click=_request, args=(page, "step", runner), key=f"{page}:Step", width="stretch")
-    stop.button("Stop", disabled=phase == "done", on_click=_request, args=(page, "stop", runner), key=f"{page}:Stop", width="stretch")
+        pause.button("Pause", disabled=phase != "running", on_click=_request, args=(page, "pause", runner), key=f"{page}:Pause")
+    step.button("Step", disabled=phase in ("done", "baselines"), on_click=_request, args=(page, "step", runner), key=f"{page}:Step")
+    stop.button("Stop", disabled=phase == "done", on_click=_request, args=(page, "stop", runner), key=f"{page}:Stop")
 
 
 def _status_ui(runner: PathRunner, total: int) -> None:
@@ -314,8 +384,9 @@ def _status_ui(runner: PathRunner, total: int) -> None:
         if used is not None:  # what really computed G v: a fallback is named as such
             beta += f" · G·v: {used}" + ("" if used == runner.path.config.backend else f" (fell back from {runner.path.config.backend})")
     line = f"**{runner.state}** · step {step} of {total} · {rate:.1f} steps/s · {device}{beta}"
-    if runner.state == "diverged":
-        st.error(f"The path diverged at step {step}: {_safe.md(runner.message)}. Its charts are kept below.")
+    if runner.state == "diverged":  # the engine's message names its step too: said once
+        reason = re.sub(r"^The path diverged at step \d+: ", "", runner.message).rstrip(".")
+        st.error(f"The path diverged at step {step}: {_safe.md(reason)}. Its charts are kept below.")
     elif runner.state == "failed":
         st.error(f"The path failed at step {step}: {_safe.md(runner.message)}")
     elif runner.finished and runner.message:
@@ -376,6 +447,8 @@ def run_panel(
     """
     key = f"{page}:runner"
     buttons = st.container()
+    if st.session_state.get(f"{page}:refused"):
+        make_runner = None  # a setting is out of range (said above the buttons)
     action = st.session_state.pop(f"{page}:action", None)
     runner, owner = _attach(page)
     if not owner:
@@ -410,6 +483,8 @@ def run_panel(
         else:
             _wait_for(runner, _ACKNOWLEDGED[action])
     phase = _phase(runner)  # one view of the runner for the buttons and the poller
+    if phase == "done" and st.session_state.get(f"{page}:locked"):
+        st.rerun()  # the run ended (Stop) after the sidebar was drawn locked: unlock it
     if runner is not None and phase == "done":
         _unfreeze_after_run()
     with buttons:
@@ -429,8 +504,9 @@ def run_panel(
 
 def _status_only_ui(page: str, phase: str) -> None:
     """A watcher's buttons: drawn (so the page looks the same) but never usable."""
-    for column, label in zip(st.columns([1, 1, 1, 1, 4]), ("Run", "Resume" if phase == "paused" else "Pause", "Step", "Stop")):
-        column.button(label, disabled=True, key=f"{page}:watch:{label}", width="stretch")
+    buttons = st.container(horizontal=True, gap="small")
+    for label in ("Run", "Resume" if phase == "paused" else "Pause", "Step", "Stop"):
+        buttons.button(label, disabled=True, key=f"{page}:watch:{label}")
 
 
 def _not_live_notice(page: str) -> None:

@@ -12,16 +12,15 @@ import torch
 from geoviz import plots_connect
 from geoviz.connect import SOLVER_DEFAULTS, THIRD_POINTS, ConnectConfig, LandscapeJob, connect_runner
 from geoviz.curves import arc_length_parameters
-from geoviz.data import DATASET_NAMES
 from geoviz.engine import SolverConfig
-from geoviz.errors import GeovizError
+from geoviz.errors import ConfigError, GeovizError
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
 from pages import _charts, _live, _safe, _sweep
 from pages._live import Control
 
 CONTROLS = (
-    Control("dataset", "Dataset", "digits", "The task both networks were trained on. digits (8×8) ships with scikit-learn; the others need their files.", DATASET_NAMES),
+    Control("dataset", "Dataset", "digits", "The task both networks were trained on. digits (8×8) ships with scikit-learn; the others need their files." + _live.DATASET_HELP, _live.dataset_options()),
     Control("model", "Model", "mlp", "The architecture of both networks (no BatchNorm: mlp or lenet300).", ("mlp", "lenet300")),
     Control("seed", "Seed of w_A", 0, "Seeds the first network's training, and the metric batches.", step=1),
     Control("seed_b", "Seed of w_B", 1, "Seeds the second network's training; must differ from the first.", step=1),
@@ -44,6 +43,8 @@ def configs(values: dict) -> tuple[SetupConfig, ConnectConfig, SolverConfig]:
     solver = SolverConfig(eps=float(values["eps"]), damping=float(values["damping"]))
     config.validate()
     solver.validate()
+    if config.seed_b == setup.seed:  # caught before Run (the engine says it too, but only once Run is pressed)
+        raise ConfigError(f"The two networks need different seeds; both are {setup.seed}.")
     return setup, config, solver
 
 

@@ -19,6 +19,41 @@ def _zip_bytes(path: Path) -> bytes:
         return zip_run(path, tmp).read_bytes()
 
 
+def _settings(config: dict) -> str:
+    """The settings that tell runs apart, in one short line."""
+    solver, setup = config.get("solver", {}), config.get("setup", {})
+    parts = [f"{setup.get('dataset', '?')}/{setup.get('model', '?')}", f"ε {solver.get('eps', '?')}",
+             f"ρ {solver.get('damping', '?'):.0e}" if isinstance(solver.get("damping"), float) else "", solver.get("mode", "")]
+    application = config.get("application")
+    if application == "sparsify":
+        parts.append(f"target {config.get('sparsify', {}).get('sparsity', '?')}")
+    elif application == "continual":
+        parts.append(f"{config.get('continual', {}).get('scenario', '')}, M {config.get('memory_size', '?')}")
+    elif application == "connect":
+        parts.append(f"seeds {setup.get('seed', '?')}/{config.get('seed_b', '?')}")
+    parts.append(f"seed {setup.get('seed', '?')}" if application != "connect" else "")
+    return " · ".join(p for p in parts if p)
+
+
+def _runs_table(runs):
+    """The list of runs with their settings; missing figures shown as a dash, not None."""
+    table = plots.runs_table(runs)
+    table.insert(3, "settings", [_settings(r.config) for r in runs])
+    for column in ("test accuracy", "sparsity", "barrier"):
+        if column in table:
+            table[column] = [("—" if v is None or v != v else f"{v:.4f}") for v in table[column]]
+    return table
+
+
+RUNS_COLUMNS = {
+    "test accuracy": st.column_config.TextColumn(
+        "test accuracy", help="sparsify: at the end of the path (before the fine-tuned baseline); continual: the mean "
+        "of both tasks at the end; connect: the lowest along the path"),
+    "sparsity": st.column_config.TextColumn("sparsity", help="exact zeros among the prunable weights at the end: 0 for "
+                                            "a run stopped before its mask was applied"),
+}
+
+
 def _layers_at(record, at: int, last: int, steps: list[int], snapshots) -> tuple[dict, str]:
     """Per-layer sparsity at the slider's step: the final weights at the end (the mask
     applied exactly), else the latest snapshot at or before the step."""
@@ -99,7 +134,8 @@ def page() -> None:
         st.info(f"No runs yet in {_safe.md(root)}. Start one on the Sparsify page.")
         return
     names = [r.name for r in runs]
-    listing = st.dataframe(plots.runs_table(runs), hide_index=True, key="runs:list", on_select="rerun", selection_mode="multi-row")
+    listing = st.dataframe(_runs_table(runs), hide_index=True, key="runs:list", column_config=RUNS_COLUMNS,
+                           on_select="rerun", selection_mode="multi-row")
     st.caption(f"Space used: {_safe.md(disk.usage(runs).sentence())}; the oldest finished runs' snapshots are thinned "
                "when a new run would go over it.")
     ticked = [names[i] for i in listing.selection.rows]
@@ -110,6 +146,8 @@ def page() -> None:
         st.caption("Tick runs in the table to open them side by side in Compare.")
     wanted = st.query_params.get("run")
     index = names.index(wanted) if wanted in names else 0
+    if wanted and wanted not in names:  # (the name is not repeated: it came from the link, not from us)
+        st.warning("The link names a run that is not on this server; the newest run is shown instead.")
     name = st.selectbox("Open a run", names, index=index, key="runs:open")
     st.query_params["run"] = name
     record = next(r for r in runs if r.name == name)

@@ -6,7 +6,6 @@ import streamlit as st
 import torch
 
 from geoviz import plots
-from geoviz.data import DATASET_NAMES
 from geoviz.engine import MODES, SolverConfig
 from geoviz.errors import GeovizError
 from geoviz.metric import METRIC_KINDS
@@ -19,7 +18,7 @@ from pages._live import Control
 
 _SOLVER, _SPARSIFY = SolverConfig(), SparsifyConfig()  # the engine's defaults are the page's
 CONTROLS = (
-    Control("dataset", "Dataset", "digits", "The task the start network was trained on. digits (8×8) ships with scikit-learn; the others need their files.", DATASET_NAMES),
+    Control("dataset", "Dataset", "digits", "The task the start network was trained on. digits (8×8) ships with scikit-learn; the others need their files." + _live.DATASET_HELP, _live.dataset_options()),
     Control("model", "Model", "mlp", "The network whose weights the path moves.", MODEL_NAMES),
     Control("sparsity", "Target sparsity", _SPARSIFY.sparsity, "Fraction of the prunable weights the path drives to zero (a global magnitude mask). Higher: a longer path, and more for the rest of the network to absorb.", step=0.05, format="%.2f"),
     Control("eps", "Step length ε", _SOLVER.eps, "Euclidean length |θ| of each step. Smaller steps follow the curved path more closely but need more of them.", step=0.01, format="%.3f"),
@@ -60,7 +59,9 @@ def draw_pictures(runner) -> None:
     layers = plots.layer_sparsity(task.problem.params(w))
     _charts.sparsify_pictures(layers, task.config.sparsity, f"Per-layer sparsity at step {step}", steps, snapshots, "live",
                               moving=runner.alive)
-    _charts.sparsify_summary(runner.summary, runner.rows(), task.config.sparsity)
+    summary = runner.summary or ({"reference": runner.partial.get("reference") or {
+        "dense_accuracy": task.dense_accuracy, "one_shot_accuracy": task.one_shot_accuracy}} if runner.finished else {})
+    _charts.sparsify_summary(summary, runner.rows(), task.config.sparsity)
 
 
 def placeholder() -> None:

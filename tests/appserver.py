@@ -50,7 +50,9 @@ class AppServer:
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "GEOVIZ_RUNS": str(runs_dir), **(env or {})}
+        # the lessons' numbers are prepared in the background at start only where a test
+        # asks (GEOVIZ_PREPARE_LESSONS=1): elsewhere that work would slow the timed pages
+        self.env = {**os.environ, "GEOVIZ_RUNS": str(runs_dir), "GEOVIZ_PREPARE_LESSONS": "0", **(env or {})}
         self.log_path = Path(log) if log else Path(runs_dir) / "server.log"
         self.proc: subprocess.Popen | None = None
         self.prefix = list(prefix or [])

@@ -112,6 +112,14 @@ def test_a_reload_reattaches_and_a_second_tab_watches(server, context):
     _button(page, "Stop").click()
     stopped = int(_status(page, r"^stopped · step (\d+)").group(1))
     _status(other, rf"^stopped · step {stopped} ", timeout=15_000)
+    # the run has ended: the settings are free, and once changed, the page says the
+    # charts are of other settings and the address no longer names the run
+    eps = page.get_by_test_id("stSidebar").get_by_role("spinbutton", name="Step length ε")
+    assert not eps.is_disabled()
+    eps.fill("0.05")
+    eps.press("Enter")
+    page.get_by_text(re.compile(f"The charts below are of run {run}, made with eps 0.04")).wait_for(timeout=15_000)
+    page.wait_for_function("() => !location.search.includes('run=') && location.search.includes('eps=0.05')", timeout=10_000)
 
 
 def test_stop_during_the_baselines(server, context):
@@ -188,3 +196,69 @@ def test_connect_draws_the_line_at_once_and_replays(server, context):
         if (String(div.layout.title.text).includes("Loss and accuracy")) return (div.layout.shapes || []).map(s => s.x0); } }""")
     assert marker and 0 < marker[0] <= 0.2 + 1e-6, "the marker sits at step 1: one step of ε = 0.2 along the geodesic"
     page.screenshot(path=str(SHOTS / "runs_connect_replay.png"), full_page=True)
+
+
+# JavaScript: the visible texts that do not fit their box (cut with an ellipsis or clipped)
+TRUNCATED = """() => {
+  const cut = [];
+  const main = document.querySelector('[data-testid="stMain"]') || document.body;
+  const boxes = main.querySelectorAll('button, [data-testid="stMetricValue"], [data-testid="stMetricLabel"], [data-testid="stMetricDelta"], h1, h2, h3');
+  for (const box of boxes) {
+    for (const el of [box, ...box.querySelectorAll('*')]) {
+      if (!el.offsetParent || !el.textContent.trim()) continue;
+      if (el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).overflowX !== 'visible') cut.push(el.textContent.trim());
+      if (el.textContent.includes('…') && !box.textContent.includes('baselines')) cut.push(el.textContent.trim());
+    }
+  }
+  return [...new Set(cut)];
+}"""
+
+
+@pytest.mark.parametrize("width, height", [(800, 900), (1280, 720)])
+def test_narrow_and_projected_screens_cut_no_label(server, browser, width, height):
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    try:
+        _start(page, f"{server.url}/sparsify?steps=3000&sparsity=0.9&eval_every=10")
+        _status(page, r"^running · step")
+        page.wait_for_timeout(2500)  # the tiles and the charts drawn
+        _button(page, "Pause").click()
+        _status(page, r"^paused · step")
+        page.screenshot(path=str(SHOTS / f"live_{width}x{height}.png"))
+        cut = page.evaluate(TRUNCATED)
+        assert cut == [], f"cut at {width}x{height}: {cut}"
+        overflow = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+        assert overflow <= 0, f"the page scrolls sideways by {overflow} px"
+        _button(page, "Stop").click()
+        _status(page, r"^stopped · step")
+    finally:
+        context.close()
+
+
+def test_settings_are_checked_before_run(server, context):
+    page = context.new_page()
+    page.goto(f"{server.url}/sparsify?steps=300")
+    _button(page, "Run").wait_for(timeout=90_000)
+    sidebar = page.get_by_test_id("stSidebar")
+    # damping moves by factors on a log scale
+    damping = sidebar.get_by_role("slider", name="Damping ρ")
+    assert damping.get_attribute("aria-valuetext") == "1e-04"
+    damping.focus()
+    damping.press("ArrowRight")
+    page.wait_for_function("() => location.search.includes('damping=0.0002')", timeout=10_000)
+    # a huge step budget is refused in a sentence, not clamped, and Run waits for a fix
+    steps = sidebar.get_by_role("spinbutton", name="Step budget")
+    steps.fill("1000000000")
+    steps.press("Enter")
+    page.get_by_text("Step budget is 1,000,000,000; the largest allowed here is 100,000.").wait_for(timeout=10_000)
+    assert _button(page, "Run").is_disabled()
+    assert steps.input_value() == "1000000000"
+    steps.fill("300")
+    steps.press("Enter")
+    page.wait_for_function("() => location.search.includes('steps=300')", timeout=10_000)
+    assert not _button(page, "Run").is_disabled()
+    # equal seeds of w_A and w_B on /connect: said before Run
+    page.goto(f"{server.url}/connect?seed=2&seed_b=2")
+    page.get_by_text("The two networks need different seeds; both are 2.").wait_for(timeout=60_000)
+    assert _button(page, "Run").is_disabled()
+    page.screenshot(path=str(SHOTS / "live_checked_settings.png"))

@@ -1,0 +1,70 @@
+"""Every lesson played through in a real browser at 1280x720 in presentation mode
+(?present=1): big chart text, no sidebar, the picture and its legend above the fold,
+each step drawn in under 2 s. Screenshots in tests/screenshots/lesson_*.png."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from appserver import AppServer, launch_chromium
+from geoviz.lessons import lessons
+from test_browser import _require_browser
+
+SHOTS = Path(__file__).parent / "screenshots"
+# JavaScript: the chart's smallest tick text, its title's size, and its bottom edge (px)
+CHART = """() => {
+  const div = document.querySelector('.js-plotly-plot');
+  if (!div) return null;
+  const size = el => parseFloat(getComputedStyle(el).fontSize || el.style.fontSize);
+  const ticks = [...div.querySelectorAll('.xtick text, .ytick text')].map(size);
+  const title = div.querySelector('.gtitle');
+  const legend = div.querySelector('.legend');
+  return {tick: Math.min(...ticks), title: title ? size(title) : 0,
+          bottom: Math.max(div.getBoundingClientRect().bottom, legend ? legend.getBoundingClientRect().bottom : 0)};
+}"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _require_browser()
+    with AppServer(tmp_path_factory.mktemp("runs"), env={"OMP_NUM_THREADS": "1", "GEOVIZ_PREPARE_LESSONS": "1"}) as app:
+        yield app
+
+
+def test_every_lesson_plays_through_in_presentation_mode(server):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(f"{server.url}/learn?present=1")
+        for item in lessons():
+            page.get_by_role("link", name=item.title).wait_for(timeout=90_000)
+        timings = []
+        for item in lessons():
+            page.goto(f"{server.url}/learn?lesson={item.slug}&present=1")
+            for n, step in enumerate(item.steps, 1):
+                heading = page.get_by_text(re.compile(rf"· {n}/{len(item.steps)}: {re.escape(step.title)}$"))
+                heading.wait_for(timeout=240_000 if n == 1 else 10_000)
+                page.wait_for_function(f"(() => {{ const c = ({CHART})(); return c && c.tick > 0; }})()", timeout=10_000)
+                page.wait_for_timeout(300)
+                if n > 1:
+                    timings.append(time.perf_counter() - clicked)
+                chart = page.evaluate(CHART)
+                page.screenshot(path=str(SHOTS / f"lesson_{item.slug}_{n}.png"))
+                assert chart["tick"] >= 16 and chart["title"] >= 22, f"{item.slug} step {n}: {chart}"
+                assert chart["bottom"] <= 720, f"{item.slug} step {n}: the picture ends at {chart['bottom']} px, below the fold"
+                assert not page.get_by_test_id("stSidebar").is_visible()
+                assert "Traceback" not in page.content()
+                if n < len(item.steps):
+                    clicked = time.perf_counter()
+                    page.get_by_role("button", name="Next", exact=True).click()
+                    page.wait_for_function(f"() => location.search.includes('step={n + 1}')", timeout=10_000)
+        print(f"steps drawn {min(timings):.2f}-{max(timings):.2f} s after Next")
+        assert max(timings) < 2.0 + 0.3  # (0.3 s of the wait above)
+        browser.close()

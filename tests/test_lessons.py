@@ -1,0 +1,82 @@
+"""The lessons' claims (issue 13, part 2), each checked against an independent computation,
+and every step's picture ready in under 2 s once its lesson is prepared."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch.func import functional_call, jvp
+
+from geoviz.lessons import lesson, lessons, prepare
+from geoviz.lessons import tiny
+from geoviz.lessons.directions import directions_experiment
+from geoviz.problem import SetupConfig, load_problem
+
+
+@pytest.fixture(scope="module")
+def directions():
+    return directions_experiment(use_disk=False)  # computed here, not read back
+
+
+def test_near_null_direction_barely_moves_the_outputs(directions):
+    r = directions
+    random, null = r.output_change["random"], r.output_change["near-null"]
+    # the lesson's claim: at the first distance (a first-order move) below 5% of the random push
+    assert null[1] < 0.05 * random[1]
+    assert all(n < 0.25 * m for n, m in zip(null[1:], random[1:]))  # and far below it all the way
+    start = r.accuracy["random"][0]
+    assert min(r.accuracy["near-null"]) >= start - 0.01  # accuracy kept within a point
+    assert r.accuracy["random"][-1] < start - 0.05  # the random push costs more than 5 points
+    assert r.stiffness["near-null"] < 1e-3 * r.stiffness["random"]
+
+
+def test_stiffness_matches_an_explicit_jacobian(directions):
+    """u^T G u of the random direction, recomputed with torch.func.jvp: mean over the
+    batch of |J u|^2 (G = mean of J_i^T J_i for the output metric)."""
+    problem = load_problem(SetupConfig(dataset="digits", model="mlp", seed=0))
+    w0 = problem.w0.double()
+    gen = torch.Generator().manual_seed(1)  # the lesson's random direction: seed + 1
+    u = torch.randn(w0.shape, generator=gen, dtype=problem.w0.dtype).double()
+    u /= u.norm()
+    model = problem.model.double()
+    try:
+        f = lambda w: functional_call(model, problem.layout.unflatten(w), (problem.x_train[:2000].double(),))  # noqa: E731
+        _, ju = jvp(f, (w0,), (u,))  # (B, K)
+    finally:
+        problem.model.float()
+    assert directions.stiffness["random"] == pytest.approx(float(ju.square().sum(1).mean()), rel=1e-3)
+
+
+@pytest.mark.parametrize("a, b", [(0.5, 2.0), (1.3, 0.7), (2.2, 2.4)])
+def test_two_weight_metric_is_the_hand_derived_one(a, b):
+    """For b > 0, J_i = relu(x_i) [b, a], so G = mean(relu(x)^2) [[b^2, ab], [ab, a^2]]."""
+    s = float(torch.relu(tiny.INPUTS).square().mean())
+    expected = s * torch.tensor([[b * b, a * b], [a * b, a * a]], dtype=torch.float64)
+    assert torch.allclose(tiny.metric_at(a, b), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_two_weight_geodesic_stays_on_the_curve_of_equal_function():
+    start, goal = (0.5, 2.0), (2.0, 0.5)  # a * b = 1 at both ends
+    walk = tiny.walk(start, goal)
+    assert walk.reached and walk.geodesic[0] == start and walk.geodesic[-1] == goal
+    drift = max(abs(p - 1.0) for p in walk.geodesic_product)
+    assert drift < 0.05, f"the geodesic left a*b = 1 by {drift:.1%}"
+    assert max(walk.line_product) > 1.5  # the straight line's midpoint computes another function
+    assert max(walk.geodesic_loss) < 0.05 * max(walk.line_loss)
+
+
+def test_every_step_is_ready_in_under_two_seconds():
+    prepare()
+    for item in lessons():
+        numbers = item.numbers()
+        for step in item.steps:
+            started = time.perf_counter()
+            text = step.text.format(**numbers)
+            figure = item.figure(step.picture, True)
+            took = time.perf_counter() - started
+            assert took < 2.0, f"{item.slug}: {step.title} took {took:.2f} s"
+            assert text and "{" not in text
+            assert figure.layout.title.font.size >= 22 and figure.layout.xaxis.tickfont.size >= 16
+    assert lesson("nope") is None
