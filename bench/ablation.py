@@ -34,7 +34,7 @@ from geoviz.problem import SetupConfig, load_problem  # noqa: E402
 FIGURES = {
     "sparsify": ("accuracy",),
     "continual": ("task1", "task2", "average"),
-    "connect": ("barrier", "min_accuracy", "functional_length"),
+    "connect": ("barrier", "min_accuracy", "functional_length", "reached"),
 }
 DEFAULT_SOLVERS = {"sparsify": SolverConfig(), "continual": CONTINUAL_SOLVER,
                    "connect": SolverConfig(**CONNECT_SOLVER)}

@@ -35,7 +35,8 @@ from geoviz.problem import SetupConfig  # noqa: E402
 FIGURES = {
     "sparsify": ("accuracy",),
     "continual": ("task1", "task2", "average"),
-    "connect": ("barrier", "min_accuracy", "length", "functional_length"),
+    # reached: the fraction of seeds whose path ended on w_B (a path that did not is no connection)
+    "connect": ("barrier", "min_accuracy", "length", "functional_length", "reached"),
 }
 MODELS = {  # (dataset, application) -> model; the README's examples
     ("fashion-mnist", "sparsify"): "lenet300",

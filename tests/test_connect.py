@@ -118,21 +118,22 @@ def test_digits_run_record(digits_run):
 @pytest.mark.slow
 def test_digits_claims_over_seeds():
     """Pairs (0, 1), (2, 3), (4, 5): the line has a barrier, the geodesic bends around it and
-    is functionally shorter; both Bezier curves (labels or not) lower the barrier too. Means ±
-    sd printed (pytest -s)."""
+    is functionally shorter; both Bezier curves (labels or not) lower the barrier too (further
+    than the geodesic, measured). Means ± sd printed (pytest -s)."""
     from geoviz.applications import claims
 
-    figures = ["barrier", "min_accuracy", "length", "functional_length"]
+    figures = ["barrier", "min_accuracy", "length", "functional_length", "reached"]
     per_seed = claims.over_seeds(claims.connect_rows, SetupConfig(), [0, 2, 4])
     table = {r["method"]: r for r in claims.table(per_seed, figures)}
     print("\n" + claims.markdown("connect, digits MLP, pairs (0,1) (2,3) (4,5)", list(table.values()), figures))
-    mean = {name: {f: r[f"{f}_mean"] for f in figures} for name, r in table.items()}
+    mean = {name: {f: r[f"{f}_mean"] for f in figures if f"{f}_mean" in r} for name, r in table.items()}
     geo, line = mean["geodesic"], mean["line"]
     assert all(r["n"] == 3 for r in table.values()) and all(rows["geodesic"]["reached"] for rows in per_seed)
     assert line["barrier"] > 0.2
     assert geo["barrier"] < 0.25 * line["barrier"] and geo["min_accuracy"] > line["min_accuracy"] + 0.05, mean
     assert geo["functional_length"] < line["functional_length"], mean
-    assert mean["penalty"]["barrier"] < 0.25 * line["barrier"], mean
+    # the penalty mode at the same budget is shown but judged by nothing: Adam at 1e-3 does not
+    # land within eps of w_B (measured: 0 of 3 pairs), so its barrier is not a connection's
     assert max(mean["bezier"]["barrier"], mean["bezier_inputs"]["barrier"]) < line["barrier"], mean
 
 
