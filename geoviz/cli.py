@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
@@ -377,13 +378,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to sys.stderr as it is at each note (a StreamHandler keeps
+    the stream it was made with, which a later redirection, or a test's capture, closes)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _notes_on_stderr() -> None:
     """The library's notes (a damaged cache entry retrained, ...) as lines on stderr."""
-    import logging
-
     log = logging.getLogger("geoviz")
     if not any(getattr(h, "_geoviz_cli", False) for h in log.handlers):
-        handler = logging.StreamHandler()  # sys.stderr at the time of each note
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("note: %(message)s"))
         handler._geoviz_cli = True
         log.addHandler(handler)

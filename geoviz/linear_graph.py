@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import operator
 import weakref
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -117,21 +117,20 @@ class Control:
             value = kind(text)
         except ValueError:
             raise ConfigError(f"The link sets {self.name} to '{cut(text, 80)}', which is not {'an integer' if kind is int else 'a number'}.")
-        if self.name in LOG_SCALE:
-            return _snap_to_scale(self, value)
-        if (sentence := _out_of_range(self, value)) is not None:
-            raise ConfigError(f"The link's value is out of range: {sentence}")
         try:
-            return check_value(self.name, value)  # the same ranges as the CLI and the API
+            value = check_value(self.name, value)  # the same ranges as the CLI and the API
         except ConfigError as err:
             raise ConfigError(f"The link sets {self.name} out of range: {err}") from None
+        if (sentence := _out_of_range(self, value)) is not None:  # this page's tighter limits
+            raise ConfigError(f"The link sets {self.name} out of range: {sentence}")
+        return _snap_to_scale(self, value) if self.name in LOG_SCALE else value
 
 
 # Limits of the number settings, by name (the same names on every page). The lower
 # limit is the widget's; a value above the upper one is refused with a sentence and Run
 # is disabled, never clamped (a typed 1e9 step budget is not quietly made 1 or 100000).
 LIMITS = {
-    "steps": (1, 100_000), "eval_every": (1, 100_000), "seed": (0, 2**31 - 1), "seed_b": (0, 2**31 - 1),
+    "steps": (1, _safe.MAX_STEPS), "eval_every": (1, 100_000), "seed": (0, 2**31 - 1), "seed_b": (0, 2**31 - 1),
     "sparsity": (0.01, None), "eps": (1e-4, None), "grid": (2, 201), "memory": (1, 60_000), "ewc_lambda": (0.0, None),
 }  # (sparsity's upper end and the others' are the config's own checks)
 # damping moves by factors: a log scale of 1-2-5 steps (one click = about x2)
@@ -223,6 +222,18 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
     st.session_state[f"{page}:values"] = values
     st.session_state[f"{page}:locked"] = locked
     return values
+
+
+def checked_configs(page: str, configs: Callable[[dict], tuple], values: dict) -> tuple | None:
+    """``configs(values)``, the page's validated settings; None when a setting is refused
+    (said once, above the buttons) or a ConfigError (said here)."""
+    if st.session_state.get(f"{page}:refused"):
+        return None
+    try:
+        return configs(values)
+    except GeovizError as err:
+        _safe.error(err)
+        return None
 
 
 # -- live runs of the server: a reload or a second tab finds them here --------------

@@ -196,12 +196,10 @@ def page() -> None:
         "quadratic Bezier curve whose bend is trained with labels for as many gradient evaluations."
     )
     values = _live.controls_ui("connect", CONTROLS)
-    try:
-        setup, config, solver = configs(values)
-    except GeovizError as err:
-        _safe.error(err)
-        make_runner = None
-    else:
+    built = _live.checked_configs("connect", configs, values)  # None: what is wrong is said on the page
+    make_runner = None
+    if built is not None:
+        setup, config, solver = built
 
         def make_runner():
             problem = _live.cached_problem(setup)

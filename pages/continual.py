@@ -6,13 +6,12 @@ import streamlit as st
 
 from geoviz.continual import DEFAULT_SOLVER, ContinualConfig, ContinualTask, continual_runner
 from geoviz.engine import MODES, SolverConfig
-from geoviz.errors import GeovizError
 from geoviz.metric import METRIC_KINDS
 from geoviz.models import MODEL_NAMES
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
 from geoviz.tasks import DEFAULT_SPLIT, SCENARIOS, load_task_sequence
-from pages import _charts, _live, _safe, _sweep
+from pages import _charts, _live, _sweep
 from pages._live import Control
 
 _CONFIG = ContinualConfig()
@@ -87,12 +86,10 @@ def page() -> None:
     )
     values = _live.controls_ui("continual", CONTROLS)
     memory_ui(int(values["memory"]), values["scenario"])
-    try:
-        setup, config, solver = configs(values)
-    except GeovizError as err:
-        _safe.error(err)
-        make_runner = None
-    else:
+    built = _live.checked_configs("continual", configs, values)  # None: what is wrong is said on the page
+    make_runner = None
+    if built is not None:
+        setup, config, solver = built
 
         def make_runner():
             sequence = load_task_sequence(setup.dataset, config.scenario, config.split, setup.seed, setup.data_dir)

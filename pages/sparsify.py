@@ -7,13 +7,12 @@ import torch
 
 from geoviz import plots
 from geoviz.engine import MODES, SolverConfig
-from geoviz.errors import GeovizError
 from geoviz.metric import METRIC_KINDS
 from geoviz.models import MODEL_NAMES
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
 from geoviz.sparsify import SparsifyConfig, sparsify_runner
-from pages import _charts, _live, _safe, _sweep
+from pages import _charts, _live, _sweep
 from pages._live import Control
 
 _SOLVER, _SPARSIFY = SolverConfig(), SparsifyConfig()  # the engine's defaults are the page's
@@ -77,12 +76,10 @@ def page() -> None:
         "plus fine-tuning, which uses labels."
     )
     values = _live.controls_ui("sparsify", CONTROLS)
-    try:
-        setup, config, solver = configs(values)
-    except GeovizError as err:
-        _safe.error(err)
-        make_runner = None
-    else:
+    built = _live.checked_configs("sparsify", configs, values)  # None: what is wrong is said on the page
+    make_runner = None
+    if built is not None:
+        setup, config, solver = built
 
         def make_runner():
             problem = _live.cached_problem(setup)

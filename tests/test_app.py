@@ -145,7 +145,7 @@ def test_loss_against_path_length():
     [
         ({"sparsity": 1.5}, "sparsity must be strictly between 0 and 1, got 1.5."),
         # (eps and damping cannot go below their limits: the widgets stop them; damping is on a log scale)
-        ({"steps": 10**9}, "Step budget is 1,000,000,000; the largest allowed here is 100,000."),
+        ({"steps": 10**9}, "Step budget is 1,000,000,000; the largest allowed here is 20,000."),
     ],
 )
 def test_bad_value_is_one_error_sentence(values, sentence):

@@ -77,7 +77,7 @@ def test_pause_and_step_then_stop(app):
     _wait(lambda: runner.finished, 30)
     at.run()
     assert runner.state == "stopped" and not at.exception
-    assert runner.summary == {}  # no baselines for a path that did not end
+    assert set(runner.summary) <= {"backend"}  # no baselines for a path that did not end
 
 
 def test_continual_page_says_what_is_wrong(runs_dir, monkeypatch):

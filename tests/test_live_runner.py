@@ -70,7 +70,7 @@ def test_sparsify_stop_during_the_baselines_keeps_the_path(digits, tmp_path):
     assert "skipped: finetune" in runner.message
     summary = runner.summary
     assert published[0]["baselines"] == {"one_shot": summary["baselines"]["one_shot"]}  # drawn before fine-tuning
-    assert summary["skipped"] == ["finetune"] and summary["baselines"]["finetune"] is None
+    assert summary["skipped"] == ["finetune", "distill"] and summary["baselines"]["finetune"] is None
     assert summary["steps"] == 15 and 0 < summary["accuracy"] <= 1
     on_disk = json.loads((runner.writer.dir / "summary.json").read_text())
     assert on_disk["skipped"] == ["finetune"]
@@ -107,7 +107,7 @@ def test_connect_draws_the_line_at_once_and_stop_skips_the_bezier(digits, tmp_pa
     _stop_when_baselines_start(runner)
     assert runner.run() == "stopped"
     summary = runner.summary
-    assert summary["skipped"] == ["bezier"] and summary["bezier"] is None
+    assert summary["skipped"] == ["bezier", "bezier_inputs"] and summary["bezier"] is None
     assert summary["line"]["barrier"] > 0 and summary["geodesic"]["length"] > 0
     assert set(summary["profiles"]) == {"geodesic", "line"}
     # the landscape still draws: its plane falls back on the geodesic's midpoint
