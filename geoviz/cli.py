@@ -44,7 +44,11 @@ def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
     g.add_argument("--hidden", type=_hidden, default=(128, 128), help="MLP hidden widths, e.g. 128,128")
     g.add_argument("--data-dir", default=None, help="folder with the dataset's files")
     g.add_argument("--download", action="store_true", help="download torchvision datasets into --data-dir")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the start network")
+    g.add_argument("--path-seed", type=int, default=None, help="seed of the path's sampling and its baselines (default --seed)")
+    g.add_argument("--weights", default=None, metavar="FILE",
+                   help="start from these weights for --model (safetensors, or a state_dict read with weights_only=True) instead of training")
+    g.add_argument("--no-baselines", action="store_true", help="skip the baselines (they cost about as many gradient evaluations as the path)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     g.add_argument("--threads", type=int, default=1, help="CPU threads for torch (small networks run fastest on 1)")
     s = parser.add_argument_group("path")
@@ -98,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(co, default_steps=3000)
     co.set_defaults(eps=0.1, damping=1e-3)  # geoviz.connect.SOLVER_DEFAULTS, calibrated on digits
     co.add_argument("--seed-b", type=int, default=None, help="seed of the second network (default --seed + 1)")
+    co.add_argument("--weights-b", default=None, metavar="FILE", help="the second network's weights (as --weights) instead of training it")
     co.add_argument("--align", action="store_true", help="permute w_B's hidden units to match w_A first (weight matching; mlp, lenet300)")
     co.add_argument("--tolerance", type=float, default=None, help="land on w_B once this close (default: eps)")
     co.add_argument("--grid", type=int, default=0, help="n of an n x n loss landscape on the plane (0: none)")
@@ -117,6 +122,8 @@ def setup_from(args) -> SetupConfig:
         device=args.device,
         data_dir=args.data_dir,
         download=args.download,
+        path_seed=args.path_seed,
+        weights=args.weights,
     )
 
 
@@ -158,6 +165,15 @@ class Progress:
         sys.stderr.write(f"\r{self.label} [{bar}] step {step}/{self.total} {rate:.0f} steps/s{extra}   ")
         sys.stderr.flush()
 
+    def estimate(self, cost) -> None:
+        """The path's cost, measured on its first steps (geoviz.applications.cost)."""
+        self.warn(cost.sentence())
+
+    def warn(self, text: str) -> None:
+        if not self.quiet:
+            sys.stderr.write(f"\r{text}\n")
+            sys.stderr.flush()
+
     def training(self, fraction: float) -> None:
         if not self.quiet:
             sys.stderr.write(f"\rtraining the start network: {100 * fraction:3.0f}%   ")
@@ -168,27 +184,33 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def run_and_report(runner, args, progress: Progress, report: Callable[[object], tuple[list[str], dict]]) -> int:
-    """Run a runner to its end in this thread, print the summary; the exit status."""
+class _SigtermAsInterrupt:
+    """A kill during a path keeps the finished steps and says so."""
 
-    def on_term(signum, frame):  # a kill keeps the finished steps and says so
-        raise KeyboardInterrupt
+    def __enter__(self):
+        def on_term(signum, frame):
+            raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+        self._previous = signal.signal(signal.SIGTERM, on_term)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def walk_and_report(start: Callable[[], object], args, report: Callable[[object], tuple[list[str], dict]]) -> int:
+    """Call an application (``geoviz.applications.api``) and print its summary; the exit status."""
     t0 = time.time()
-    try:
-        state = runner.run(progress)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        progress.close()
+    with _SigtermAsInterrupt():
+        run = start()
     wall = time.time() - t0
-    run_dir = str(runner.writer.dir) if runner.writer is not None else None
-    if state != "finished":
+    runner = run.runner
+    run_dir = str(run.folder) if run.folder is not None else None
+    if run.state != "finished":
         kept = len(runner.rows())
-        reason = runner.message.rstrip(".")
-        head = reason if state == "diverged" else f"The path was {state} ({reason})"
+        reason = run.message.rstrip(".")
+        head = reason if run.state == "diverged" else f"The path was {run.state} ({reason})"
         print(f"{head}; its {kept} finished steps are kept in {run_dir}.", file=sys.stderr)
-        return 3 if state == "diverged" else 1
+        return 3 if run.state == "diverged" else 1
     lines, payload = report(runner)
     payload.update({"steps": runner.path.step, "wall_seconds": round(wall, 3), "run_dir": run_dir})
     for line in lines:
@@ -200,15 +222,15 @@ def run_and_report(runner, args, progress: Progress, report: Callable[[object], 
 
 
 def _cmd_sparsify(args) -> int:
+    from geoviz.applications.api import sparsify
     from geoviz.problem import load_problem
-    from geoviz.sparsify import SparsifyConfig, sparsify_runner
+    from geoviz.sparsify import SparsifyConfig
 
-    config = SparsifyConfig(sparsity=args.sparsity, tolerance=args.tolerance, steps=args.steps, eval_every=args.eval_every)
-    config.validate()
+    options = {"tolerance": args.tolerance, "steps": args.steps, "eval_every": args.eval_every}
+    SparsifyConfig(sparsity=args.sparsity, **options).validate()
     solver = solver_from(args)
     progress = Progress(args.steps, args.quiet, "sparsify")
     problem = load_problem(setup_from(args), progress=progress.training)
-    runner = sparsify_runner(problem, config, solver, args.out)
 
     def report(runner):
         s = runner.summary
@@ -216,7 +238,8 @@ def _cmd_sparsify(args) -> int:
             f"dense accuracy           {s['dense_accuracy']:.4f}",
             f"geodesic ({solver.mode:7s})       {s['accuracy']:.4f}  at sparsity {s['sparsity']:.3f}",
             f"one-shot pruning         {s['baselines']['one_shot']:.4f}",
-            f"prune + fine-tune        {s['baselines']['finetune']:.4f}  ({s['gradient_evaluations']} gradient evaluations, uses labels)",
+            f"prune + fine-tune        {s['baselines']['finetune']:.4f}  ({s['gradient_evaluations']} gradient evaluations, uses labels)"
+            if s["baselines"].get("finetune") is not None else "prune + fine-tune        not run (--no-baselines)",
             f"steps {runner.path.step} ({s['end_reason']})",
         ]
         payload = {
@@ -227,16 +250,20 @@ def _cmd_sparsify(args) -> int:
         }
         return lines, payload
 
-    return run_and_report(runner, args, progress, report)
+    return walk_and_report(
+        lambda: sparsify(problem, None, None, args.sparsity, solver, baselines=not args.no_baselines, out=args.out,
+                         progress=progress, **options),
+        args, report,
+    )
 
 
 def _cmd_continual(args) -> int:
-    from geoviz.continual import ContinualConfig, continual_runner, load_continual
+    from geoviz.applications.api import continual
+    from geoviz.continual import ContinualConfig, load_continual
 
-    config = ContinualConfig(
-        scenario=args.scenario, split=args.split, memory=args.memory, steps=args.steps,
-        eval_every=args.eval_every, ewc_lambda=args.ewc_lambda,
-    )
+    options = {"scenario": args.scenario, "split": args.split, "steps": args.steps, "eval_every": args.eval_every,
+               "ewc_lambda": args.ewc_lambda}
+    config = ContinualConfig(memory=args.memory, **options)
     config.validate()
     if args.metric_batch is not None:
         raise ConfigError("--metric-batch does not apply to continual: the metric is measured on the whole memory; set its size with --memory.")
@@ -244,13 +271,12 @@ def _cmd_continual(args) -> int:
     solver = solver_from(args)
     progress = Progress(args.steps, args.quiet, "continual")
     problem, sequence = load_continual(setup_from(args), config, progress=progress.training)
-    runner = continual_runner(problem, sequence, config, solver, args.out)
 
     def report(runner):
         s = runner.summary
         keys = ("task1", "task2", "average")
         rows = [("start", s["start"]), (f"geodesic ({solver.mode})", s["geodesic"])]
-        rows += [(name, s["baselines"][name]) for name in ("finetune", "ewc", "replay")]
+        rows += [(name, s["baselines"][name]) for name in ("finetune", "ewc", "replay") if name in s["baselines"]]
         lines = [f"{sequence.name}, memory of {config.memory} task-1 examples", f"{'':22s} task1   task2   average"]
         for name, r in rows:
             lines.append(f"{name:22s} {r['task1']:.4f}  {r['task2']:.4f}  " + (f"{r['average']:.4f}" if "average" in r else ""))
@@ -264,26 +290,33 @@ def _cmd_continual(args) -> int:
         }
         return lines, payload
 
-    return run_and_report(runner, args, progress, report)
+    return walk_and_report(
+        lambda: continual(problem, sequence.first, sequence.second, config.memory, solver, baselines=not args.no_baselines,
+                          out=args.out, progress=progress, setup=problem.setup, sequence_name=sequence.name, **options),
+        args, report,
+    )
 
 
 def _cmd_connect(args) -> int:
-    from geoviz.connect import ConnectConfig, connect_runner, run_landscape
-    from geoviz.problem import load_problem
+    from geoviz.applications.api import connect
+    from geoviz.connect import ConnectConfig, run_landscape
+    from geoviz.problem import load_problem, network_from_file
 
-    config = ConnectConfig(
-        seed_b=args.seed_b, align=args.align, tolerance=args.tolerance, steps=args.steps,
-        eval_every=args.eval_every, third=args.third, grid=args.grid,
-    )
+    options = {"seed_b": args.seed_b, "align": args.align, "tolerance": args.tolerance, "steps": args.steps,
+               "eval_every": args.eval_every, "third": args.third, "grid": args.grid}
+    config = ConnectConfig(**options)
     config.validate()
     solver = solver_from(args)
     progress = Progress(args.steps, args.quiet, "connect")
     problem = load_problem(setup_from(args), progress=progress.training)
-    runner = connect_runner(problem, config, solver, args.out)
+    model_b = None  # trained from --seed-b unless a file is given
+    if args.weights_b:
+        model_b = network_from_file(problem.setup, problem.data, problem.device, args.weights_b)[0]
 
     def report(runner):
         s = runner.summary
-        lines = [f"w_A (seed {problem.setup.seed}) and w_B (seed {runner.task.seed_b})"
+        b = f"seed {runner.task.seed_b}" if model_b is None else args.weights_b
+        lines = [f"w_A (seed {problem.setup.seed}) and w_B ({b})"
                  + (", w_B aligned by weight matching" if config.align else "")
                  + f"; |w_A - w_B| = {runner.task.distance:.3f}"]
         for end in ("a", "b"):
@@ -293,7 +326,10 @@ def _cmd_connect(args) -> int:
         for name in ("geodesic", "line", "bezier"):
             r = s[name]
             lines.append(f"{name:10s} {r['barrier']:7.4f}  {r['min_accuracy']:.4f}  {r['length']:6.2f}  {r['functional_length']:8.2f}")
-        lines.append(f"Bezier trained for {s['gradient_evaluations']} gradient evaluations, as many as the geodesic used; steps {s['steps']} ({s['end_reason']})")
+        trained = s["bezier"].get("training_steps", s["gradient_evaluations"])
+        lines.append((f"Bezier trained for {trained} gradient evaluations, as many as the geodesic used" if trained else
+                      "Bezier not trained (--no-baselines): its control point is the midpoint, it is the line")
+                     + f"; steps {s['steps']} ({s['end_reason']})")
         if config.grid:
             cost = runner.task.grid_cost(config.grid)
             print(f"landscape: {cost['evaluations']} evaluations of {cost['rows_per_evaluation']} rows ({cost['method']})", file=sys.stderr)
@@ -306,7 +342,11 @@ def _cmd_connect(args) -> int:
         }
         return lines, payload
 
-    return run_and_report(runner, args, progress, report)
+    return walk_and_report(
+        lambda: connect(problem, model_b, None, None, solver, baselines=not args.no_baselines, out=args.out,
+                        progress=progress, **options),
+        args, report,
+    )
 
 
 def _cmd_runs(args) -> int:

@@ -90,7 +90,7 @@ class SparsifyTask:
             self.evaluate,
             max_steps=self.config.steps,
             eval_every=self.config.eval_every,
-            seed=p.setup.seed,
+            seed=p.path_seed,
         )
 
     def layer_sparsity(self, w: torch.Tensor) -> dict[str, float]:
@@ -108,7 +108,7 @@ def finetune_pruned(problem: Problem, mask: torch.Tensor, steps: int, config: Sp
     p = problem
     w = (p.w0 * mask).clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=config.finetune_lr)
-    gen = torch.Generator().manual_seed(p.setup.seed)
+    gen = torch.Generator().manual_seed(p.path_seed)
     n = p.x_train.shape[0]
     for _ in range(max(0, steps)):
         index = torch.randint(0, n, (config.finetune_batch,), generator=gen).to(p.device)
@@ -130,11 +130,13 @@ def sparsify_runner(
     runs_dir: str | None = None,
     abandon_after: float | None = None,
     snapshot_budget_mb: float = 64.0,
+    baselines: bool = True,
 ):
     """A :class:`~geoviz.runner.PathRunner` for a sparsification path, with its run record.
 
     The summary written at the end holds the dense, one-shot and prune+fine-tune
-    accuracies (the fine-tune gets as many gradient evaluations as the path used).
+    accuracies (the fine-tune gets as many gradient evaluations as the path used;
+    ``baselines=False`` skips it, and it needs labelled training data).
     """
     from dataclasses import asdict
 
@@ -166,7 +168,7 @@ def sparsify_runner(
     def on_finish(runner: PathRunner) -> dict:
         path = runner.path
         final = runner.rows()[-1]
-        finetune = task.finetune_baseline(path.gradient_evaluations)
+        finetune = task.finetune_baseline(path.gradient_evaluations) if baselines else None
         return {
             "reference": reference,
             "dense_accuracy": task.dense_accuracy,
