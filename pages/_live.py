@@ -11,21 +11,25 @@ from __future__ import annotations
 
 import copy
 import gc
+import hashlib
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import streamlit as st
 
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.data import load_dataset
 from geoviz.problem import Problem, SetupConfig, load_problem
-from geoviz.training import resolve_device, train_network
+from geoviz.training import network_cache_dir, resolve_device, train_network
 from geoviz.runner import PathRunner
+from geoviz.applications.cost import runner_cost
+from geoviz.setups.weights import PAGE_MAX_BYTES
 
-__all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options"]
+__all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options", "weights_ui"]
 
 # seconds between redraws while a path runs: live, yet cheap. A redraw costs the browser
 # far more than the server (~0.15 s of CPU per plotly chart against ~0.05 s in all on
@@ -179,8 +183,9 @@ def cached_problem(setup: SetupConfig, classes: Sequence[int] | None = None) -> 
         # machine where the network is not on disk yet). geoviz caches networks on
         # disk and in memory, so this is instant once trained.
         data = load_dataset(setup.dataset, setup.data_dir, setup.download)
-        train_network(data, setup.model, setup.seed, hidden=setup.hidden, device=resolve_device(setup.device),
-                      progress=progress, classes=classes)
+        if not setup.weights:  # the user's own weights are loaded, not trained
+            train_network(data, setup.model, setup.seed, hidden=setup.hidden, device=resolve_device(setup.device),
+                          progress=progress, classes=classes)
         problem = _shared_problem(setup, None if classes is None else tuple(classes))
     finally:
         bar.empty()
@@ -229,6 +234,30 @@ def _status_ui(runner: PathRunner, total: int) -> None:
     elif runner.alive and runner.path.done:
         line += " · the path has ended; computing the baselines to compare with…"
     st.markdown(line)
+    cost = runner_cost(runner)
+    if cost is not None and not runner.finished:
+        st.caption(cost.sentence())
+
+
+def weights_ui(page: str) -> str | None:
+    """An upload of the user's own start weights (safetensors or a state_dict); its saved path, or None."""
+    upload = st.sidebar.file_uploader(
+        "Your own start weights", type=["safetensors", "pt", "pth", "bin"], key=f"{page}:weights",
+        help="Weights for the chosen model instead of training it: a .safetensors file, or a state_dict saved with "
+             "torch.save(model.state_dict(), ...) (read with weights_only=True; a pickle that needs code is refused).",
+    )
+    if upload is None:
+        return None
+    if upload.size > PAGE_MAX_BYTES:
+        st.sidebar.error(f"{upload.name} is {upload.size / 2**20:.0f} MB; the most a page accepts is {PAGE_MAX_BYTES / 2**20:.0f} MB.")
+        return None
+    data = upload.getvalue()
+    folder = network_cache_dir().parent / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{hashlib.sha256(data).hexdigest()[:24]}{Path(upload.name).suffix}"
+    if not path.exists():
+        path.write_bytes(data)
+    return str(path)
 
 
 def _wait_first_step(runner: PathRunner, timeout: float) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 from geoviz import connect as _connect_module  # noqa: F401
 from geoviz import continual as _continual_module  # noqa: F401
 from geoviz import sparsify as _sparsify_module  # noqa: F401
-from geoviz.applications.cost import Cost, estimate_cost, size_warning
+from geoviz.applications.cost import Cost, runner_cost, size_warning
 from geoviz.engine import SolverConfig
 from geoviz.errors import ConfigError
 from geoviz.problem import Problem, SetupConfig
@@ -173,14 +173,13 @@ def _warn(progress, text: str) -> None:
         warnings.warn(text, stacklevel=3)
 
 
-def walk(runner, application: str, budget: int, eval_every: int, progress=True) -> Run:
+def walk(runner, application: str, budget: int, progress=True) -> Run:
     """Run a runner to its end in this thread, with a progress bar and a cost estimate.
 
     Args:
         runner: a :class:`~geoviz.runner.PathRunner` from an application's runner factory.
         application: its name.
-        budget: its step budget (the bar's length, the estimate's multiplier).
-        eval_every: steps between evaluations.
+        budget: its step budget (the bar's length).
         progress: ``True`` (tqdm.auto if installed), ``False``, or an object called
             with each step's row; its ``estimate(cost)`` and ``close()`` are called
             when it has them.
@@ -192,13 +191,12 @@ def walk(runner, application: str, budget: int, eval_every: int, progress=True) 
         _warn(bar, warning)
     rows: list[dict] = []
     cost: Cost | None = None
-    snapshots = runner.snapshot_capacity * parameters * 4 / 2**20  # MB the in-memory trajectory reaches
 
     def on_row(row: dict) -> None:
         nonlocal cost
         if cost is None:
             rows.append(row)
-            cost = estimate_cost(rows, budget, eval_every, parameters, runner.path.w.device, snapshots)
+            cost = runner_cost(runner, rows)
             if cost is not None:
                 runner.cost = cost
                 if hasattr(bar, "estimate"):
@@ -275,7 +273,7 @@ def sparsify(
     problem = _problem(model, train, test, seed, device, setup, train_labels=False)
     baselines = baselines and labelled(problem.y_train)
     runner = sparsify_runner(problem, config, solver, out, baselines=baselines)
-    return walk(runner, "sparsify", config.steps, config.eval_every, progress)
+    return walk(runner, "sparsify", config.steps, progress)
 
 
 def continual(
@@ -341,7 +339,7 @@ def continual(
     if not labelled(tasks[0].y_train):
         chosen = tuple(b for b in chosen if b != "replay")
     runner = continual_runner(problem, sequence, config, solver, out, baselines=chosen)
-    return walk(runner, "continual", config.steps, config.eval_every, progress)
+    return walk(runner, "continual", config.steps, progress)
 
 
 def _pair(task, name: str):
@@ -407,4 +405,4 @@ def connect(
     elif not isinstance(model_a, Problem):
         raise ConfigError("connect needs the second network: pass model_b.")
     runner = connect_runner(problem, config, solver, out, w_b=w_b, baselines=baselines)
-    return walk(runner, "connect", config.steps, config.eval_every, progress)
+    return walk(runner, "connect", config.steps, progress)

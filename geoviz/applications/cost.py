@@ -16,7 +16,7 @@ import torch
 
 from geoviz.engine import StepRecord
 
-__all__ = ["BIG_ON_CPU", "MEASURED_STEPS", "Cost", "size_warning", "estimate_cost"]
+__all__ = ["BIG_ON_CPU", "MEASURED_STEPS", "Cost", "size_warning", "estimate_cost", "runner_cost"]
 
 # Above this many weights a CPU step takes seconds (resnet18, 11.2 M weights:
 # 100-200 s per exact step on this project's 2-core VM): say so before starting.
@@ -107,3 +107,12 @@ def estimate_cost(
         snapshot_mb=snapshot_mb, parameters=parameters,
         warning=size_warning(parameters, device),
     )
+
+
+def runner_cost(runner, rows: Sequence[Mapping] | None = None) -> Cost | None:
+    """:func:`estimate_cost` of a :class:`~geoviz.runner.PathRunner`'s path (CLI, Python and pages alike)."""
+    path = runner.path
+    parameters = path.w.numel()
+    rows = runner.rows()[:MEASURED_STEPS] if rows is None else rows
+    kept = runner.snapshot_capacity * parameters * 4 / 2**20  # MB the in-memory trajectory reaches
+    return estimate_cost(rows, path.max_steps, path.eval_every, parameters, path.w.device, kept)
