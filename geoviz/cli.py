@@ -42,8 +42,10 @@ def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
     g.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASET_NAMES)}")
     g.add_argument("--model", default="mlp", help=f"one of {', '.join(MODEL_NAMES)}")
     g.add_argument("--hidden", type=_hidden, default=(128, 128), help="MLP hidden widths, e.g. 128,128")
-    g.add_argument("--data-dir", default=None, help="folder with the dataset's files")
-    g.add_argument("--download", action="store_true", help="download torchvision datasets into --data-dir")
+    g.add_argument("--data-dir", default=None,
+                   help="folder with the dataset's files (MNIST's IDX files; CIFAR's python batches, which geoviz reads with "
+                        "a restricted unpickler: torchvision's CIFAR loader would unpickle them, running any code they name)")
+    g.add_argument("--download", action="store_true", help="download mnist/cifar into --data-dir (torchvision's downloader, MD5-checked)")
     g.add_argument("--seed", type=int, default=0, help="seed of the start network")
     g.add_argument("--path-seed", type=int, default=None, help="seed of the path's sampling and its baselines (default --seed)")
     g.add_argument("--weights", default=None, metavar="FILE",
