@@ -48,8 +48,8 @@ def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
     g.add_argument("--download", action="store_true", help="download mnist/cifar into --data-dir (torchvision's downloader, MD5-checked)")
     g.add_argument("--seed", type=int, default=0, help="seed of the start network")
     g.add_argument("--path-seed", type=int, default=None, help="seed of the path's sampling and its baselines (default --seed)")
-    g.add_argument("--weights", default=None, metavar="FILE",
-                   help="start from these weights for --model (safetensors, or a state_dict read with weights_only=True) instead of training")
+    g.add_argument("--weights", "--start", dest="weights", default=None, metavar="FILE",
+                   help="bring the start network: these weights for --model (safetensors, or a state_dict read with weights_only=True) instead of training it")
     g.add_argument("--no-baselines", action="store_true", help="skip the baselines (they cost about as many gradient evaluations as the path)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     g.add_argument("--threads", type=int, default=1, help="CPU threads for torch (small networks run fastest on 1)")

@@ -115,3 +115,30 @@ def test_the_cli_and_the_python_call_walk_the_same_path(digits, runs_dir, capsys
                           steps=6, out=str(runs_dir), device="cpu", progress=False)
     for column in ("objective", "eps_length", "functional_sq", "cg_residual", "test_accuracy"):
         assert run.table[column].tolist() == pytest.approx(cli_table[column].tolist(), rel=1e-5, nan_ok=True), column
+
+
+def test_own_loop_with_the_path_iterator(digits):
+    """geoviz.Path yields one StepRecord per next(): the sparsify objective, walked by hand."""
+    from geoviz.metric import FlatParams
+    from geoviz.models import prunable_names
+    from geoviz.objectives import SparsifyObjective, magnitude_mask
+
+    model = _trained_mlp(digits)
+    layout = FlatParams.of(model)
+    w0 = layout.flatten(dict(model.named_parameters())).detach()
+    mask = magnitude_mask(w0, layout.mask(prunable_names(model), w0), 0.5)
+    path = geoviz.Path(model, {}, w0, SparsifyObjective(mask, w0), digits.x_train, geoviz.SolverConfig(),
+                       evaluate=lambda w: {"masked_norm": float((w * (1 - mask)).norm())}, max_steps=4)
+    records = list(path)
+    assert [r.step for r in records] == [1, 2, 3, 4] and path.done
+    assert records[-1].path_length == pytest.approx(4 * 0.05, rel=1e-4)
+    assert records[-1].metrics["masked_norm"] < records[0].metrics["masked_norm"]
+
+
+def test_progress_bar_in_a_notebook_or_none(digits, runs_dir, capsys):
+    pytest.importorskip("tqdm")
+    run = geoviz.sparsify(_trained_mlp(digits), train=digits.x_train, test=(digits.x_test, digits.y_test),
+                          steps=5, out=str(runs_dir), device="cpu", progress=True)
+    err = capsys.readouterr().err
+    assert "sparsify" in err and "5/5" in err and "estimated cost: 5 steps" in err
+    assert run.state == "finished"

@@ -13,6 +13,7 @@ their data, walks the path, writes the run folder the CLI writes, and returns a
 
 from __future__ import annotations
 
+import sys
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path as FsPath
@@ -144,10 +145,10 @@ class _Bar:
         self._step = row["step"]
 
     def estimate(self, cost: Cost) -> None:
-        self._bar.write(cost.sentence())
+        self.warn(cost.sentence())
 
     def warn(self, text: str) -> None:
-        self._bar.write(text)
+        self._bar.write(text, file=sys.stderr)  # beside the bar (tqdm writes on stdout by default)
 
     def close(self) -> None:
         self._bar.close()
