@@ -142,3 +142,19 @@ def test_progress_bar_in_a_notebook_or_none(digits, runs_dir, capsys):
     err = capsys.readouterr().err
     assert "sparsify" in err and "5/5" in err and "estimated cost: 5 steps" in err
     assert run.state == "finished"
+
+
+def test_path_seed_moves_the_path_not_the_start_network(runs_dir, capsys):
+    def cli_run(*extra):
+        assert main(["sparsify", "--steps", "3", "--quiet", "--json", "--no-baselines", "--out", str(runs_dir),
+                     "--device", "cpu", *extra]) == 0
+        return geoviz.read_run(json.loads(capsys.readouterr().out.strip().splitlines()[-1])["run_dir"])
+
+    base, same, other = cli_run(), cli_run("--path-seed", "0"), cli_run("--path-seed", "7")
+    assert other.config["setup"]["path_seed"] == 7 and other.config["setup"]["seed"] == 0
+    assert base.summary["dense_accuracy"] == other.summary["dense_accuracy"]  # one start network
+    start = [r.weights("start") for r in (base, other)]
+    assert all(torch.equal(start[0][k], start[1][k]) for k in start[0])
+    assert base.table["objective"].tolist() == same.table["objective"].tolist()
+    assert base.table["functional_sq"].tolist() != other.table["functional_sq"].tolist()  # other metric batches
+    assert base.summary["baselines"]["finetune"] is None
