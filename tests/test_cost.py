@@ -31,3 +31,12 @@ def test_estimate_within_2x_of_the_measured_time_on_digits(runs_dir):
     measured = float(run.table["seconds"].iloc[-1])
     assert run.cost.steps_measured == 4
     assert 0.5 <= run.cost.total_seconds / measured <= 2.0, (run.cost, measured)
+
+
+def test_a_big_network_on_a_cpu_is_warned_before_its_path(runs_dir):
+    digits = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 50_000), torch.nn.Linear(50_000, 10))
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    with pytest.warns(UserWarning, match="3.8 M weights; on a CPU"):
+        run = geoviz.sparsify(digits, train=(x, y), test=(x, y), steps=1, baselines=False, out=str(runs_dir),
+                              device="cpu", progress=False, solver=geoviz.SolverConfig(metric_batch=8, cg_iterations=2))
+    assert run.state == "finished"

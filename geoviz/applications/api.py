@@ -186,10 +186,6 @@ def walk(runner, application: str, budget: int, progress=True) -> Run:
             when it has them.
     """
     bar = _progress(progress, budget, application)
-    parameters = runner.path.w.numel()
-    warning = size_warning(parameters, runner.path.w.device)
-    if warning:
-        _warn(bar, warning)
     rows: list[dict] = []
     cost: Cost | None = None
 
@@ -222,10 +218,20 @@ def _solver(solver: SolverConfig | None, default: SolverConfig | None = None) ->
     return solver
 
 
-def _problem(model, train, test, seed, device, setup, train_labels) -> Problem:
+def _problem(model, train, test, seed, device, setup, train_labels, progress) -> Problem:
     if isinstance(model, Problem):  # already prepared (the CLI's registry networks)
-        return model
-    return problem_from_module(model, train, test, seed=seed, device=device, setup=setup, train_labels=train_labels)
+        problem = model
+    else:
+        problem = problem_from_module(model, train, test, seed=seed, device=device, setup=setup, train_labels=train_labels)
+    _warn_if_big(problem, progress)
+    return problem
+
+
+def _warn_if_big(problem: Problem, progress) -> None:
+    """Before the path's set-up work (evaluations, BatchNorm statistics): a big network on a CPU is said."""
+    warning = size_warning(problem.layout.size, problem.device)
+    if warning:
+        _warn(progress, warning)
 
 
 def sparsify(
@@ -271,7 +277,7 @@ def sparsify(
     config = SparsifyConfig(sparsity=sparsity, **options)
     config.validate()
     solver = _solver(solver)
-    problem = _problem(model, train, test, seed, device, setup, train_labels=False)
+    problem = _problem(model, train, test, seed, device, setup, False, progress)
     baselines = baselines and labelled(problem.y_train)
     runner = sparsify_runner(problem, config, solver, out, baselines=baselines)
     return walk(runner, "sparsify", config.steps, progress)
@@ -319,14 +325,14 @@ def continual(
     config = ContinualConfig(memory=memory, **options)
     config.validate()
     solver = _solver(solver, DEFAULT_SOLVER)
-    if isinstance(model, Problem):
-        problem = model
-    else:
+    problem = model  # already prepared (the CLI's), or the user's module:
+    if not isinstance(model, Problem):
         if isinstance(task1, Task):
             train1, test1 = (task1.x_train, task1.y_train), (task1.x_test, task1.y_test)
         else:
             train1, test1 = _pair(task1, "task1")
         problem = problem_from_module(model, train1, test1, seed=seed, device=device, setup=setup, train_labels=False)
+    _warn_if_big(problem, progress)
     tasks = []
     for name, task in (("task1", task1), ("task2", task2)):
         if not isinstance(task, Task):
@@ -393,7 +399,7 @@ def connect(
     if not baselines and config.grid and config.third == "bezier":
         raise ConfigError("Without baselines no Bezier control point is trained to span the landscape's plane; use third='midpoint'.")
     solver = _solver(solver, SolverConfig(**SOLVER_DEFAULTS))
-    problem = _problem(model_a, train, test, seed, device, setup, train_labels=True)
+    problem = _problem(model_a, train, test, seed, device, setup, True, progress)
     w_b = None  # a prepared problem trains w_B from config.seed_b
     if model_b is not None:
         layout_b, w_b, _ = module_weights(model_b)
