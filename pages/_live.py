@@ -234,8 +234,8 @@ def _status_ui(runner: PathRunner, total: int) -> None:
     elif runner.alive and runner.path.done:
         line += " · the path has ended; computing the baselines to compare with…"
     st.markdown(line)
-    cost = runner_cost(runner)
-    if cost is not None and not runner.finished:
+    cost = runner_cost(runner)  # measured on the path's first steps
+    if cost is not None:
         st.caption(cost.sentence())
 
 
