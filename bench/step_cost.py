@@ -17,6 +17,7 @@ ratios hold even on a busy machine:
 Targets (issue 2): penalty <= 1.5x SGD; exact <= (k + 2)x SGD.
 
     python bench/step_cost.py [--threads 1] [--rounds 7] [--vgg11 --only vgg11 --batch 64 --repeats 2]
+    python bench/step_cost.py --resnet18 --only resnet18 --batch 16 --rounds 2 --repeats 2
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def _case(name, model, x, y, device):
     return name, model, layout, buffers, w0, x.to(device), y.to(device)
 
 
-def cases(device, vgg11=False, batch=256):
+def cases(device, vgg11=False, batch=256, resnet18=False):
     from geoviz.data import load_dataset
 
     out = []
@@ -65,6 +66,13 @@ def cases(device, vgg11=False, batch=256):
         x = torch.randn(batch, 3, 32, 32)
         y = torch.randint(0, 10, (batch,))
         out.append(_case("vgg11 cifar-shaped", build_model("vgg11", (3, 32, 32), 10), x, y, device))
+    if device.type == "cuda" or resnet18:
+        # torchvision's resnet18 (CIFAR stem, 11.2 M weights): not a chain, so the linear
+        # backend falls back to autograd; a chain-shaped product would cost what VGG's does
+        torch.manual_seed(0)
+        x = torch.randn(batch, 3, 32, 32)
+        y = torch.randint(0, 10, (batch,))
+        out.append(_case("resnet18 cifar-shaped", build_model("resnet18", (3, 32, 32), 10), x, y, device))
     return out
 
 
@@ -135,6 +143,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--vgg11", action="store_true", help="VGG11 on CIFAR-shaped input on a CPU too (always on a GPU)")
+    parser.add_argument("--resnet18", action="store_true", help="torchvision resnet18 on CIFAR-shaped input on a CPU too (always on a GPU)")
     parser.add_argument("--batch", type=int, default=256, help="the metric batch (and the SGD step's)")
     parser.add_argument("--only", default="", help="only the cases whose name contains this (e.g. vgg11)")
     args = parser.parse_args()
@@ -147,7 +156,7 @@ def main() -> None:
     print(f"engine backend: {SolverConfig().backend}")
     print("Gv/SGD: one full product per backend; 'step': the product the exact step runs (row-space coordinates where that pays)")
     print(f"{'case':28s} {'SGD ms':>8s} {'Gv/SGD linear':>14s} {'autograd':>9s} {'func':>6s} {'step':>6s} {'exact/SGD':>10s} {'target':>7s} {'penalty/SGD':>12s} {'target':>7s}")
-    for case in cases(device, args.vgg11, args.batch):
+    for case in cases(device, args.vgg11, args.batch, args.resnet18):
         if args.only not in case[0]:
             continue
         name, med = bench_case(case, device, args.rounds, args.repeats, k)
