@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -309,16 +310,20 @@ def _cmd_connect(args) -> int:
     config = ConnectConfig(**options)
     config.validate()
     solver = solver_from(args)
+    if args.weights_b and not os.path.isfile(args.weights_b):  # before w_A is trained
+        raise ConfigError(f"No weights file at {args.weights_b}.")
     progress = Progress(args.steps, args.quiet, "connect")
     problem = load_problem(setup_from(args), progress=progress.training)
     model_b = None  # trained from --seed-b unless a file is given
     if args.weights_b:
-        model_b = network_from_file(problem.setup, problem.data, problem.device, args.weights_b)[0]
+        model_b, _, _, sha = network_from_file(problem.setup, problem.data, problem.device, args.weights_b)
+        options.update(weights_b=args.weights_b, weights_b_sha256=sha)
 
     def report(runner):
         s = runner.summary
-        b = f"seed {runner.task.seed_b}" if model_b is None else args.weights_b
-        lines = [f"w_A (seed {problem.setup.seed}) and w_B ({b})"
+        a = args.weights or f"seed {problem.setup.seed}"
+        b = args.weights_b or f"seed {runner.task.seed_b}"
+        lines = [f"w_A ({a}) and w_B ({b})"
                  + (", w_B aligned by weight matching" if config.align else "")
                  + f"; |w_A - w_B| = {runner.task.distance:.3f}"]
         for end in ("a", "b"):

@@ -47,6 +47,9 @@ class ConnectConfig:
     """The second network, the path's end, and how the paths are judged."""
 
     seed_b: int | None = None  # None: the first network's seed + 1
+    # the second network's weights file and its sha256, when it came from one (recorded only)
+    weights_b: str | None = None
+    weights_b_sha256: str | None = None
     align: bool = False  # permute w_B's hidden units to match w_A first (MLP only)
     # the geodesic lands exactly on w_B once |w - w_B| <= tolerance; None: one step (eps)
     tolerance: float | None = None

@@ -132,3 +132,21 @@ def test_cli_starts_from_a_weights_file_and_records_its_hash(tmp_path, capsys):
     assert not marker.exists() and sorted(runs.iterdir()) == before
     assert main([*args.copy(), "--hidden", "16", "--weights", str(path)]) == 2
     assert "other shapes than the model" in capsys.readouterr().err
+
+
+def test_cli_connect_records_both_files(tmp_path, capsys):
+    data = load_dataset("digits")
+    paths = []
+    for seed in (3, 4):
+        torch.manual_seed(seed)
+        paths.append(tmp_path / f"net{seed}.safetensors")
+        save_file(build_model("mlp", data.input_shape, data.num_classes, hidden=(16,)).state_dict(), str(paths[-1]))
+    args = ["connect", "--hidden", "16", "--steps", "2", "--quiet", "--json", "--no-baselines", "--out", str(tmp_path / "runs")]
+    assert main([*args, "--weights", str(paths[0]), "--weights-b", str(paths[1])]) == 0
+    out = capsys.readouterr().out
+    assert f"w_A ({paths[0]}) and w_B ({paths[1]})" in out
+    config = json.loads((tmp_path / "runs" / json.loads(out.strip().splitlines()[-1])["run_dir"].split("/")[-1] / "config.json").read_text())
+    sha = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    assert config["setup"]["weights_sha256"] == sha[0] and config["connect"]["weights_b_sha256"] == sha[1]
+    assert main([*args, "--weights-b", str(tmp_path / "missing.pt")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: No weights file at {tmp_path / 'missing.pt'}."
