@@ -14,6 +14,7 @@ import gc
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -252,10 +253,11 @@ def weights_ui(page: str) -> str | None:
         st.sidebar.error(f"{upload.name} is {upload.size / 2**20:.0f} MB; the most a page accepts is {PAGE_MAX_BYTES / 2**20:.0f} MB.")
         return None
     data = upload.getvalue()
-    folder = network_cache_dir().parent / "uploads"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(data).hexdigest()[:24]}{Path(upload.name).suffix}"
+    # one folder per content, the file under its own name (the error sentences name it)
+    name = re.sub(r"[^\w.\-]", "_", Path(upload.name).name) or "weights"
+    path = network_cache_dir().parent / "uploads" / hashlib.sha256(data).hexdigest()[:24] / name
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return str(path)
 
