@@ -11,14 +11,7 @@ from safetensors.torch import save_file
 from geoviz.data import load_dataset
 from geoviz.models import build_model
 from test_browser import SHOTS, _button, _status, browser, page, server  # noqa: F401
-
-
-class _Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+from payloads import Payload
 
 
 def _upload(page, path):
@@ -32,7 +25,7 @@ def test_upload_weights_and_run_from_them(server, page, tmp_path):  # noqa: F811
     save_file(build_model("mlp", data.input_shape, data.num_classes).state_dict(), str(good))
     marker = tmp_path / "marker"
     evil = tmp_path / "evil.pt"
-    evil.write_bytes(pickle.dumps({"net.1.weight": _Payload(marker)}, protocol=2))
+    evil.write_bytes(pickle.dumps({"net.1.weight": Payload(marker)}, protocol=2))
 
     page.goto(f"{server.url}/sparsify?steps=20&sparsity=0.5&eval_every=5")
     _button(page, "Run").wait_for(timeout=90_000)

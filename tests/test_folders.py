@@ -9,14 +9,7 @@ import torch
 from geoviz.data import _CHANNEL_STATS, load_dataset, write_idx
 from geoviz.errors import ConfigError
 from geoviz.setups import folders
-
-
-class _Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+from payloads import Payload
 
 
 def _pixels(ds, name):
@@ -78,7 +71,7 @@ def test_a_cifar_batch_that_names_code_is_refused_without_running(tmp_path):
         (folder / f).write_bytes(pickle.dumps(_cifar_batch(2, rng, b"labels"), protocol=2))
     marker = tmp_path / "marker"
     evil = _cifar_batch(2, rng, b"labels")
-    evil[b"labels"] = _Payload(marker)
+    evil[b"labels"] = Payload(marker)
     (folder / "test_batch").write_bytes(pickle.dumps(evil, protocol=2))
     with pytest.raises(ConfigError, match=r"exec is not allowed in a dataset file"):
         load_dataset("cifar10", data_dir=tmp_path)
@@ -91,7 +84,7 @@ def test_a_file_larger_than_the_datasets_is_not_read(tmp_path, monkeypatch):
     folder = tmp_path / "cifar-100-python"
     folder.mkdir()
     marker = tmp_path / "marker"
-    (folder / "train").write_bytes(pickle.dumps({b"x": _Payload(marker), b"pad": b"0" * 5000}, protocol=2))
+    (folder / "train").write_bytes(pickle.dumps({b"x": Payload(marker), b"pad": b"0" * 5000}, protocol=2))
     (folder / "test").write_bytes(b"")
     monkeypatch.setitem(folders.FILE_LIMITS, "cifar100-train", 4096)
     with pytest.raises(ConfigError, match="larger than the dataset's own file"):

@@ -15,16 +15,7 @@ from geoviz.data import load_dataset
 from geoviz.errors import ConfigError
 from geoviz.models import build_model
 from geoviz.setups.weights import load_weights
-
-
-class _Payload:
-    """Unpickling this writes a marker file: what a malicious checkpoint does."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+from payloads import Payload
 
 
 def _mlp(seed):
@@ -63,7 +54,7 @@ def test_weights_round_trip_exactly(tmp_path, form):
 @pytest.mark.parametrize("how", ["torch.save", "pickle"])
 def test_a_pickle_that_runs_code_is_refused_without_running(tmp_path, how):
     marker = tmp_path / "marker"
-    evil = {"0.weight": torch.zeros(16, 64), "x": _Payload(marker)}
+    evil = {"0.weight": torch.zeros(16, 64), "x": Payload(marker)}
     path = tmp_path / "evil.pt"
     if how == "torch.save":
         torch.save(evil, path)
@@ -78,7 +69,7 @@ def test_a_pickle_that_runs_code_is_refused_without_running(tmp_path, how):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     # the payload is real: an unrestricted unpickler would have run it
     control = tmp_path / "control"
-    pickle.loads(pickle.dumps(_Payload(control)))
+    pickle.loads(pickle.dumps(Payload(control)))
     assert control.read_text() == "ran"
 
 
@@ -124,7 +115,7 @@ def test_cli_starts_from_a_weights_file_and_records_its_hash(tmp_path, capsys):
     assert all(torch.equal(start[k], v) for k, v in model.state_dict().items())
 
     marker = tmp_path / "marker"
-    torch.save({"net.1.weight": _Payload(marker)}, tmp_path / "evil.pt")
+    torch.save({"net.1.weight": Payload(marker)}, tmp_path / "evil.pt")
     before = sorted(runs.iterdir())
     assert main([*args, "--weights", str(tmp_path / "evil.pt")]) == 2
     err = capsys.readouterr().err.strip()
