@@ -1,3 +1,42 @@
-"""geoviz: see and steer geodesic paths through the weight space of a neural network."""
+"""geoviz: see and steer geodesic paths through the weight space of a neural network.
+
+The public Python API (Raghavan & Thomson, arXiv 2106.02793):
+
+- :func:`sparsify`, :func:`continual`, :func:`connect`: one call per application on
+  your own ``nn.Module`` and data (tensors, ``(inputs, labels)``, a Dataset or a
+  DataLoader); each writes the run folder the CLI writes and returns a :class:`Run`
+  (``run.table`` a DataFrame, ``run.summary``, ``run.figures()``).
+- :class:`SolverConfig`: every setting of a step.
+- :func:`metric_vector_product`: G(w) v for any module and batch.
+- :class:`Path`: the path iterator, one :class:`StepRecord` per ``next()``, for
+  your own loop; objectives in ``geoviz.objectives``.
+- :func:`load_weights`: your own weights (safetensors or a state_dict read with
+  ``weights_only=True``), checked against the module.
+"""
+
+from __future__ import annotations
 
 __version__ = "0.1.0"
+
+# geoviz.sparsify, .continual and .connect are also modules of this package: the
+# api module imports all three first, so the names bound below (the functions)
+# are the ones that stay. Import from the modules with ``from geoviz.connect
+# import ...``; ``import geoviz.connect as m`` would give the function.
+from geoviz.applications.api import Run, connect, continual, sparsify  # noqa: E402
+from geoviz.engine import Path, SolverConfig, StepRecord  # noqa: E402
+from geoviz.metric import metric_vector_product  # noqa: E402
+from geoviz.runs import read_run  # noqa: E402
+from geoviz.setups.weights import load_weights  # noqa: E402
+
+__all__ = [
+    "sparsify",
+    "continual",
+    "connect",
+    "Run",
+    "SolverConfig",
+    "Path",
+    "StepRecord",
+    "metric_vector_product",
+    "load_weights",
+    "read_run",
+]

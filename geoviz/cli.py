@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -45,9 +46,15 @@ def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
     g.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASET_NAMES)}")
     g.add_argument("--model", default="mlp", help=f"one of {', '.join(MODEL_NAMES)}")
     g.add_argument("--hidden", type=_hidden, default=(128, 128), help="MLP hidden widths, e.g. 128,128")
-    g.add_argument("--data-dir", default=None, help="folder with the dataset's files")
-    g.add_argument("--download", action="store_true", help="download torchvision datasets into --data-dir")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--data-dir", default=None,
+                   help="folder with the dataset's files (MNIST's IDX files; CIFAR's python batches, which geoviz reads with "
+                        "a restricted unpickler: torchvision's CIFAR loader would unpickle them, running any code they name)")
+    g.add_argument("--download", action="store_true", help="download mnist/cifar into --data-dir (torchvision's downloader, MD5-checked)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the start network")
+    g.add_argument("--path-seed", type=int, default=None, help="seed of the path's sampling and its baselines (default --seed)")
+    g.add_argument("--weights", "--start", dest="weights", default=None, metavar="FILE",
+                   help="bring the start network: these weights for --model (safetensors, or a state_dict read with weights_only=True) instead of training it")
+    g.add_argument("--no-baselines", action="store_true", help="skip the baselines (they cost about as many gradient evaluations as the path)")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     g.add_argument("--threads", type=int, default=1, help="CPU threads for torch (small networks run fastest on 1)")
     s = parser.add_argument_group("path")
@@ -101,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(co, default_steps=3000)
     co.set_defaults(eps=0.1, damping=1e-3)  # geoviz.connect.SOLVER_DEFAULTS, calibrated on digits
     co.add_argument("--seed-b", type=int, default=None, help="seed of the second network (default --seed + 1)")
+    co.add_argument("--weights-b", default=None, metavar="FILE", help="the second network's weights (as --weights) instead of training it")
     co.add_argument("--align", action="store_true", help="permute w_B's hidden units to match w_A first (weight matching; mlp, lenet300)")
     co.add_argument("--tolerance", type=float, default=None, help="land on w_B once this close (default: eps)")
     co.add_argument("--grid", type=int, default=0, help="n of an n x n loss landscape on the plane (0: none)")
@@ -121,6 +129,8 @@ def setup_from(args) -> SetupConfig:
         device=args.device,
         data_dir=args.data_dir,
         download=args.download,
+        path_seed=args.path_seed,
+        weights=args.weights,
     )
     setup.validate()
     return setup
@@ -224,6 +234,15 @@ class Progress:
         sys.stderr.write(f"\r{self.label} [{bar}] step {step}/{self.total} {rate:.0f} steps/s{extra}   ")
         sys.stderr.flush()
 
+    def estimate(self, cost) -> None:
+        """The path's cost, measured on its first steps (geoviz.applications.cost)."""
+        self.warn(cost.sentence())
+
+    def warn(self, text: str) -> None:
+        if not self.quiet:
+            sys.stderr.write(f"\r{text}\n")
+            sys.stderr.flush()
+
     def training(self, fraction: float) -> None:
         if not self.quiet:
             sys.stderr.write(f"\rtraining the start network: {100 * fraction:3.0f}%   ")
@@ -234,22 +253,33 @@ class Progress:
             sys.stderr.write("\n")
 
 
-def run_and_report(runner, args, progress: Progress, report: Callable[[object], tuple[list[str], dict]]) -> int:
-    """Run a runner to its end in this thread, print the summary; the exit status."""
+class _SigtermAsInterrupt:
+    """A kill during a path keeps the finished steps and says so."""
 
+    def __enter__(self):
+        def on_term(signum, frame):
+            raise KeyboardInterrupt
+
+        self._previous = signal.signal(signal.SIGTERM, on_term)
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def walk_and_report(start: Callable[[], object], args, report: Callable[[object], tuple[list[str], dict]]) -> int:
+    """Call an application (``geoviz.applications.api``) and print its summary; the exit status."""
     t0 = time.time()
-    try:
-        state = runner.run(progress)
-    finally:
-        progress.close()
+    with _SigtermAsInterrupt():
+        run = start()
     wall = time.time() - t0
-    run_dir = str(runner.writer.dir) if runner.writer is not None else None
-    if state != "finished":
+    runner = run.runner
+    run_dir = str(run.folder) if run.folder is not None else None
+    if run.state != "finished":
         kept = len(runner.rows())
-        reason = runner.message.rstrip(".")
-        head = reason if state == "diverged" else f"The path {'failed' if state == 'failed' else 'was ' + state} ({reason})"
+        reason = run.message.rstrip(".")
+        head = reason if run.state == "diverged" else f"The path {'failed' if run.state == 'failed' else 'was ' + run.state} ({reason})"
         print(f"{head}; its {kept} finished steps are kept in {run_dir}.", file=sys.stderr)
-        return 3 if state == "diverged" else 1
+        return 3 if run.state == "diverged" else 1
     lines, payload = report(runner)
     payload.update({"steps": runner.path.step, "wall_seconds": round(wall, 3), "run_dir": run_dir})
     used = runner.path.backend_used
@@ -266,10 +296,14 @@ def run_and_report(runner, args, progress: Progress, report: Callable[[object], 
 
 
 def _cmd_sparsify(args) -> int:
+    from geoviz.applications.api import sparsify
+    from geoviz.problem import load_problem
+
     config, solver = application_configs(args)
     _output_first(args)
+    options = {"tolerance": config.tolerance, "steps": config.steps, "eval_every": config.eval_every}
     progress = Progress(args.steps, args.quiet, "sparsify")
-    runner = application_runner(args, config, solver, progress.training)
+    problem = load_problem(setup_from(args), progress=progress.training)
 
     def report(runner):
         s = runner.summary
@@ -277,8 +311,10 @@ def _cmd_sparsify(args) -> int:
             f"dense accuracy           {s['dense_accuracy']:.4f}",
             f"geodesic ({solver.mode:7s})       {s['accuracy']:.4f}  at sparsity {s['sparsity']:.3f}",
             f"one-shot pruning         {s['baselines']['one_shot']:.4f}",
-            f"prune + fine-tune        {s['baselines']['finetune']:.4f}  ({s['gradient_evaluations']} gradient evaluations, uses labels)",
-            f"prune + distil           {s['baselines']['distill']:.4f}  (as many, inputs only)",
+            f"prune + fine-tune        {s['baselines']['finetune']:.4f}  ({s['gradient_evaluations']} gradient evaluations, uses labels)"
+            if s["baselines"].get("finetune") is not None else "prune + fine-tune        not run (--no-baselines)",
+            f"prune + distil           {s['baselines']['distill']:.4f}  (as many, inputs only)"
+            if s["baselines"].get("distill") is not None else "prune + distil           not run (--no-baselines)",
             f"steps {runner.path.step} ({s['end_reason']})",
         ]
         payload = {
@@ -289,21 +325,29 @@ def _cmd_sparsify(args) -> int:
         }
         return lines, payload
 
-    return run_and_report(runner, args, progress, report)
+    return walk_and_report(
+        lambda: sparsify(problem, None, None, args.sparsity, solver, baselines=not args.no_baselines, out=args.out,
+                         progress=progress, **options),
+        args, report,
+    )
 
 
 def _cmd_continual(args) -> int:
+    from geoviz.applications.api import continual
+    from geoviz.continual import load_continual
+
     config, solver = application_configs(args)
     _output_first(args)
+    options = {"scenario": config.scenario, "split": config.split, "steps": config.steps, "eval_every": config.eval_every,
+               "ewc_lambda": config.ewc_lambda}
     progress = Progress(args.steps, args.quiet, "continual")
-    runner = application_runner(args, config, solver, progress.training)
-    sequence = runner.task.sequence
+    problem, sequence = load_continual(setup_from(args), config, progress=progress.training)
 
     def report(runner):
         s = runner.summary
         keys = ("task1", "task2", "average")
         rows = [("start", s["start"]), (f"geodesic ({solver.mode})", s["geodesic"])]
-        rows += [(name, s["baselines"][name]) for name in ("finetune", "ewc", "replay")]
+        rows += [(name, s["baselines"][name]) for name in ("finetune", "ewc", "replay") if name in s["baselines"]]
         lines = [f"{sequence.name}, memory of {config.memory} task-1 examples", f"{'':22s} task1   task2   average"]
         for name, r in rows:
             lines.append(f"{name:22s} {r['task1']:.4f}  {r['task2']:.4f}  " + (f"{r['average']:.4f}" if "average" in r else ""))
@@ -317,21 +361,36 @@ def _cmd_continual(args) -> int:
         }
         return lines, payload
 
-    return run_and_report(runner, args, progress, report)
+    return walk_and_report(
+        lambda: continual(problem, sequence.first, sequence.second, config.memory, solver, baselines=not args.no_baselines,
+                          out=args.out, progress=progress, setup=problem.setup, sequence_name=sequence.name, **options),
+        args, report,
+    )
 
 
 def _cmd_connect(args) -> int:
+    from geoviz.applications.api import connect
     from geoviz.connect import run_landscape
+    from geoviz.problem import load_problem, network_from_file
 
     config, solver = application_configs(args)
+    if args.weights_b and not os.path.isfile(args.weights_b):  # before w_A is trained
+        raise ConfigError(f"No weights file at {args.weights_b}.")
     _output_first(args)
+    options = {"seed_b": config.seed_b, "align": config.align, "tolerance": config.tolerance, "steps": config.steps,
+               "eval_every": config.eval_every, "third": config.third, "grid": config.grid}
     progress = Progress(args.steps, args.quiet, "connect")
-    runner = application_runner(args, config, solver, progress.training)
-    problem = runner.task.problem
+    problem = load_problem(setup_from(args), progress=progress.training)
+    model_b = None  # trained from --seed-b unless a file is given
+    if args.weights_b:
+        model_b, _, _, sha = network_from_file(problem.setup, problem.data, problem.device, args.weights_b)
+        options.update(weights_b=args.weights_b, weights_b_sha256=sha)
 
     def report(runner):
         s = runner.summary
-        lines = [f"w_A (seed {problem.setup.seed}) and w_B (seed {runner.task.seed_b})"
+        a = args.weights or f"seed {problem.setup.seed}"
+        b = args.weights_b or f"seed {runner.task.seed_b}"
+        lines = [f"w_A ({a}) and w_B ({b})"
                  + (", w_B aligned by weight matching" if config.align else "")
                  + f"; |w_A - w_B| = {runner.task.distance:.3f}"]
         for end in ("a", "b"):
@@ -340,24 +399,34 @@ def _cmd_connect(args) -> int:
         lines.append(f"{'':10s} barrier  min acc  length  functional")
         for name in ("geodesic", "line", "bezier", "bezier_inputs"):
             r = s[name]
+            if r is None:
+                lines.append(f"{name:10s} not run (--no-baselines)")
+                continue
             lines.append(f"{name:10s} {r['barrier']:7.4f}  {r['min_accuracy']:.4f}  {r['length']:6.2f}  {r['functional_length']:8.2f}")
-        lines.append(f"Bezier curves trained for {s['gradient_evaluations']} gradient evaluations, as many as the geodesic used "
-                     f"(bezier: labels; bezier_inputs: inputs only); steps {s['steps']} ({s['end_reason']})")
+        if s.get("bezier") is not None:
+            lines.append(f"Bezier curves trained for {s['gradient_evaluations']} gradient evaluations, as many as the geodesic used "
+                         f"(bezier: labels; bezier_inputs: inputs only); steps {s['steps']} ({s['end_reason']})")
+        else:
+            lines.append(f"Bezier curves not trained (--no-baselines); steps {s['steps']} ({s['end_reason']})")
         if config.grid:
             cost = runner.task.grid_cost(config.grid)
             print(f"landscape: {cost['evaluations']} evaluations of {cost['rows_per_evaluation']} rows ({cost['method']})", file=sys.stderr)
             landscape, _ = run_landscape(runner, config.grid)
             lines.append(f"landscape {config.grid} x {config.grid} in {landscape.seconds:.2f} s (landscape.json)")
+        figures = ("barrier", "min_accuracy", "length", "functional_length")
         payload = {
             "endpoints": {k: {"loss": e["train_loss"], "accuracy": e["test_accuracy"]} for k, e in s["endpoints"].items()},
-            **{name: {k: s[name][k] for k in ("barrier", "min_accuracy", "length", "functional_length")}
-               for name in ("geodesic", "line", "bezier")},
-            "baselines": {name: {**{k: s[name][k] for k in ("barrier", "min_accuracy", "length", "functional_length")},
-                                 "data_used": s["data_used"][name]} for name in ("line", "bezier", "bezier_inputs")},
+            **{name: None if s[name] is None else {k: s[name][k] for k in figures} for name in ("geodesic", "line", "bezier")},
+            "baselines": {name: {**{k: s[name][k] for k in figures}, "data_used": s["data_used"][name]}
+                          for name in ("line", "bezier", "bezier_inputs") if s[name] is not None},
         }
         return lines, payload
 
-    return run_and_report(runner, args, progress, report)
+    return walk_and_report(
+        lambda: connect(problem, model_b, None, None, solver, baselines=not args.no_baselines, out=args.out,
+                        progress=progress, **options),
+        args, report,
+    )
 
 
 def _cmd_runs(args) -> int:

@@ -60,6 +60,9 @@ class ConnectConfig:
     """The second network, the path's end, and how the paths are judged."""
 
     seed_b: int | None = None  # None: the first network's seed + 1
+    # the second network's weights file and its sha256, when it came from one (recorded only)
+    weights_b: str | None = None
+    weights_b_sha256: str | None = None
     align: bool = False  # permute w_B's hidden units to match w_A first (MLP only)
     # the geodesic lands exactly on w_B once |w - w_B| <= tolerance; None: one step (eps)
     tolerance: float | None = None
@@ -119,25 +122,29 @@ def path_summary(profile: dict[str, list[float]], endpoint_losses: tuple[float, 
 class ConnectTask:
     """Two optima, the three paths between them, their figures, and the landscape."""
 
-    def __init__(self, problem: Problem, config: ConnectConfig, solver: SolverConfig):
+    def __init__(self, problem: Problem, config: ConnectConfig, solver: SolverConfig, w_b: torch.Tensor | None = None):
         config.validate()
         solver.validate()
         self.problem, self.config, self.solver = problem, config, solver
         p = problem
-        self.seed_b = p.setup.seed + 1 if config.seed_b is None else config.seed_b
-        if self.seed_b == p.setup.seed:
-            raise ConfigError(f"the second network needs a different seed than the first ({p.setup.seed}).")
-        _, _, w_b = start_network(p.setup, p.data, p.device, self.seed_b)
+        if w_b is not None:  # the user's own second network (flat, in the layout of w_A)
+            self.seed_b = config.seed_b
+            w_b = w_b.detach().to(p.w0.device, p.w0.dtype)
+        else:
+            self.seed_b = p.setup.seed + 1 if config.seed_b is None else config.seed_b
+            if self.seed_b == p.setup.seed:
+                raise ConfigError(f"the second network needs a different seed than the first ({p.setup.seed}).")
+            _, _, w_b = start_network(p.setup, p.data, p.device, self.seed_b)
         self.w_a = p.w0
         self.distance_before_alignment = float((w_b - self.w_a).norm())
         self.permutations = None
         if config.align:
-            w_b, self.permutations = weight_matching(p.model, self.w_a, w_b, seed=p.setup.seed)
+            w_b, self.permutations = weight_matching(p.model, self.w_a, w_b, seed=p.path_seed)
         self.w_b = w_b
         self.distance = float((self.w_b - self.w_a).norm())
         n = p.x_train.shape[0]
         if config.eval_subset and n > config.eval_subset:
-            gen = torch.Generator().manual_seed(p.setup.seed)
+            gen = torch.Generator().manual_seed(p.path_seed)
             index = torch.randperm(n, generator=gen)[: config.eval_subset].to(p.device)
             x_train, y_train = p.x_train[index], p.y_train[index]
         else:
@@ -170,7 +177,7 @@ class ConnectTask:
             self.evaluate,
             max_steps=self.config.steps,
             eval_every=self.config.eval_every,
-            seed=p.setup.seed,
+            seed=p.path_seed,
         )
 
     def geodesic_profile(self, rows: list[dict], landing: float = 0.0) -> dict[str, list[float]]:
@@ -252,7 +259,7 @@ class ConnectTask:
         p, cfg = self.problem, self.config
         theta = (0.5 * (self.w_a + self.w_b)).clone().requires_grad_(True)
         opt = torch.optim.SGD([theta], lr=cfg.bezier_lr, momentum=0.9)
-        gen = torch.Generator().manual_seed(p.setup.seed)
+        gen = torch.Generator().manual_seed(p.path_seed)
         n = p.x_train.shape[0]
         for step in range(1, steps + 1):
             t = torch.rand((), generator=gen, dtype=torch.float64)
@@ -298,7 +305,7 @@ class ConnectTask:
         if segments is None:
             segments = int(min(2000, max(self.config.points, math.ceil(length / self.solver.eps))))
         ts, _ = arc_length_parameters(curve, segments + 1)
-        gen = torch.Generator().manual_seed(p.setup.seed)
+        gen = torch.Generator().manual_seed(p.path_seed)
         n = p.x_train.shape[0]
         index = torch.randperm(n, generator=gen)[: self.solver.metric_batch].to(p.device)
         inputs = p.x_train[index]
@@ -362,8 +369,13 @@ def connect_runner(
     runs_dir: str | None = None,
     abandon_after: float | None = None,
     snapshot_budget_mb: float = 64.0,
+    w_b: torch.Tensor | None = None,
+    baselines: bool = True,
 ):
     """A :class:`~geoviz.runner.PathRunner` for the geodesic from w_A to w_B, with its record.
+
+    ``w_b``: the second network's flat weights (default: trained from ``config.seed_b``).
+    ``baselines=False`` skips training the Bezier curves (the line is still judged).
 
     When the geodesic ends, ``on_finish`` judges it and its baselines (the line;
     Bezier curves trained with labels and without, each with as many gradient
@@ -374,7 +386,7 @@ def connect_runner(
     from geoviz.runner import PathRunner
     from geoviz.runs import RunWriter, default_runs_dir
 
-    task = ConnectTask(problem, config, solver)
+    task = ConnectTask(problem, config, solver, w_b)
     reference = {
         "endpoints": task.endpoints,
         "seed_a": problem.setup.seed,
@@ -430,7 +442,7 @@ def connect_runner(
 
             return work
 
-        done = runner.baseline("bezier", train_and_judge(task.train_bezier))
+        done = runner.baseline("bezier", train_and_judge(task.train_bezier)) if baselines else None
         points = {"w_a": task.w_a, "w_b": task.w_b}
         if done is not None:
             bezier, bezier_summary, profiles["bezier"] = done
@@ -439,7 +451,7 @@ def connect_runner(
             points["bezier_control"] = bezier.control
             runner.publish(profiles=dict(profiles))
         # the label-free curve: the endpoints' predictions on the same inputs
-        done_inputs = runner.baseline("bezier_inputs", train_and_judge(task.train_bezier_inputs))
+        done_inputs = runner.baseline("bezier_inputs", train_and_judge(task.train_bezier_inputs)) if baselines else None
         if done_inputs is not None:
             bezier_inputs, inputs_summary, profiles["bezier_inputs"] = done_inputs
             runner.curves["bezier_inputs"] = bezier_inputs

@@ -141,7 +141,7 @@ class ContinualTask:
         n1 = self.t1.x_train.shape[0]
         if config.memory > n1:
             raise ConfigError(f"The memory ({config.memory}) cannot exceed task 1's {n1} training examples.")
-        gen = torch.Generator().manual_seed(problem.setup.seed)
+        gen = torch.Generator().manual_seed(problem.path_seed)
         index = torch.randperm(n1, generator=gen)[: config.memory].to(device)
         self.memory_x = self.t1.x_train[index]  # (M, C, H, W): the metric batch
         self.memory_y = self.t1.y_train[index]  # labels: replay only
@@ -197,7 +197,7 @@ class ContinualTask:
         p = self.problem
         return TaskLossObjective(
             p.model, p.buffers, self.t2.x_train, self.t2.y_train,
-            batch_size=self.config.batch_size, seed=p.setup.seed, output_slice=self.t2.head,
+            batch_size=self.config.batch_size, seed=p.path_seed, output_slice=self.t2.head,
         )
 
     def path(self) -> Path:
@@ -213,7 +213,7 @@ class ContinualTask:
             self.evaluate,
             max_steps=self.config.steps,
             eval_every=self.config.eval_every,
-            seed=p.setup.seed,
+            seed=p.path_seed,
             resample=False,  # the memory is the metric batch, the same at every step
         )
 
@@ -227,7 +227,7 @@ class ContinualTask:
         """
         p = self.problem
         n = min(self.config.ewc_samples, self.t1.x_train.shape[0])
-        gen = torch.Generator().manual_seed(p.setup.seed + 1)
+        gen = torch.Generator().manual_seed(p.path_seed + 1)
         x = self.t1.x_train[torch.randperm(self.t1.x_train.shape[0], generator=gen)[:n].to(p.device)]
 
         def log_probs(w: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
@@ -270,8 +270,8 @@ class ContinualTask:
         else:
             opt = torch.optim.Adam([w], lr=cfg.baseline_lr)
         # the same task-2 minibatch stream as the path's objective
-        gen = torch.Generator().manual_seed(p.setup.seed)
-        gen_memory = torch.Generator().manual_seed(p.setup.seed + 2)
+        gen = torch.Generator().manual_seed(p.path_seed)
+        gen_memory = torch.Generator().manual_seed(p.path_seed + 2)
         n2, m = self.t2.x_train.shape[0], self.memory_x.shape[0]
         batch = min(cfg.batch_size, n2)
         for i in range(max(0, steps)):

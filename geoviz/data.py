@@ -3,8 +3,9 @@
 Every loader returns one frozen :class:`Dataset` holding normalised float32 images
 ``(N, C, H, W)`` and int64 labels on the CPU. The embedded default is
 scikit-learn's 8x8 digits (no download); Fashion-MNIST is read straight from IDX
-files (Debian's ``dataset-fashion-mnist`` or a data folder); MNIST and CIFAR go
-through torchvision's dataset classes with a data folder.
+files (Debian's ``dataset-fashion-mnist`` or a data folder); MNIST and CIFAR are
+read from a data folder by geoviz.setups.folders (not torchvision's dataset
+classes: its CIFAR loader unpickles the batch files).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geoviz.errors import ConfigError, DatasetNotFoundError
+from geoviz.errors import ConfigError, DatasetNotFoundError, GeovizError
 from geoviz.validation import check_dataset
 
 __all__ = [
@@ -256,19 +257,27 @@ def _load_fashion(data_dir: str | os.PathLike | None) -> Dataset:
 def _load_torchvision(
     name: str, data_dir: str | os.PathLike | None, download: bool
 ) -> Dataset:
-    hint = "pass --data-dir with the torchvision files, or add --download when online"
+    """MNIST or CIFAR from a data folder (geoviz.setups.folders reads the files: no
+    torchvision dataset class, whose CIFAR loader unpickles its batch files)."""
+    from geoviz.setups import folders
+
+    hint = "pass --data-dir with the dataset's files, or add --download when online"
     if data_dir is None:
         raise DatasetNotFoundError(
             f"Dataset {name} needs a data folder and none was given; {hint}."
         )
-    import torchvision.datasets as tvd
-
-    cls = {"mnist": tvd.MNIST, "cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100}[name]
-    root = str(Path(data_dir).expanduser())
+    root = Path(data_dir).expanduser()
+    read = folders.read_mnist if name == "mnist" else functools.partial(folders.read_cifar, name)
     try:
-        splits = [cls(root=root, train=train, download=download) for train in (True, False)]
-    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted ..."
-        raise DatasetNotFoundError(f"Dataset {name} not found in {root}; {hint}.") from exc
+        try:
+            arrays = read(root)
+        except DatasetNotFoundError as exc:
+            if not download:
+                raise DatasetNotFoundError(f"{exc} Add --download when online.") from None
+            folders.download(name, root)
+            arrays = read(root)
+    except GeovizError:
+        raise
     except OSError as exc:  # offline --download (URLError), an unreadable folder
         reason = getattr(exc, "reason", None) or exc.strerror or exc
         raise DatasetNotFoundError(
@@ -279,22 +288,18 @@ def _load_torchvision(
 
     mean, std = (torch.tensor(s).view(1, -1, 1, 1) for s in _CHANNEL_STATS[name])
 
-    def images(data) -> torch.Tensor:
-        x = torch.as_tensor(np.asarray(data))
-        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)  # (N, C, H, W)
+    def images(data: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(data)
+        x = x.unsqueeze(1) if x.ndim == 3 else x  # (N, C, H, W)
         return ((x.float() / 255.0 - mean) / std).contiguous()
 
-    def labels(targets) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(targets), dtype=torch.int64)
-
-    train, test = splits
-    x_train = images(train.data)
+    x_train = images(arrays["x_train"])
     return Dataset(
         name=name,
         x_train=x_train,
-        y_train=labels(train.targets),
-        x_test=images(test.data),
-        y_test=labels(test.targets),
+        y_train=torch.from_numpy(arrays["y_train"]),
+        x_test=images(arrays["x_test"]),
+        y_test=torch.from_numpy(arrays["y_test"]),
         num_classes=_NUM_CLASSES[name],
         input_shape=tuple(x_train.shape[1:]),
     )

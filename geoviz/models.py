@@ -1,4 +1,4 @@
-"""Networks by name: MLP, LeNet-300-100 and CIFAR-style VGG11/16.
+"""Networks by name: MLP, LeNet-300-100, CIFAR-style VGG11/16, torchvision's resnet18 and mobilenet_v3_small.
 
 All are plain ``nn.Module``s; the engine uses them through
 ``torch.func.functional_call`` with explicit parameter/buffer dicts. Initialisation
@@ -25,7 +25,7 @@ __all__ = [
     "has_batchnorm",
 ]
 
-MODEL_NAMES = ("mlp", "lenet300", "vgg11", "vgg16")
+MODEL_NAMES = ("mlp", "lenet300", "vgg11", "vgg16", "resnet18", "mobilenet_v3_small")  # the last two: torchvision
 
 # Channels per 3x3 conv; "M" is a 2x2 max-pool. Five pools take 32x32 to 1x1.
 VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -134,13 +134,17 @@ def build_model(
         The freshly initialised module (on the CPU, in train mode).
 
     Raises:
-        ConfigError: Unknown name, or a VGG on inputs smaller than 32x32.
+        ConfigError: Unknown name, or a VGG or MobileNet on inputs smaller than 32x32.
     """
     if name not in MODEL_NAMES:
         raise ConfigError(
             f"Unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}."
         )
     shape = tuple(int(s) for s in input_shape)
+    if name in ("resnet18", "mobilenet_v3_small"):
+        from geoviz.setups.zoo import build_torchvision
+
+        return build_torchvision(name, shape, num_classes, dataset)
     if name == "mlp":
         return MLP(shape, hidden=hidden, num_classes=num_classes)
     if name == "lenet300":

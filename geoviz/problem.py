@@ -15,7 +15,7 @@ from geoviz.metric import FlatParams
 from geoviz.models import has_batchnorm
 from geoviz.training import evaluate, recompute_batchnorm, resolve_device, train_network
 
-__all__ = ["SetupConfig", "Problem", "load_problem", "start_network"]
+__all__ = ["SetupConfig", "Problem", "load_problem", "start_network", "network_from_file"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,11 @@ class SetupConfig:
     device: str = "auto"
     data_dir: str | None = None
     download: bool = False
+    # the path's own seed (metric batches, memory, baselines' minibatches); None: ``seed``
+    path_seed: int | None = None
+    # a weights file for the start network instead of training it, and its sha256
+    weights: str | None = None
+    weights_sha256: str | None = None
 
     def validate(self) -> None:
         """ConfigError with one sentence for a seed or widths out of range, before any work."""
@@ -52,6 +57,11 @@ class Problem:
     x_test: torch.Tensor
     y_test: torch.Tensor
     batchnorm: bool = field(default=False)
+
+    @property
+    def path_seed(self) -> int:
+        """The seed of the path's sampling (separate from the start network's)."""
+        return self.setup.seed if self.setup.path_seed is None else self.setup.path_seed
 
     def params(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.layout.unflatten(w)
@@ -90,6 +100,20 @@ def start_network(
     return model, buffers, layout.flatten(params).detach()
 
 
+def network_from_file(
+    setup: SetupConfig, data: Dataset, device: torch.device, path: str
+) -> tuple[nn.Module, dict, torch.Tensor, str]:
+    """The setup's architecture with a weights file's tensors: (model, buffers, flat weights, sha256)."""
+    from geoviz.models import build_model
+    from geoviz.setups.weights import load_weights
+
+    model = build_model(setup.model, data.input_shape, data.num_classes, hidden=setup.hidden, dataset=data.name)
+    sha = load_weights(model, path)
+    model = model.to(device).eval()
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    return model, buffers, FlatParams.of(model).flatten(dict(model.named_parameters())).detach(), sha
+
+
 def load_problem(
     setup: SetupConfig,
     classes: Sequence[int] | None = None,
@@ -99,7 +123,11 @@ def load_problem(
     setup.validate()
     device = resolve_device(setup.device)
     data = load_dataset(setup.dataset, setup.data_dir, setup.download)
-    model, buffers, w0 = start_network(setup, data, device, setup.seed, classes, progress)
+    if setup.weights:  # the user's own start network: nothing is trained
+        model, buffers, w0, sha = network_from_file(setup, data, device, setup.weights)
+        setup = replace(setup, weights_sha256=sha)
+    else:
+        model, buffers, w0 = start_network(setup, data, device, setup.seed, classes, progress)
     return Problem(
         setup=setup,
         data=data,

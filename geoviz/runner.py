@@ -70,6 +70,8 @@ class PathRunner:
         self.skipped: list[str] = []
         self.partial: dict = {}
         self.first_step_at: float | None = None
+        # the cost estimate (geoviz.applications.cost.Cost) once the first steps are measured
+        self.cost = None
         self._keep(0, path.w)
 
     # -- reading (any thread) ---------------------------------------------------
@@ -82,6 +84,11 @@ class PathRunner:
         with self._lock:
             steps = sorted(self._trajectory)
             return steps, torch.stack([self._trajectory[s] for s in steps])
+
+    @property
+    def snapshot_capacity(self) -> int:
+        """The most weight snapshots the in-memory trajectory keeps."""
+        return self._budget.capacity
 
     @property
     def alive(self) -> bool:

@@ -102,7 +102,7 @@ class SparsifyTask:
             self.evaluate,
             max_steps=self.config.steps,
             eval_every=self.config.eval_every,
-            seed=p.setup.seed,
+            seed=p.path_seed,
         )
 
     def layer_sparsity(self, w: torch.Tensor) -> dict[str, float]:
@@ -150,7 +150,7 @@ def _train_pruned(
     p = problem
     w = (p.w0 * mask).clone().requires_grad_(True)
     opt = torch.optim.Adam([w], lr=config.finetune_lr)
-    gen = torch.Generator().manual_seed(p.setup.seed)
+    gen = torch.Generator().manual_seed(p.path_seed)
     n = p.x_train.shape[0]
     dense = {**p.params(p.w0), **p.buffers}
     for i in range(max(0, steps)):
@@ -181,12 +181,14 @@ def sparsify_runner(
     runs_dir: str | None = None,
     abandon_after: float | None = None,
     snapshot_budget_mb: float = 64.0,
+    baselines: bool = True,
 ):
     """A :class:`~geoviz.runner.PathRunner` for a sparsification path, with its run record.
 
     The summary written at the end holds the dense, one-shot, prune+fine-tune (labels)
     and prune+distil (inputs only) accuracies (the last two get as many gradient
-    evaluations as the path used), and what data each method used.
+    evaluations as the path used; ``baselines=False`` skips them, and the fine-tune
+    needs labelled training data), and what data each method used.
     """
     from dataclasses import asdict
 
@@ -219,9 +221,11 @@ def sparsify_runner(
         path = runner.path
         final = runner.rows()[-1]
         runner.publish(baselines={"one_shot": task.one_shot_accuracy})
-        finetune = runner.baseline("finetune", lambda report: task.finetune_baseline(path.gradient_evaluations, report))
-        runner.publish(baselines={"one_shot": task.one_shot_accuracy, "finetune": finetune})
-        distill = runner.baseline("distill", lambda report: task.distill_baseline(path.gradient_evaluations, report))
+        finetune = distill = None
+        if baselines:
+            finetune = runner.baseline("finetune", lambda report: task.finetune_baseline(path.gradient_evaluations, report))
+            runner.publish(baselines={"one_shot": task.one_shot_accuracy, "finetune": finetune})
+            distill = runner.baseline("distill", lambda report: task.distill_baseline(path.gradient_evaluations, report))
         return {
             "reference": reference,
             "dense_accuracy": task.dense_accuracy,

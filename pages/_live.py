@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import hashlib
 import logging
 import math
 import os
@@ -18,19 +19,22 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import streamlit as st
 
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.data import load_dataset
 from geoviz.problem import Problem, SetupConfig, load_problem
-from geoviz.training import network_cached, network_key, resolve_device, train_network
+from geoviz.training import network_cache_dir, network_cached, network_key, resolve_device, train_network
 from geoviz.validation import check_value, cut
 from geoviz.runner import PathRunner
+from geoviz.applications.cost import runner_cost
+from geoviz.setups.weights import PAGE_MAX_BYTES
 from pages import _safe
 
 __all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options",
-           "dataset_options", "DATASET_HELP", "live_runs", "run_id"]
+           "dataset_options", "DATASET_HELP", "live_runs", "run_id", "weights_ui"]
 
 # seconds between redraws while a path runs: live, yet cheap. A redraw costs the browser
 # far more than the server (~0.15 s of CPU per plotly chart against ~0.05 s in all on
@@ -342,9 +346,10 @@ def cached_problem(setup: SetupConfig, classes: Sequence[int] | None = None) -> 
         # disk and in memory, so this is instant once trained.
         setup.validate()
         data = load_dataset(setup.dataset, setup.data_dir, setup.download)
-        admit_network(setup, data, classes)
-        train_network(data, setup.model, setup.seed, hidden=setup.hidden, device=resolve_device(setup.device),
-                      progress=progress, classes=classes)
+        if not setup.weights:  # the user's own weights are loaded, not trained
+            admit_network(setup, data, classes)
+            train_network(data, setup.model, setup.seed, hidden=setup.hidden, device=resolve_device(setup.device),
+                          progress=progress, classes=classes)
         problem = _shared_problem(setup, None if classes is None else tuple(classes))
     finally:
         bar.empty()
@@ -405,6 +410,9 @@ def _status_ui(runner: PathRunner, total: int) -> None:
     elif runner.alive and runner.path.done:
         line += " · the path has ended; computing the baselines to compare with (Stop skips them)…"
     st.markdown(line)
+    cost = runner_cost(runner)  # measured on the path's first steps
+    if cost is not None:
+        st.caption(cost.sentence())
     if runner.alive and runner.path.done:
         _baselines_progress_ui(runner)
     elif runner.skipped:
@@ -423,6 +431,28 @@ def _baselines_progress_ui(runner: PathRunner) -> None:
 
 _BASELINE_NAMES = {"finetune": "prune + fine-tune", "distill": "prune + distil", "ewc": "EWC", "replay": "replay",
                    "bezier": "Bezier curve", "bezier_inputs": "Bezier curve, no labels"}
+
+
+def weights_ui(page: str) -> str | None:
+    """An upload of the user's own start weights (safetensors or a state_dict); its saved path, or None."""
+    upload = st.sidebar.file_uploader(
+        "Your own start weights", type=["safetensors", "pt", "pth", "bin"], key=f"{page}:weights",
+        help="Weights for the chosen model instead of training it: a .safetensors file, or a state_dict saved with "
+             "torch.save(model.state_dict(), ...) (read with weights_only=True; a pickle that needs code is refused).",
+    )
+    if upload is None:
+        return None
+    if upload.size > PAGE_MAX_BYTES:
+        st.sidebar.error(f"{upload.name} is {upload.size / 2**20:.0f} MB; the most a page accepts is {PAGE_MAX_BYTES / 2**20:.0f} MB.")
+        return None
+    data = upload.getvalue()
+    # one folder per content, the file under its own name (the error sentences name it)
+    name = re.sub(r"[^\w.\-]", "_", Path(upload.name).name) or "weights"
+    path = network_cache_dir().parent / "uploads" / hashlib.sha256(data).hexdigest()[:24] / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return str(path)
 
 
 def _wait_first_step(runner: PathRunner, timeout: float) -> None:

@@ -37,7 +37,8 @@ CONTROLS = (
 
 def configs(values: dict) -> tuple[SetupConfig, ConnectConfig, SolverConfig]:
     """Settings -> validated config objects (ConfigError names what is wrong)."""
-    setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"])
+    setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"],
+                        weights=values.get("weights"))
     config = ConnectConfig(seed_b=int(values["seed_b"]), align=values["align"] == "yes", steps=int(values["steps"]),
                            eval_every=int(values["eval_every"]), third=values["third"], grid=int(values["grid"]))
     solver = SolverConfig(eps=float(values["eps"]), damping=float(values["damping"]))
@@ -195,7 +196,7 @@ def page() -> None:
         "outputs on training inputs barely change (no labels); compare with the straight line, and with a "
         "quadratic Bezier curve whose bend is trained with labels for as many gradient evaluations."
     )
-    values = _live.controls_ui("connect", CONTROLS)
+    values = {**_live.controls_ui("connect", CONTROLS), "weights": _live.weights_ui("connect")}
     built = _live.checked_configs("connect", configs, values)  # None: what is wrong is said on the page
     make_runner = None
     if built is not None:

@@ -34,7 +34,8 @@ CONTROLS = (
 
 def configs(values: dict) -> tuple[SetupConfig, ContinualConfig, SolverConfig]:
     """Settings -> validated config objects (ConfigError names what is wrong)."""
-    setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"])
+    setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"],
+                        weights=values.get("weights"))
     config = ContinualConfig(
         scenario=values["scenario"], split=DEFAULT_SPLIT, memory=int(values["memory"]), steps=int(values["steps"]),
         eval_every=int(values["eval_every"]), ewc_lambda=float(values["ewc_lambda"]),
@@ -84,7 +85,7 @@ def page() -> None:
         "its outputs on a small memory of task-1 inputs. Compare with fine-tuning (forgets), EWC and replay, each "
         "given as many gradient evaluations as the path used."
     )
-    values = _live.controls_ui("continual", CONTROLS)
+    values = {**_live.controls_ui("continual", CONTROLS), "weights": _live.weights_ui("continual")}
     memory_ui(int(values["memory"]), values["scenario"])
     built = _live.checked_configs("continual", configs, values)  # None: what is wrong is said on the page
     make_runner = None

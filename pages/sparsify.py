@@ -33,7 +33,8 @@ CONTROLS = (
 
 def configs(values: dict) -> tuple[SetupConfig, SparsifyConfig, SolverConfig]:
     """Settings -> validated config objects (ConfigError names what is wrong)."""
-    setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"])
+    setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"],
+                        weights=values.get("weights"))
     config = SparsifyConfig(sparsity=float(values["sparsity"]), steps=int(values["steps"]), eval_every=int(values["eval_every"]))
     solver = SolverConfig(mode=values["mode"], eps=float(values["eps"]), damping=float(values["damping"]), metric=values["metric"])
     config.validate()
@@ -75,7 +76,7 @@ def page() -> None:
         "the network's outputs on training inputs (no labels). Compare with pruning at once, and with pruning "
         "plus fine-tuning, which uses labels."
     )
-    values = _live.controls_ui("sparsify", CONTROLS)
+    values = {**_live.controls_ui("sparsify", CONTROLS), "weights": _live.weights_ui("sparsify")}
     built = _live.checked_configs("sparsify", configs, values)  # None: what is wrong is said on the page
     make_runner = None
     if built is not None:

@@ -1,1 +1,2 @@
-"""The applications measured together (sparsify, continual, connect): claims over seeds."""
+"""The applications: one call each for Python and the CLI (api.py), their cost (cost.py), and
+the claims measured over seeds (claims.py)."""

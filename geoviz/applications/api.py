@@ -1,0 +1,415 @@
+"""One call per application, for notebooks, scripts and the CLI (which calls these same functions).
+
+Each takes a user's ``nn.Module`` as it is now (its weights are the start w0) and
+their data, walks the path, writes the run folder the CLI writes, and returns a
+:class:`Run`: the table as a DataFrame, the summary, the figures.
+
+    import geoviz
+    run = geoviz.sparsify(model, train=(x, y), test=(x_test, y_test), sparsity=0.9)
+    run.table.tail()                 # one row per step
+    run.summary["accuracy"]          # the sparse network's test accuracy
+    run.figures()["accuracy"].show()
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path as FsPath
+
+import pandas as pd
+import torch
+from torch import nn
+
+# the three application modules first (see geoviz/__init__.py: their names are the functions')
+from geoviz import connect as _connect_module  # noqa: F401
+from geoviz import continual as _continual_module  # noqa: F401
+from geoviz import sparsify as _sparsify_module  # noqa: F401
+from geoviz.applications.cost import Cost, runner_cost, size_warning
+from geoviz.engine import SolverConfig
+from geoviz.errors import ConfigError
+from geoviz.problem import Problem, SetupConfig
+from geoviz.runs import RunRecord, read_run
+from geoviz.setups.own import labelled, module_weights, problem_from_module, task_from
+
+__all__ = ["Run", "sparsify", "continual", "connect"]
+
+
+@dataclass
+class Run:
+    """A finished (or stopped) path and its run record, as the CLI writes it.
+
+    Attributes:
+        application: ``sparsify``, ``continual`` or ``connect``.
+        state: ``finished``, ``stopped``, ``diverged``, ``failed`` or ``interrupted``.
+        message: why it ended.
+        record: the run folder read back (config, status, table, summary).
+        runner: the :class:`~geoviz.runner.PathRunner` (its ``task``, ``path``, trajectory).
+        cost: the estimate made on the first steps (None if it ended before).
+        backend: the G v backend asked for (``record.config`` has the solver).
+    """
+
+    application: str
+    state: str
+    message: str
+    record: RunRecord | None
+    runner: object
+    cost: Cost | None = None
+    backend: str = ""
+    _figures: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def table(self) -> pd.DataFrame:
+        """One row per step: lengths, CG figures, and the evaluated figures every few steps."""
+        if self.record is not None:
+            return self.record.table
+        return pd.DataFrame(self.runner.rows())
+
+    @property
+    def summary(self) -> dict:
+        """Final figures and baselines (empty when the path did not finish)."""
+        return self.record.summary if self.record is not None else dict(self.runner.summary)
+
+    @property
+    def config(self) -> dict:
+        return self.record.config if self.record is not None else {}
+
+    @property
+    def folder(self) -> FsPath | None:
+        return self.record.path if self.record is not None else None
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "finished"
+
+    def figures(self) -> dict:
+        """The application's plotly figures by name (made once, then kept)."""
+        if not self._figures:
+            self._figures = _figures(self.application, self.table, self.summary, self.record)
+        return self._figures
+
+
+def _figures(application: str, table: pd.DataFrame, summary: dict, record: RunRecord | None) -> dict:
+    from geoviz import plots
+
+    if table.empty:
+        return {}
+    if application == "sparsify":
+        target = record.config.get("sparsify", {}).get("sparsity") if record is not None else None
+        figures = {
+            "accuracy": plots.accuracy_figure(table, summary.get("reference"), summary.get("baselines")),
+            "loss": plots.loss_figure(table),
+            "sparsity": plots.sparsity_figure(table, target),
+        }
+        if summary.get("layer_sparsity"):
+            figures["layers"] = plots.layer_sparsity_figure(summary["layer_sparsity"], target)
+        return figures
+    if application == "continual":
+        figures = {
+            "accuracy": plots.task_accuracy_figure(table, start=summary.get("start")),
+            "loss": plots.task_loss_figure(table),
+        }
+        if summary.get("baselines"):
+            figures["comparison"] = plots.continual_bars_figure(summary)
+        return figures
+    from geoviz import plots_connect
+
+    return {"profiles": plots_connect.profiles_figure(summary["profiles"])} if summary.get("profiles") else {}
+
+
+# -- progress -------------------------------------------------------------------------
+class _Quiet:
+    def __call__(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Bar:
+    """tqdm.auto's bar (a widget in a notebook, text elsewhere), when tqdm is installed."""
+
+    def __init__(self, total: int, label: str):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total, desc=label, unit="step", leave=True)
+        self._step = 0
+
+    def __call__(self, row: dict) -> None:
+        figures = {k: f"{row[k]:.3f}" for k in ("test_accuracy", "task1_accuracy", "task2_accuracy", "distance_to_b")
+                   if isinstance(row.get(k), float)}
+        if figures:
+            self._bar.set_postfix(figures, refresh=False)
+        self._bar.update(row["step"] - self._step)
+        self._step = row["step"]
+
+    def estimate(self, cost: Cost) -> None:
+        self.warn(cost.sentence())
+
+    def warn(self, text: str) -> None:
+        self._bar.write(text, file=sys.stderr)  # beside the bar (tqdm writes on stdout by default)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _progress(progress, total: int, label: str):
+    """True: a tqdm bar if tqdm is installed (else none); False/None: none; else the caller's."""
+    if progress is True:
+        try:
+            return _Bar(total, label)
+        except ImportError:
+            return _Quiet()
+    if not progress:
+        return _Quiet()
+    return progress
+
+
+def _warn(progress, text: str) -> None:
+    """A warning before the path starts: the progress object's ``warn``, else a Python warning."""
+    if hasattr(progress, "warn"):
+        progress.warn(text)
+    else:
+        warnings.warn(text, stacklevel=3)
+
+
+def walk(runner, application: str, budget: int, progress=True) -> Run:
+    """Run a runner to its end in this thread, with a progress bar and a cost estimate.
+
+    Args:
+        runner: a :class:`~geoviz.runner.PathRunner` from an application's runner factory.
+        application: its name.
+        budget: its step budget (the bar's length).
+        progress: ``True`` (tqdm.auto if installed), ``False``, or an object called
+            with each step's row; its ``estimate(cost)`` and ``close()`` are called
+            when it has them.
+    """
+    bar = _progress(progress, budget, application)
+    rows: list[dict] = []
+    cost: Cost | None = None
+
+    def on_row(row: dict) -> None:
+        nonlocal cost
+        if cost is None:
+            rows.append(row)
+            cost = runner_cost(runner, rows)
+            if cost is not None:
+                runner.cost = cost
+                if hasattr(bar, "estimate"):
+                    bar.estimate(replace(cost, warning=None))
+        bar(row)
+
+    try:
+        state = runner.run(on_row)
+    finally:
+        if hasattr(bar, "close"):
+            bar.close()
+    record = read_run(runner.writer.dir) if runner.writer is not None else None
+    return Run(application, state, runner.message, record, runner, cost, runner.path.config.backend)
+
+
+# -- the three applications ------------------------------------------------------------
+def _solver(solver: SolverConfig | None, default: SolverConfig | None = None) -> SolverConfig:
+    solver = solver if solver is not None else (default or SolverConfig())
+    if not isinstance(solver, SolverConfig):
+        raise ConfigError(f"solver must be a geoviz.SolverConfig, got {type(solver).__name__}.")
+    solver.validate()
+    return solver
+
+
+def _problem(model, train, test, seed, device, setup, train_labels, progress) -> Problem:
+    if isinstance(model, Problem):  # already prepared (the CLI's registry networks)
+        problem = model
+    else:
+        problem = problem_from_module(model, train, test, seed=seed, device=device, setup=setup, train_labels=train_labels)
+    _warn_if_big(problem, progress)
+    return problem
+
+
+def _warn_if_big(problem: Problem, progress) -> None:
+    """Before the path's set-up work (evaluations, BatchNorm statistics): a big network on a CPU is said."""
+    warning = size_warning(problem.layout.size, problem.device)
+    if warning:
+        _warn(progress, warning)
+
+
+def sparsify(
+    model: nn.Module,
+    train,
+    test,
+    sparsity: float = 0.9,
+    solver: SolverConfig | None = None,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    baselines: bool = True,
+    out: str | None = None,
+    progress=True,
+    setup: SetupConfig | None = None,
+    **options,
+) -> Run:
+    """Walk from ``model``'s weights to a network with ``sparsity`` of its Linear/Conv weights at zero.
+
+    Args:
+        model: any ``nn.Module`` mapping inputs to logits; its current weights are the start.
+        train: training inputs, labelled or not (the metric's pool; the prune + fine-tune
+            baseline needs labels and is skipped without them): a tensor,
+            ``(inputs, labels)``, a Dataset or a DataLoader.
+        test: labelled test data, in the same forms.
+        sparsity: fraction of prunable weights to remove, in (0, 1).
+        solver: the step's settings (:class:`~geoviz.SolverConfig`).
+        seed: the path's seed (metric batches, the baseline's minibatches).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        baselines: also run prune + fine-tune with as many gradient evaluations.
+        out: folder for run folders (default ``./runs`` or ``$GEOVIZ_RUNS``).
+        progress: ``True`` for a progress bar (tqdm.auto when installed), ``False`` for none.
+        setup: what the record names as dataset and model (the CLI passes its own).
+        **options: further :class:`~geoviz.sparsify.SparsifyConfig` fields
+            (``steps``, ``tolerance``, ``eval_every``, ...).
+
+    Returns:
+        The :class:`Run`; ``run.summary`` holds ``dense_accuracy``, ``accuracy``,
+        ``sparsity`` and ``baselines``.
+    """
+    from geoviz.sparsify import SparsifyConfig, sparsify_runner
+
+    config = SparsifyConfig(sparsity=sparsity, **options)
+    config.validate()
+    solver = _solver(solver)
+    problem = _problem(model, train, test, seed, device, setup, False, progress)
+    baselines = baselines and labelled(problem.y_train)
+    runner = sparsify_runner(problem, config, solver, out, baselines=baselines)
+    return walk(runner, "sparsify", config.steps, progress)
+
+
+def continual(
+    model: nn.Module,
+    task1,
+    task2,
+    memory: int = 100,
+    solver: SolverConfig | None = None,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    baselines: bool = True,
+    out: str | None = None,
+    progress=True,
+    setup: SetupConfig | None = None,
+    sequence_name: str = "own tasks",
+    **options,
+) -> Run:
+    """Learn task 2 along a path that keeps ``model``'s function on a memory of task-1 inputs.
+
+    Args:
+        model: any ``nn.Module``, trained on task 1 (its current weights are the start).
+        task1: ``(train, test)`` or ``{"train": ..., "test": ...}``; train may be inputs
+            only (the memory is inputs; the replay baseline needs labels and is
+            skipped without them); test needs labels. Or a :class:`~geoviz.tasks.Task`.
+        task2: the same for the task to learn (its train data need labels).
+        memory: task-1 training inputs kept: the metric batch of every step.
+        solver: the step's settings (default: ``geoviz.continual.DEFAULT_SOLVER``).
+        seed, device, out, progress, setup: as for :func:`sparsify`.
+        baselines: also run fine-tune, EWC and replay with as many gradient evaluations.
+        sequence_name: how the record names the two tasks.
+        **options: further :class:`~geoviz.continual.ContinualConfig` fields
+            (``steps``, ``eval_every``, ``ewc_lambda``, ...).
+
+    Returns:
+        The :class:`Run`; ``run.summary`` holds the start, geodesic and baseline
+        accuracies per task.
+    """
+    from geoviz.continual import BASELINES, DEFAULT_SOLVER, ContinualConfig, continual_runner
+    from geoviz.tasks import Task, TaskSequence
+
+    config = ContinualConfig(memory=memory, **options)
+    config.validate()
+    solver = _solver(solver, DEFAULT_SOLVER)
+    problem = model  # already prepared (the CLI's), or the user's module:
+    if not isinstance(model, Problem):
+        if isinstance(task1, Task):
+            train1, test1 = (task1.x_train, task1.y_train), (task1.x_test, task1.y_test)
+        else:
+            train1, test1 = _pair(task1, "task1")
+        problem = problem_from_module(model, train1, test1, seed=seed, device=device, setup=setup, train_labels=False)
+    _warn_if_big(problem, progress)
+    tasks = []
+    for name, task in (("task1", task1), ("task2", task2)):
+        if not isinstance(task, Task):
+            train, test = _pair(task, name)
+            task = task_from(name, train, test, problem.data.num_classes, problem.device, problem.w0.dtype,
+                             labels=name == "task2")
+        tasks.append(task)
+    scenario = "own" if setup is None else options.get("scenario", config.scenario)
+    sequence = TaskSequence(sequence_name, problem.data.name, scenario, config.split, problem.setup.seed, tuple(tasks))
+    chosen = BASELINES if baselines else ()
+    if not labelled(tasks[0].y_train):
+        chosen = tuple(b for b in chosen if b != "replay")
+    runner = continual_runner(problem, sequence, config, solver, out, baselines=chosen)
+    return walk(runner, "continual", config.steps, progress)
+
+
+def _pair(task, name: str):
+    if isinstance(task, dict):
+        if set(task) != {"train", "test"}:
+            raise ConfigError(f"{name} must be {{'train': ..., 'test': ...}}, got keys {sorted(task)}.")
+        return task["train"], task["test"]
+    if isinstance(task, (tuple, list)) and len(task) == 2 and not isinstance(task[0], torch.Tensor):
+        return task[0], task[1]
+    raise ConfigError(f"{name} must be (train, test) or {{'train': ..., 'test': ...}}, each data as for sparsify.")
+
+
+def connect(
+    model_a: nn.Module,
+    model_b: nn.Module | None,
+    train,
+    test,
+    solver: SolverConfig | None = None,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    baselines: bool = True,
+    out: str | None = None,
+    progress=True,
+    setup: SetupConfig | None = None,
+    **options,
+) -> Run:
+    """The geodesic from ``model_a``'s weights to ``model_b``'s, against the line and a trained Bezier curve.
+
+    Args:
+        model_a, model_b: two networks of one architecture (same parameter names and shapes).
+        train: labelled training data (the metric's pool; losses along the paths).
+        test: labelled test data.
+        solver: the step's settings (default: eps 0.1, damping 1e-3, calibrated on digits).
+        seed, device, out, progress, setup: as for :func:`sparsify`.
+        baselines: also train the Bezier curve (else its control point stays at the
+            midpoint: the line).
+        **options: further :class:`~geoviz.connect.ConnectConfig` fields
+            (``steps``, ``align``, ``tolerance``, ``eval_every``, ...; ``grid`` is the
+            CLI's, see :func:`geoviz.connect.run_landscape`).
+
+    Returns:
+        The :class:`Run`; ``run.summary`` holds the barrier, minimum accuracy and
+        lengths of the geodesic, the line and the Bezier curve.
+    """
+    from geoviz.connect import SOLVER_DEFAULTS, ConnectConfig, connect_runner
+
+    config = ConnectConfig(**options)
+    config.validate()
+    if not baselines and config.grid and config.third == "bezier":
+        raise ConfigError("Without baselines no Bezier control point is trained to span the landscape's plane; use third='midpoint'.")
+    solver = _solver(solver, SolverConfig(**SOLVER_DEFAULTS))
+    problem = _problem(model_a, train, test, seed, device, setup, True, progress)
+    w_b = None  # a prepared problem trains w_B from config.seed_b
+    if model_b is not None:
+        layout_b, w_b, _ = module_weights(model_b)
+        if layout_b.names != problem.layout.names or layout_b.shapes != problem.layout.shapes:
+            raise ConfigError(
+                "model_b must have model_a's parameters (names and shapes); "
+                f"they differ ({layout_b.size} weights against {problem.layout.size})."
+            )
+        w_b = w_b.to(problem.device)
+    elif not isinstance(model_a, Problem):
+        raise ConfigError("connect needs the second network: pass model_b.")
+    runner = connect_runner(problem, config, solver, out, w_b=w_b, baselines=baselines)
+    return walk(runner, "connect", config.steps, progress)

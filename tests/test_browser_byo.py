@@ -1,0 +1,44 @@
+"""Bring your own weights in the browser: upload a file on the Sparsify page and run from it;
+a pickle that needs code is one sentence and nothing runs."""
+
+from __future__ import annotations
+
+import pickle
+
+import torch
+from safetensors.torch import save_file
+
+from geoviz.data import load_dataset
+from geoviz.models import build_model
+from test_browser import SHOTS, _button, _status, browser, page, server  # noqa: F401
+from payloads import Payload
+
+
+def _upload(page, path):
+    page.get_by_test_id("stSidebar").locator("input[type=file]").set_input_files(str(path))
+
+
+def test_upload_weights_and_run_from_them(server, page, tmp_path):  # noqa: F811
+    data = load_dataset("digits")
+    torch.manual_seed(21)
+    good = tmp_path / "mine.safetensors"
+    save_file(build_model("mlp", data.input_shape, data.num_classes).state_dict(), str(good))
+    marker = tmp_path / "marker"
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"net.1.weight": Payload(marker)}, protocol=2))
+
+    page.goto(f"{server.url}/sparsify?steps=20&sparsity=0.5&eval_every=5")
+    _button(page, "Run").wait_for(timeout=90_000)
+    _upload(page, evil)
+    page.get_by_text("evil.pt", exact=True).wait_for(timeout=30_000)
+    _button(page, "Run").click()
+    page.get_by_text("evil.pt is a pickle that needs code to run to load").wait_for(timeout=60_000)
+    assert not marker.exists()
+    page.screenshot(path=str(SHOTS / "byo_refused.png"))
+
+    _upload(page, good)  # replaces the refused file
+    page.get_by_text("mine.safetensors", exact=True).wait_for(timeout=30_000)
+    _button(page, "Run").click()
+    _status(page, r"^finished · step 20 of 20", timeout=180_000)
+    page.get_by_text("estimated cost: 20 steps").wait_for(timeout=30_000)
+    page.screenshot(path=str(SHOTS / "byo_uploaded_run.png"))
