@@ -256,3 +256,21 @@ def test_sweep_panel_on_the_sparsify_page_fills_in_as_trials_finish(runs_dir, mo
         assert seen and min(seen) < 2, seen  # the page showed the sweep before its end
     finally:
         sweep.stop()
+
+
+def test_random_search_plans_draws_inside_the_ranges_repeated_over_seeds():
+    spec = SweepSpec("sparsify", ("--seed", "3"), grid={"metric": ["output", "fisher"]},
+                     ranges={"damping": (1e-5, 1e-2, True), "cg-iterations": (5, 20, False)},
+                     seeds=2, search="random", samples=6, sample_seed=7)
+    plan = spec.plan()
+    assert plan["planned"] == 12 and [t["seed"] for t in plan["trials"][:2]] == [3, 4]
+    draws = [t["values"] for t in plan["trials"][::2]]
+    assert all(1e-5 <= d["damping"] <= 1e-2 and 5 <= d["cg-iterations"] <= 20 for d in draws)
+    assert all(isinstance(d["cg-iterations"], int) and d["metric"] in ("output", "fisher") for d in draws)
+    assert len({d["damping"] for d in draws}) == 6  # a fresh draw per sample, the same for its seeds
+    assert [t["values"] for t in plan["trials"][1::2]] == draws
+    assert SweepSpec(**{**spec.__dict__}).plan()["trials"] == plan["trials"]  # the draw is seeded
+    with pytest.raises(Exception, match="log range needs a positive low end"):
+        SweepSpec("sparsify", ranges={"damping": (0.0, 1e-2, True)}, search="random").plan()
+    with pytest.raises(Exception, match="damping must be a positive number"):
+        SweepSpec("sparsify", ranges={"damping": (-1.0, 1e-2, False)}, search="optuna").plan()
