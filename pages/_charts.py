@@ -178,8 +178,10 @@ def continual_summary(summary: dict, key: str) -> None:
     st.subheader("Geodesic and baselines")
     st.plotly_chart(plots.continual_bars_figure(summary), key=f"{key}:bars")
     percent = st.column_config.NumberColumn(format="%.4f")
+    table = plots.continual_results(summary)
+    table["gradient evaluations"] = [("—" if v is None or v != v else int(v)) for v in table["gradient evaluations"]]
     st.dataframe(
-        plots.continual_results(summary),
+        table,
         hide_index=True,
         column_config={"task 1": percent, "task 2": percent, "average": percent},
         key=f"{key}:table",
