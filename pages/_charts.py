@@ -95,7 +95,9 @@ def sparsify_numbers(rows, reference: dict) -> None:
     b.metric("if pruned now", f"{last['pruned_accuracy']:.3f}", None if one_shot is None else f"{last['pruned_accuracy'] - one_shot:+.3f} vs one-shot")
     left = last["remaining_norm"]  # a diverging path can push them far out: say "x times", not 88987.6%
     c.metric("masked weights left", f"{left:.1%}" if left <= 2 else f"{left:.3g}× the start", help="|(1-m)·w| as a fraction of its start; the path ends near zero")
-    d.metric("functional length", f"{last['functional_length']:.3g}", help="Σ√(θᵀGθ): how far the outputs have moved, summed over the steps")
+    d.metric("functional length", f"{last['functional_length']:.3g}", help="How far the outputs have moved, summed over the steps: Σ√(θᵀGθ) in exact mode; in penalty mode the "
+            "finite output change of each step on 64 inputs, the same quantity to leading order. So the two modes compare: "
+            "a penalty path's larger figure means its outputs really travelled further.")
 
 
 def sparsify_summary(summary: dict, rows, target: float | None, mode: str | None = None) -> None:
@@ -183,8 +185,10 @@ def continual_summary(summary: dict, key: str) -> None:
     st.subheader("Geodesic and baselines")
     st.plotly_chart(plots.continual_bars_figure(summary), key=f"{key}:bars")
     percent = st.column_config.NumberColumn(format="%.4f")
+    table = plots.continual_results(summary)
+    table["gradient evaluations"] = [("—" if v is None or v != v else int(v)) for v in table["gradient evaluations"]]
     st.dataframe(
-        plots.continual_results(summary),
+        table,
         hide_index=True,
         column_config={"task 1": percent, "task 2": percent, "average": percent},
         key=f"{key}:table",

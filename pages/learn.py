@@ -80,7 +80,8 @@ def page() -> None:
                             config={"displayModeBar": False})
     picked = _clicked_points(event)
     if picked and step.picture == "walk":  # a click: the next start, then the goal
-        choices["goal" if clicks % 2 else "start"] = picked[-1]
+        # to the nearest tenth: a click near a curve may pick one of its points; each walk is cached per point
+        choices["goal" if clicks % 2 else "start"] = tuple(round(v, 1) for v in picked[-1])
         st.session_state[f"learn:{item.slug}:clicks"] = clicks + 1  # a fresh chart: its selection is spent
         st.rerun()
     if step.picture == "walk":

@@ -54,7 +54,7 @@ def test_continual_page_runs_and_draws_everything(app, runs_dir):
     assert list(table["method"]) == ["start (task 1 only)", "geodesic (exact)", "fine-tune", "EWC", "replay"]
     rows = dict(zip(table["method"], table["task 1"]))
     assert rows["geodesic (exact)"] > rows["fine-tune"], table
-    assert set(table["gradient evaluations"].dropna()) == {runner.path.gradient_evaluations}
+    assert {str(v) for v in table["gradient evaluations"]} - {"—"} == {str(runner.path.gradient_evaluations)}  # start: a dash
     # the run is on disk for the Runs page, with M recorded
     assert runner.writer.config["memory_size"] == 60 and runner.summary["memory_size"] == 60
     assert runner.writer.dir.parent == runs_dir

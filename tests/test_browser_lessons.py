@@ -68,3 +68,39 @@ def test_every_lesson_plays_through_in_presentation_mode(server):
         print(f"steps drawn {min(timings):.2f}-{max(timings):.2f} s after Next")
         assert max(timings) < 2.0 + 0.3  # (0.3 s of the wait above)
         browser.close()
+
+
+# JavaScript: page coordinates of the data point (a, b) on the first chart
+AT = """([a, b]) => {
+  const div = document.querySelector('.js-plotly-plot'), fl = div._fullLayout, box = div.getBoundingClientRect();
+  return [box.left + fl.xaxis._offset + fl.xaxis.l2p(a), box.top + fl.yaxis._offset + fl.yaxis.l2p(b)];
+}"""
+ENDS = """() => {
+  const div = document.querySelector('.js-plotly-plot');
+  if (!div || !div._fullData) return null;
+  const ends = div._fullData.find(t => t.text && t.text[0] === 'start');
+  return ends ? [Array.from(ends.x).map(Number), Array.from(ends.y).map(Number)] : null;
+}"""
+
+
+def test_the_two_weight_world_walks_between_clicked_points(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = launch_chromium(pw)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(f"{server.url}/learn?lesson=tiny&step=4")
+        page.get_by_text(re.compile("Next click sets the start")).wait_for(timeout=240_000)
+        page.wait_for_function(f"({ENDS})() !== null", timeout=30_000)
+        for point, role in (((1.0, 1.0), "goal"), ((2.5, 0.4), "start")):  # a start, then a goal
+            x, y = page.evaluate(AT, list(point))
+            page.mouse.move(x, y)  # plotly picks the point under the pointer on hover, then the click selects it
+            page.wait_for_timeout(300)
+            page.mouse.click(x, y)
+            page.get_by_text(re.compile(f"Next click sets the {role}")).wait_for(timeout=20_000)
+        page.wait_for_function(f"JSON.stringify(({ENDS})()) === JSON.stringify([[1, 2.5], [1, 0.4]])", timeout=20_000)
+        page.screenshot(path=str(SHOTS / "lesson_tiny_clicked.png"))
+        page.get_by_role("button", name="Next", exact=True).click()
+        # the last step's numbers are those of the clicked walk (a*b = 1 at both ends: the geodesic keeps it)
+        page.get_by_text(re.compile(r"drifted by at most \d+\.\d%")).wait_for(timeout=20_000)
+        browser.close()

@@ -37,7 +37,7 @@ def figure(picture: str, present: bool = False) -> go.Figure:
                           "marker": {"color": [COLORS[n] for n in r.stiffness]},
                           "text": [f"{v:.2g}" for v in r.stiffness.values()], "textposition": "outside"}])
         fig.update_layout(title={"text": "uᵀGu: how fast the outputs move per unit step"}, height=480,
-                          yaxis={"type": "log", "title": {"text": "uᵀGu (log scale)"}}, margin={"l": 70, "r": 20, "t": 60, "b": 60})
+                          yaxis={"type": "log", "dtick": 1, "title": {"text": "uᵀGu (log scale)"}}, margin={"l": 70, "r": 20, "t": 60, "b": 60})
         return present_fonts(fig, present)
     fig = go.Figure([{"type": "scatter", "x": r.distances, "y": value[n], "mode": "lines+markers", "name": NAMES[n],
                       "line": {"color": COLORS[n], "width": 4}, "marker": {"size": 9}} for n in shown])

@@ -54,13 +54,13 @@ def figure(picture: str, present: bool = False, start=START, goal=GOAL) -> go.Fi
             {"type": "scatter", "x": geo[:, 0], "y": geo[:, 1], "mode": "lines+markers", "name": "geodesic (engine)",
              "line": {"color": "#ffbf00", "width": 4}, "marker": {"size": 5}},
             {"type": "scatter", "x": [start[0], goal[0]], "y": [start[1], goal[1]], "mode": "markers+text",
-             "text": ["start", "goal"], "textposition": "top right", "textfont": {"color": "white", "size": 18},
+             "text": ["start", "goal"], "textposition": "top right", "textfont": {"color": "white", "size": 18}, "cliponaxis": False,
              "marker": {"size": 14, "color": "white", "line": {"width": 2, "color": "black"}}, "showlegend": False},
         ]
         # a grid of invisible points: a click on one picks it as the next start or goal
         ga, gb = np.meshgrid(CLICK_GRID, CLICK_GRID)
         data.append({"type": "scatter", "x": ga.ravel(), "y": gb.ravel(), "mode": "markers", "name": "click",
-                     "marker": {"size": 14, "opacity": 0.0}, "showlegend": False, "hovertemplate": "a %{x}, b %{y}<extra></extra>"})
+                     "marker": {"size": 14, "color": "rgba(255,255,255,0.02)"}, "showlegend": False, "hovertemplate": "a %{x}, b %{y}<extra></extra>"})
     fig = go.Figure(data)
     fig.update_layout(
         title={"text": {"landscape": "The loss over the whole weight space (dark: low)", "ellipses": "G's ellipses: long where the function does not change",
@@ -68,7 +68,7 @@ def figure(picture: str, present: bool = False, start=START, goal=GOAL) -> go.Fi
         xaxis={"title": {"text": "weight a"}, "range": list(BOX), "constrain": "domain"},
         yaxis={"title": {"text": "weight b"}, "range": list(BOX), "scaleanchor": "x", "scaleratio": 1},
         height=520, margin={"l": 60, "r": 20, "t": 60, "b": 50}, clickmode="event+select",
-        legend={"orientation": "h", "y": -0.14, "x": 0, "bgcolor": "#3d5a80", "font": {"color": "white"}},  # white curves show
+        legend={"orientation": "h", "y": -0.2, "x": 0, "bgcolor": "#3d5a80", "font": {"color": "white"}},  # white curves show
     )
     return present_fonts(fig, present)
 
