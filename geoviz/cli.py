@@ -342,9 +342,14 @@ def _notes_on_stderr() -> None:
     """The library's notes (a damaged cache entry retrained, ...) as lines on stderr."""
     import logging
 
+    class _Stderr(logging.StreamHandler):
+        """Writes to sys.stderr as it is at each note (tests and callers swap it)."""
+
+        stream = property(lambda self: sys.stderr, lambda self, value: None)
+
     log = logging.getLogger("geoviz")
     if not any(getattr(h, "_geoviz_cli", False) for h in log.handlers):
-        handler = logging.StreamHandler()  # sys.stderr at the time of each note
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("note: %(message)s"))
         handler._geoviz_cli = True
         log.addHandler(handler)
