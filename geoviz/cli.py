@@ -253,24 +253,10 @@ class Progress:
             sys.stderr.write("\n")
 
 
-class _SigtermAsInterrupt:
-    """A kill during a path keeps the finished steps and says so."""
-
-    def __enter__(self):
-        def on_term(signum, frame):
-            raise KeyboardInterrupt
-
-        self._previous = signal.signal(signal.SIGTERM, on_term)
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._previous)
-
-
 def walk_and_report(start: Callable[[], object], args, report: Callable[[object], tuple[list[str], dict]]) -> int:
     """Call an application (``geoviz.applications.api``) and print its summary; the exit status."""
     t0 = time.time()
-    with _SigtermAsInterrupt():
-        run = start()
+    run = start()  # SIGTERM is a KeyboardInterrupt here (main): the runner keeps the finished steps
     wall = time.time() - t0
     runner = run.runner
     run_dir = str(run.folder) if run.folder is not None else None

@@ -117,6 +117,15 @@ def _release_when_done(ref: weakref.ref) -> None:
             break
         del runner
     release_memory()
+    # a closed tab's session, with its runner, is dropped only after Streamlit's
+    # disconnectedSessionTTL (a reconnect may still come): release once more after it
+    try:
+        ttl = float(st.get_option("server.disconnectedSessionTTL"))
+    except Exception:  # an option Streamlit may rename
+        ttl = 120.0
+    timer = threading.Timer(ttl + 15.0, release_memory)
+    timer.daemon = True
+    timer.start()
 
 
 def check_grid(n: int) -> None:

@@ -5,7 +5,6 @@ cut; user-derived text is shown as text, never as markdown."""
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from pathlib import Path
 
