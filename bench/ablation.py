@@ -1,4 +1,4 @@
-"""What makes the geodesic stronger: one setting changed at a time, on digits, over seeds.
+"""What makes the geodesic stronger: one setting changed at a time, over seeds (digits by default).
 
     python bench/ablation.py                        # continual and connect, seeds 0 1 2
     python bench/ablation.py --apps sparsify --variants default,fisher,rho/10
@@ -64,10 +64,12 @@ def _solver(app: str, changes: dict) -> SolverConfig:
     return replace(base, **values)
 
 
-def _row(app: str, seed: int, name: str, budget: int | None) -> dict:
+def _row(app: str, seed: int, name: str, budget: int | None, dataset: str = "digits") -> dict:
     solver_changes, config_changes = VARIANTS[name]
     solver = _solver(app, solver_changes)
-    setup = SetupConfig(seed=seed, device="cpu")
+    setup = SetupConfig(dataset=dataset, seed=seed, device="cpu")
+    if dataset == "fashion-mnist" and app == "continual":
+        config_changes = {"steps": 100, **config_changes}  # as bench/claims.py on Fashion-MNIST
     penalty = solver.mode == "penalty"
     if app == "sparsify":
         config = replace(claims.SPARSIFY, **config_changes)
@@ -85,6 +87,7 @@ def main(argv=None) -> int:
     parser.add_argument("--apps", default="continual,connect")
     parser.add_argument("--variants", default=None, help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--dataset", default="digits", help="digits or fashion-mnist (mlp; sparsify there: mlp too)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -103,7 +106,7 @@ def main(argv=None) -> int:
             rows = []
             for seed in seeds:
                 # the penalty mode gets as many steps as the default geodesic used gradient evaluations
-                row = _row(app, seed, name, budgets.get(seed))
+                row = _row(app, seed, name, budgets.get(seed), args.dataset)
                 if name == "default":
                     budgets[seed] = row["gradient_evaluations"]
                 rows.append({name: row})
@@ -113,7 +116,7 @@ def main(argv=None) -> int:
             results[app] = {"seeds": seeds, "per_variant": per_variant, "table": table}
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
-        print("\n" + claims.markdown(f"ablation: {app}, digits, seeds {seeds}", results[app]["table"], FIGURES[app]),
+        print("\n" + claims.markdown(f"ablation: {app}, {args.dataset}, seeds {seeds}", results[app]["table"], FIGURES[app]),
               flush=True)
     return 0
 
