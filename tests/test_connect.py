@@ -263,7 +263,8 @@ def test_cli_connect_json_payload(tmp_path, capsys):
     code = main(["connect", "--steps", "400", "--quiet", "--json", "--align", "--out", str(tmp_path)])
     assert code == 0
     payload = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert set(payload) == {"endpoints", "geodesic", "line", "bezier", "baselines", "steps", "wall_seconds", "run_dir"}
+    assert set(payload) == {"endpoints", "geodesic", "line", "bezier", "baselines", "steps", "wall_seconds", "run_dir", "backend"}
+    assert payload["backend"] == "linear"  # what really computed G v
     assert {k: v["data_used"] for k, v in payload["baselines"].items()} == {
         "line": "none", "bezier": "inputs + labels", "bezier_inputs": "inputs only"}
     for name in ("geodesic", "line", "bezier"):

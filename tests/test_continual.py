@@ -30,7 +30,7 @@ def _cli(*args, timeout=600):
 def _payload(proc) -> dict:
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(out) == {"scenario", "memory_size", "start", "geodesic", "baselines", "steps", "wall_seconds", "run_dir"}
+    assert set(out) == {"scenario", "memory_size", "start", "geodesic", "baselines", "steps", "wall_seconds", "run_dir", "backend"}
     assert set(out["start"]) == {"task1", "task2"} and set(out["geodesic"]) == KEYS
     assert set(out["baselines"]) == {"finetune", "ewc", "replay"}
     used = {name: scores.pop("data_used") for name, scores in out["baselines"].items()}
