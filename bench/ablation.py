@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from geoviz.applications import claims  # noqa: E402
-from geoviz.connect import SOLVER_DEFAULTS as CONNECT_SOLVER  # noqa: E402
-from geoviz.continual import DEFAULT_SOLVER as CONTINUAL_SOLVER  # noqa: E402
-from geoviz.continual import load_continual  # noqa: E402
-from geoviz.engine import SolverConfig  # noqa: E402
+from geoviz.applications.connect import SOLVER_DEFAULTS as CONNECT_SOLVER  # noqa: E402
+from geoviz.applications.continual import DEFAULT_SOLVER as CONTINUAL_SOLVER  # noqa: E402
+from geoviz.applications.continual import load_continual  # noqa: E402
+from geoviz.core.engine import SolverConfig  # noqa: E402
 from geoviz.problem import SetupConfig, load_problem  # noqa: E402
 
 FIGURES = {

@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from geoviz.continual import DEFAULT_SOLVER, BASELINES, ContinualConfig, ContinualTask, load_continual  # noqa: E402
+from geoviz.applications.continual import DEFAULT_SOLVER, BASELINES, ContinualConfig, ContinualTask, load_continual  # noqa: E402
 from geoviz.problem import SetupConfig  # noqa: E402
 
 

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from geoviz.connect import SOLVER_DEFAULTS, ConnectConfig, ConnectTask, path_summary  # noqa: E402
-from geoviz.engine import SolverConfig  # noqa: E402
+from geoviz.applications.connect import SOLVER_DEFAULTS, ConnectConfig, ConnectTask, path_summary  # noqa: E402
+from geoviz.core.engine import SolverConfig  # noqa: E402
 from geoviz.landscape import BatchedEvaluator, Landscape, Plane, grid_axes  # noqa: E402
 from geoviz.problem import SetupConfig, load_problem  # noqa: E402
 

@@ -10,7 +10,7 @@ ratios hold even on a busy machine:
   over kept activations, ``autograd``: double backward, ``func``: torch.func
   jvp+vjp), and the product the exact step runs (``step``: in row-space
   coordinates when a Linear layer has more inputs than the batch has rows,
-  geoviz.linearize.RowSpace; otherwise the linear one).
+  geoviz.core.linearize.RowSpace; otherwise the linear one).
 - exact-mode step (k CG iterations, warm start, amortised lambda_max refresh).
 - penalty-mode step.
 
@@ -33,11 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from geoviz.engine import Path as GeoPath  # noqa: E402
-from geoviz.engine import SolverConfig  # noqa: E402
-from geoviz.metric import FlatParams, make_metric_product, make_step_product  # noqa: E402
+from geoviz.core.engine import Path as GeoPath  # noqa: E402
+from geoviz.core.engine import SolverConfig  # noqa: E402
+from geoviz.core.metric import FlatParams, make_metric_product, make_step_product  # noqa: E402
 from geoviz.models import build_model, prunable_names  # noqa: E402
-from geoviz.objectives import SparsifyObjective, magnitude_mask  # noqa: E402
+from geoviz.applications.objectives import SparsifyObjective, magnitude_mask  # noqa: E402
 
 
 def _case(name, model, x, y, device):
@@ -71,7 +71,7 @@ def cases(device, vgg11=False, batch=256, resnet18=False):
         x = torch.randn(batch, 3, 32, 32)
         y = torch.randint(0, 10, (batch,))
         # torchvision's resnet18 with the CIFAR stem (11.2 M weights): not a chain, but its
-        # traced graph gets the linearised product (geoviz.linear_graph)
+        # traced graph gets the linearised product (geoviz.core.linear_graph)
         out.append(_case("resnet18 cifar-shaped", build_model("resnet18", (3, 32, 32), 10), x, y, device))
     return out
 

@@ -9,7 +9,7 @@ The public Python API (Raghavan & Thomson, arXiv 2106.02793):
 - :class:`SolverConfig`: every setting of a step.
 - :func:`metric_vector_product`: G(w) v for any module and batch.
 - :class:`Path`: the path iterator, one :class:`StepRecord` per ``next()``, for
-  your own loop; objectives in ``geoviz.objectives``.
+  your own loop; objectives in ``geoviz.applications.objectives``.
 - :func:`load_weights`: your own weights (safetensors or a state_dict read with
   ``weights_only=True``), checked against the module.
 """
@@ -18,15 +18,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-# geoviz.sparsify, .continual and .connect are also modules of this package: the
-# api module imports all three first, so the names bound below (the functions)
-# are the ones that stay. Import from the modules with ``from geoviz.connect
-# import ...``; ``import geoviz.connect as m`` would give the function.
-from geoviz.applications.api import Run, connect, continual, sparsify  # noqa: E402
-from geoviz.engine import Path, SolverConfig, StepRecord  # noqa: E402
-from geoviz.metric import metric_vector_product  # noqa: E402
-from geoviz.runs import read_run  # noqa: E402
-from geoviz.setups.weights import load_weights  # noqa: E402
+# the application modules live in geoviz.applications (sparsify.py, continual.py,
+# connect.py): geoviz.sparsify, .continual and .connect are the functions
+from geoviz.applications.api import Run, connect, continual, sparsify
+from geoviz.core.engine import Path, SolverConfig, StepRecord
+from geoviz.core.metric import metric_vector_product
+from geoviz.runs import read_run
+from geoviz.setups.weights import load_weights
 
 __all__ = [
     "sparsify",

@@ -17,9 +17,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from geoviz.engine import MODES, SolverConfig, denormals_flushed
+from geoviz.core.engine import MODES, SolverConfig, denormals_flushed
 from geoviz.errors import ConfigError, GeovizError
-from geoviz.metric import METRIC_KINDS
+from geoviz.core.metric import METRIC_KINDS
 from geoviz.problem import SetupConfig
 from geoviz.validation import check_output_dir, check_runs_folder, check_value, check_writable_dir
 
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--eval-every", type=int, default=10)
     cl = sub.add_parser("continual", help="learn a second task along a path that keeps the first")
     _add_common(cl, default_steps=150)
-    from geoviz.continual import DEFAULT_SOLVER as continual_solver
+    from geoviz.applications.continual import DEFAULT_SOLVER as continual_solver
 
     cl.set_defaults(
         eps=continual_solver.eps, damping=continual_solver.damping, cg_iterations=continual_solver.cg_iterations,
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--eval-every", type=int, default=10)
     co = sub.add_parser("connect", help="connect two optima: geodesic vs straight line vs Bezier curve")
     _add_common(co, default_steps=3000)
-    co.set_defaults(eps=0.1, damping=1e-3)  # geoviz.connect.SOLVER_DEFAULTS, calibrated on digits
+    co.set_defaults(eps=0.1, damping=1e-3)  # geoviz.applications.connect.SOLVER_DEFAULTS, calibrated on digits
     co.add_argument("--seed-b", type=int, default=None, help="seed of the second network (default --seed + 1)")
     co.add_argument("--weights-b", default=None, metavar="FILE", help="the second network's weights (as --weights) instead of training it")
     co.add_argument("--align", action="store_true", help="permute w_B's hidden units to match w_A first (weight matching; mlp, lenet300)")
@@ -169,11 +169,11 @@ def application_configs(args) -> tuple[object, SolverConfig]:
     sweep can check every trial's settings before any trial starts.
     """
     if args.command == "sparsify":
-        from geoviz.sparsify import SparsifyConfig
+        from geoviz.applications.sparsify import SparsifyConfig
 
         config = SparsifyConfig(sparsity=args.sparsity, tolerance=args.tolerance, steps=args.steps, eval_every=args.eval_every)
     elif args.command == "continual":
-        from geoviz.continual import ContinualConfig
+        from geoviz.applications.continual import ContinualConfig
 
         config = ContinualConfig(
             scenario=args.scenario, split=args.split, memory=args.memory, steps=args.steps,
@@ -184,7 +184,7 @@ def application_configs(args) -> tuple[object, SolverConfig]:
             raise ConfigError("--metric-batch does not apply to continual: the metric is measured on the whole memory; set its size with --memory.")
         args.metric_batch = config.memory
     else:
-        from geoviz.connect import ConnectConfig
+        from geoviz.applications.connect import ConnectConfig
 
         config = ConnectConfig(
             seed_b=args.seed_b, align=args.align, tolerance=args.tolerance, steps=args.steps,
@@ -197,7 +197,7 @@ def application_configs(args) -> tuple[object, SolverConfig]:
 def application_runner(args, config, solver: SolverConfig, training_progress: Callable[[float], None] | None = None):
     """Load the data and start network of parsed arguments; the application's PathRunner."""
     if args.command == "continual":
-        from geoviz.continual import continual_runner, load_continual
+        from geoviz.applications.continual import continual_runner, load_continual
 
         problem, sequence = load_continual(setup_from(args), config, progress=training_progress)
         return continual_runner(problem, sequence, config, solver, args.out)
@@ -205,10 +205,10 @@ def application_runner(args, config, solver: SolverConfig, training_progress: Ca
 
     problem = load_problem(setup_from(args), progress=training_progress)
     if args.command == "sparsify":
-        from geoviz.sparsify import sparsify_runner
+        from geoviz.applications.sparsify import sparsify_runner
 
         return sparsify_runner(problem, config, solver, args.out)
-    from geoviz.connect import connect_runner
+    from geoviz.applications.connect import connect_runner
 
     return connect_runner(problem, config, solver, args.out)
 
@@ -320,7 +320,7 @@ def _cmd_sparsify(args) -> int:
 
 def _cmd_continual(args) -> int:
     from geoviz.applications.api import continual
-    from geoviz.continual import load_continual
+    from geoviz.applications.continual import load_continual
 
     config, solver = application_configs(args)
     _output_first(args)
@@ -356,7 +356,7 @@ def _cmd_continual(args) -> int:
 
 def _cmd_connect(args) -> int:
     from geoviz.applications.api import connect
-    from geoviz.connect import run_landscape
+    from geoviz.applications.connect import run_landscape
     from geoviz.problem import load_problem, network_from_file
 
     config, solver = application_configs(args)

@@ -11,7 +11,7 @@ from torch import nn
 
 from geoviz.data import Dataset, load_dataset
 from geoviz.validation import check_network_size, check_value
-from geoviz.metric import FlatParams
+from geoviz.core.metric import FlatParams
 from geoviz.models import has_batchnorm
 from geoviz.training import evaluate, recompute_batchnorm, resolve_device, train_network
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from geoviz.engine import Path, flush_denormals
+from geoviz.core.engine import Path, flush_denormals
 from geoviz.errors import DivergedError, GeovizError
 from geoviz.runs import RunWriter, SnapshotBudget
 
@@ -26,7 +26,7 @@ class BaselineStopped(Exception):
 
 
 class PathRunner:
-    """Runs a :class:`~geoviz.engine.Path` and records it.
+    """Runs a :class:`~geoviz.core.engine.Path` and records it.
 
     Args:
         path: the path to walk.

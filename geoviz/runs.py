@@ -36,7 +36,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from geoviz.metric import FlatParams
+from geoviz.core.metric import FlatParams
 
 __all__ = [
     "default_runs_dir",

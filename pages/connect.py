@@ -10,9 +10,9 @@ import streamlit as st
 import torch
 
 from geoviz import plots_connect
-from geoviz.connect import SOLVER_DEFAULTS, THIRD_POINTS, ConnectConfig, LandscapeJob, connect_runner
-from geoviz.curves import arc_length_parameters
-from geoviz.engine import SolverConfig
+from geoviz.applications.connect import SOLVER_DEFAULTS, THIRD_POINTS, ConnectConfig, LandscapeJob, connect_runner
+from geoviz.applications.curves import arc_length_parameters
+from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
@@ -160,8 +160,8 @@ def replay_record(record, key: str = "replay", at: int | None = None) -> None:
     """A finished connect run read back from its folder (for the Runs page): the
     profiles, the PCA with the line and the Bezier curve, the table, the landscape.
     ``at``: the step the replay slider is on, marked on the whole run's charts."""
-    from geoviz.connect import load_landscape
-    from geoviz.curves import BezierCurve, LineCurve
+    from geoviz.applications.connect import load_landscape
+    from geoviz.applications.curves import BezierCurve, LineCurve
 
     summary = record.summary
     if not summary.get("profiles"):

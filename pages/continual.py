@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from geoviz.continual import DEFAULT_SOLVER, ContinualConfig, ContinualTask, continual_runner
-from geoviz.engine import MODES, SolverConfig
-from geoviz.metric import METRIC_KINDS
+from geoviz.applications.continual import DEFAULT_SOLVER, ContinualConfig, ContinualTask, continual_runner
+from geoviz.core.engine import MODES, SolverConfig
+from geoviz.core.metric import METRIC_KINDS
 from geoviz.models import MODEL_NAMES
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir

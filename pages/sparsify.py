@@ -6,12 +6,12 @@ import streamlit as st
 import torch
 
 from geoviz import plots
-from geoviz.engine import MODES, SolverConfig
-from geoviz.metric import METRIC_KINDS
+from geoviz.core.engine import MODES, SolverConfig
+from geoviz.core.metric import METRIC_KINDS
 from geoviz.models import MODEL_NAMES
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
-from geoviz.sparsify import SparsifyConfig, sparsify_runner
+from geoviz.applications.sparsify import SparsifyConfig, sparsify_runner
 from pages import _charts, _live, _sweep
 from pages._live import Control
 

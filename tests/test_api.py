@@ -119,9 +119,9 @@ def test_the_cli_and_the_python_call_walk_the_same_path(digits, runs_dir, capsys
 
 def test_own_loop_with_the_path_iterator(digits):
     """geoviz.Path yields one StepRecord per next(): the sparsify objective, walked by hand."""
-    from geoviz.metric import FlatParams
+    from geoviz.core.metric import FlatParams
     from geoviz.models import prunable_names
-    from geoviz.objectives import SparsifyObjective, magnitude_mask
+    from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
 
     model = _trained_mlp(digits)
     layout = FlatParams.of(model)

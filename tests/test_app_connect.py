@@ -78,8 +78,8 @@ def test_connect_page_says_what_is_wrong(runs_dir, monkeypatch):
 
 def test_a_connect_run_replays_from_its_folder(runs_dir):
     """What the Runs page can draw of a finished connect run, from disk only."""
-    from geoviz.connect import ConnectConfig, connect_runner, run_landscape
-    from geoviz.engine import SolverConfig
+    from geoviz.applications.connect import ConnectConfig, connect_runner, run_landscape
+    from geoviz.core.engine import SolverConfig
     from geoviz.problem import SetupConfig, load_problem
 
     problem = load_problem(SetupConfig(dataset="digits", model="mlp", seed=0))
@@ -104,8 +104,8 @@ def test_a_connect_run_replays_from_its_folder(runs_dir):
 
 def test_runs_page_replays_a_connect_run(runs_dir, monkeypatch):
     """The Runs page sends a connect run to its own replay (profiles, PCA, table)."""
-    from geoviz.connect import ConnectConfig, connect_runner
-    from geoviz.engine import SolverConfig
+    from geoviz.applications.connect import ConnectConfig, connect_runner
+    from geoviz.core.engine import SolverConfig
     from geoviz.problem import SetupConfig, load_problem
 
     monkeypatch.setenv("GEOVIZ_RUNS", str(runs_dir))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from geoviz.connect import ConnectConfig, ConnectTask, connect_runner, load_landscape, run_landscape
-from geoviz.curves import BezierCurve, LineCurve, PolylineCurve, arc_length_parameters, weight_matching
-from geoviz.engine import SolverConfig
+from geoviz.applications.connect import ConnectConfig, ConnectTask, connect_runner, load_landscape, run_landscape
+from geoviz.applications.curves import BezierCurve, LineCurve, PolylineCurve, arc_length_parameters, weight_matching
+from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError
 from geoviz.landscape import BatchedEvaluator, Landscape, Plane
 from geoviz.models import MLP
@@ -51,7 +51,7 @@ def test_curve_endpoints_and_arc_length(name, make):
 def test_weight_matching_keeps_function_and_undoes_a_permutation():
     torch.manual_seed(0)
     model = MLP((1, 4, 4), hidden=(12, 9), num_classes=3).double().eval()
-    from geoviz.metric import FlatParams
+    from geoviz.core.metric import FlatParams
 
     layout = FlatParams.of(model)
     w_a = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
@@ -294,7 +294,7 @@ def test_fashion_geodesic_beats_the_line(tmp_path):
 
 def test_landscape_job_stops_when_its_tab_goes_away(digits_run):
     """Issue 14: a landscape job nobody polls stops itself, as a path does; a watched one completes."""
-    from geoviz.connect import LandscapeJob
+    from geoviz.applications.connect import LandscapeJob
 
     left = LandscapeJob(digits_run, 60, abandon_after=0.5)
     left._last_touch -= 1.0  # its tab stopped polling

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from geoviz.continual import ContinualConfig, ContinualTask, continual_runner, load_continual
+from geoviz.applications.continual import ContinualConfig, ContinualTask, continual_runner, load_continual
 from geoviz.data import load_dataset
-from geoviz.engine import SolverConfig
+from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError
 from geoviz.problem import SetupConfig
 from geoviz.tasks import SCENARIOS, load_task_sequence, make_task_sequence, parse_split

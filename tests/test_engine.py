@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from geoviz.engine import Path, SolverConfig
-from geoviz.metric import functional_distance
-from geoviz.objectives import SparsifyObjective, magnitude_mask
-from geoviz.optim import Adam
+from geoviz.core.engine import Path, SolverConfig
+from geoviz.core.metric import functional_distance
+from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
+from geoviz.core.optim import Adam
 
 
 @pytest.mark.parametrize("fused", [None, False])
@@ -100,7 +100,7 @@ def test_app_path_thread_flushes_subnormals():
 
 def test_cli_flushes_subnormals_and_gives_the_thread_back():
     from geoviz import cli
-    from geoviz.engine import flushing_denormals
+    from geoviz.core.engine import flushing_denormals
 
     torch.set_flush_denormal(False)
     seen = []

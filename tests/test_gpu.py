@@ -7,11 +7,11 @@ GPU machine.
 import pytest
 import torch
 
-from geoviz.connect import ConnectConfig, ConnectTask
-from geoviz.engine import SolverConfig
+from geoviz.applications.connect import ConnectConfig, ConnectTask
+from geoviz.core.engine import SolverConfig
 from geoviz.landscape import Landscape, Plane
 from geoviz.problem import SetupConfig, load_problem
-from geoviz.sparsify import SparsifyConfig, SparsifyTask, sparsify_runner
+from geoviz.applications.sparsify import SparsifyConfig, SparsifyTask, sparsify_runner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 

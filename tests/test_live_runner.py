@@ -9,12 +9,12 @@ import threading
 
 import pytest
 
-from geoviz.connect import SOLVER_DEFAULTS, ConnectConfig, connect_runner
-from geoviz.continual import ContinualConfig, continual_runner, load_continual
-from geoviz.engine import SolverConfig
+from geoviz.applications.connect import SOLVER_DEFAULTS, ConnectConfig, connect_runner
+from geoviz.applications.continual import ContinualConfig, continual_runner, load_continual
+from geoviz.core.engine import SolverConfig
 from geoviz.problem import SetupConfig, load_problem
 from geoviz.runner import PathRunner
-from geoviz.sparsify import SparsifyConfig, sparsify_runner
+from geoviz.applications.sparsify import SparsifyConfig, sparsify_runner
 
 
 @pytest.fixture(scope="module")

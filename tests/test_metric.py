@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from geoviz.engine import solve_step
-from geoviz.metric import FlatParams, make_metric_product, make_step_product, metric_vector_product
+from geoviz.core.engine import solve_step
+from geoviz.core.metric import FlatParams, make_metric_product, make_step_product, metric_vector_product
 
 
 def _mlp():
@@ -271,7 +271,7 @@ def test_metric_vector_product_on_cuda_matches_cpu(name, factory, shape):
 
 def test_fisher_length_is_twice_the_kl_to_second_order():
     """v^T G_fisher v ~ 2 KL(p(w) || p(w + t v)) / t^2 as t -> 0: the metric measures the function."""
-    from geoviz.metric import functional_distance
+    from geoviz.core.metric import functional_distance
 
     model, inputs = _setup(_mlp, (7, 6))
     layout = FlatParams.of(model)
@@ -376,7 +376,7 @@ def _even_same():
         (_conv_bn, (5, 2, 4, 4), True),
         (_lenet_like, (6, 1, 4, 4), True),
         (_small_vgg, (4, 2, 8, 8), True),  # in-place ReLU, max-pools, torch.flatten before the head
-        # not chains, but graphs of known layers, additions and relus (geoviz.linear_graph)
+        # not chains, but graphs of known layers, additions and relus (geoviz.core.linear_graph)
         (_Residual, (7, 6), True),
         (_InPlaceSkip, (5, 2, 4, 4), True),
         (_InPlaceRelu, (7, 6), True),
@@ -462,8 +462,8 @@ def test_network_without_double_backward_falls_back_to_func(backend):
 def test_the_backend_that_ran_is_in_the_run_record(tmp_path, factory, backend, used):
     """A path records the backend that really computed G v, and the runner writes it
     into the run's summary (config.json keeps the one asked for)."""
-    from geoviz.engine import Path, SolverConfig
-    from geoviz.objectives import SparsifyObjective, magnitude_mask
+    from geoviz.core.engine import Path, SolverConfig
+    from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
     from geoviz.runner import PathRunner
 
     model, inputs = _setup(factory, (16, 6))
@@ -485,8 +485,8 @@ def test_row_space_path_takes_the_plain_solves_steps_along_a_real_path(rho):
     plain solve's 0.97-0.998 at rho = 1e-4, and weights 6% apart after 30 steps.)"""
     from sklearn.datasets import load_digits
 
-    from geoviz.engine import Path, SolverConfig
-    from geoviz.objectives import SparsifyObjective, magnitude_mask
+    from geoviz.core.engine import Path, SolverConfig
+    from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
 
     x = torch.tensor(load_digits().data[:400] / 16.0, dtype=torch.float64)
     batch = 16

@@ -9,7 +9,7 @@ from torchvision.models.resnet import BasicBlock
 
 import geoviz
 from geoviz.data import load_dataset
-from geoviz.metric import FlatParams
+from geoviz.core.metric import FlatParams
 
 
 class ResidualMLP(nn.Module):

@@ -130,7 +130,7 @@ def test_runs_table_shows_each_applications_key_figure(runs_dir):
 
 
 def test_snapshots_read_back_as_named_parameters(runs_dir):
-    from geoviz.metric import FlatParams
+    from geoviz.core.metric import FlatParams
     from geoviz.models import build_model
 
     torch.manual_seed(0)

@@ -57,7 +57,7 @@ def _signal_in_phase(tmp_path, module, name, argv, sig=signal.SIGTERM):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_during_the_baselines_ends_stopped_with_a_message(tmp_path, sig):
     out = tmp_path / "runs"
-    code, err = _signal_in_phase(tmp_path, "sparsify", "finetune_pruned",
+    code, err = _signal_in_phase(tmp_path, "applications.sparsify", "finetune_pruned",
                                  ["sparsify", "--steps", "3", "--quiet", "--out", str(out)], sig)
     assert code == 1 and "Traceback" not in err, err
     assert "stopped by a signal while the baselines were computed" in err

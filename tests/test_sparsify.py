@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from geoviz.engine import SolverConfig
+from geoviz.core.engine import SolverConfig
 from geoviz.problem import SetupConfig, load_problem
-from geoviz.sparsify import SparsifyConfig, SparsifyTask, sparsify_runner
+from geoviz.applications.sparsify import SparsifyConfig, SparsifyTask, sparsify_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -75,7 +75,7 @@ def test_distillation_baseline_uses_no_labels_and_keeps_the_mask():
 
     import torch
 
-    from geoviz.sparsify import distill_pruned, finetune_pruned
+    from geoviz.applications.sparsify import distill_pruned, finetune_pruned
 
     problem = load_problem(SetupConfig())
     task = SparsifyTask(problem, SparsifyConfig(sparsity=0.7), SolverConfig())

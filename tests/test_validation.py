@@ -57,11 +57,11 @@ def test_every_range_is_finite_and_refuses_nan_inf_and_its_ends():
 
 
 def test_python_api_configs_share_the_ranges():
-    from geoviz.connect import ConnectConfig
-    from geoviz.continual import ContinualConfig
-    from geoviz.engine import SolverConfig
+    from geoviz.applications.connect import ConnectConfig
+    from geoviz.applications.continual import ContinualConfig
+    from geoviz.core.engine import SolverConfig
     from geoviz.problem import SetupConfig
-    from geoviz.sparsify import SparsifyConfig
+    from geoviz.applications.sparsify import SparsifyConfig
     from geoviz.training import TrainConfig
 
     bad = [

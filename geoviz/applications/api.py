@@ -22,12 +22,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-# the three application modules first (see geoviz/__init__.py: their names are the functions')
-from geoviz import connect as _connect_module  # noqa: F401
-from geoviz import continual as _continual_module  # noqa: F401
-from geoviz import sparsify as _sparsify_module  # noqa: F401
 from geoviz.applications.cost import Cost, runner_cost, size_warning
-from geoviz.engine import SolverConfig
+from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError
 from geoviz.problem import Problem, SetupConfig
 from geoviz.runs import RunRecord, read_run
@@ -265,14 +261,14 @@ def sparsify(
         out: folder for run folders (default ``./runs`` or ``$GEOVIZ_RUNS``).
         progress: ``True`` for a progress bar (tqdm.auto when installed), ``False`` for none.
         setup: what the record names as dataset and model (the CLI passes its own).
-        **options: further :class:`~geoviz.sparsify.SparsifyConfig` fields
+        **options: further :class:`~geoviz.applications.sparsify.SparsifyConfig` fields
             (``steps``, ``tolerance``, ``eval_every``, ...).
 
     Returns:
         The :class:`Run`; ``run.summary`` holds ``dense_accuracy``, ``accuracy``,
         ``sparsity`` and ``baselines``.
     """
-    from geoviz.sparsify import SparsifyConfig, sparsify_runner
+    from geoviz.applications.sparsify import SparsifyConfig, sparsify_runner
 
     config = SparsifyConfig(sparsity=sparsity, **options)
     config.validate()
@@ -308,18 +304,18 @@ def continual(
             skipped without them); test needs labels. Or a :class:`~geoviz.tasks.Task`.
         task2: the same for the task to learn (its train data need labels).
         memory: task-1 training inputs kept: the metric batch of every step.
-        solver: the step's settings (default: ``geoviz.continual.DEFAULT_SOLVER``).
+        solver: the step's settings (default: ``geoviz.applications.continual.DEFAULT_SOLVER``).
         seed, device, out, progress, setup: as for :func:`sparsify`.
         baselines: also run fine-tune, EWC and replay with as many gradient evaluations.
         sequence_name: how the record names the two tasks.
-        **options: further :class:`~geoviz.continual.ContinualConfig` fields
+        **options: further :class:`~geoviz.applications.continual.ContinualConfig` fields
             (``steps``, ``eval_every``, ``ewc_lambda``, ...).
 
     Returns:
         The :class:`Run`; ``run.summary`` holds the start, geodesic and baseline
         accuracies per task.
     """
-    from geoviz.continual import BASELINES, DEFAULT_SOLVER, ContinualConfig, continual_runner
+    from geoviz.applications.continual import BASELINES, DEFAULT_SOLVER, ContinualConfig, continual_runner
     from geoviz.tasks import Task, TaskSequence
 
     config = ContinualConfig(memory=memory, **options)
@@ -384,15 +380,15 @@ def connect(
         seed, device, out, progress, setup: as for :func:`sparsify`.
         baselines: also train the Bezier curve (else its control point stays at the
             midpoint: the line).
-        **options: further :class:`~geoviz.connect.ConnectConfig` fields
+        **options: further :class:`~geoviz.applications.connect.ConnectConfig` fields
             (``steps``, ``align``, ``tolerance``, ``eval_every``, ...; ``grid`` is the
-            CLI's, see :func:`geoviz.connect.run_landscape`).
+            CLI's, see :func:`geoviz.applications.connect.run_landscape`).
 
     Returns:
         The :class:`Run`; ``run.summary`` holds the barrier, minimum accuracy and
         lengths of the geodesic, the line and the Bezier curve.
     """
-    from geoviz.connect import SOLVER_DEFAULTS, ConnectConfig, connect_runner
+    from geoviz.applications.connect import SOLVER_DEFAULTS, ConnectConfig, connect_runner
 
     config = ConnectConfig(**options)
     config.validate()

@@ -23,15 +23,15 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
-from geoviz.connect import DATA_USED as CONNECT_DATA_USED
-from geoviz.connect import SOLVER_DEFAULTS as CONNECT_SOLVER
-from geoviz.connect import ConnectConfig, ConnectTask, connect_runner, path_summary
-from geoviz.continual import DEFAULT_SOLVER as CONTINUAL_SOLVER
-from geoviz.continual import ContinualConfig, ContinualTask, continual_runner, load_continual
-from geoviz.engine import SolverConfig
+from geoviz.applications.connect import DATA_USED as CONNECT_DATA_USED
+from geoviz.applications.connect import SOLVER_DEFAULTS as CONNECT_SOLVER
+from geoviz.applications.connect import ConnectConfig, ConnectTask, connect_runner, path_summary
+from geoviz.applications.continual import DEFAULT_SOLVER as CONTINUAL_SOLVER
+from geoviz.applications.continual import ContinualConfig, ContinualTask, continual_runner, load_continual
+from geoviz.core.engine import SolverConfig
 from geoviz.problem import SetupConfig, load_problem
-from geoviz.sparsify import DATA_USED as SPARSIFY_DATA_USED
-from geoviz.sparsify import SparsifyConfig, SparsifyTask, sparsify_runner
+from geoviz.applications.sparsify import DATA_USED as SPARSIFY_DATA_USED
+from geoviz.applications.sparsify import SparsifyConfig, SparsifyTask, sparsify_runner
 
 __all__ = [
     "SPARSIFY",
@@ -115,7 +115,7 @@ def continual_rows(
     with tempfile.TemporaryDirectory() as runs:
         runner = continual_runner(problem, sequence, config, solver, runs)
         runner.run()
-    s, task = runner.summary, runner.task
+    s = runner.summary
     keys = ("task1", "task2", "average")
     rows = {
         "start": {**{k: s["start"][k] for k in keys if k in s["start"]}, "data_used": "-"},
@@ -141,7 +141,7 @@ def connect_rows(
     with tempfile.TemporaryDirectory() as runs:
         runner = connect_runner(problem, config, solver, runs)
         runner.run()
-    s, task = runner.summary, runner.task
+    s = runner.summary
     keys = ("barrier", "min_accuracy", "length", "functional_length")
     rows = {}
     for name in ("geodesic", "line", "bezier", "bezier_inputs"):

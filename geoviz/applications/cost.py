@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-from geoviz.engine import StepRecord
+from geoviz.core.engine import StepRecord
 
 __all__ = ["BIG_ON_CPU", "MEASURED_STEPS", "Cost", "size_warning", "estimate_cost", "runner_cost"]
 

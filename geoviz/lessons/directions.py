@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.func import functional_call
 
-from geoviz.engine import conjugate_gradient
-from geoviz.metric import make_metric_product, top_eigenvalue
+from geoviz.core.engine import conjugate_gradient
+from geoviz.core.metric import make_metric_product, top_eigenvalue
 from geoviz.problem import Problem, SetupConfig, load_problem
 from geoviz.training import network_cache_dir
 

@@ -4,7 +4,7 @@ A network with two weights, f(x) = a * relu(b * x). Rescaling a by 1/c and b by 
 (c > 0) leaves the function unchanged: every curve a * b = const is a set of
 functionally identical networks. The whole weight space is the screen: the loss
 contours, the metric G's ellipses at points of a grid, and a geodesic computed by the
-engine (geoviz.engine.Path with the connect objective) beside the straight line.
+engine (geoviz.core.engine.Path with the connect objective) beside the straight line.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from geoviz.engine import Path, SolverConfig
-from geoviz.metric import make_metric_product
-from geoviz.objectives import TowardPointObjective
+from geoviz.core.engine import Path, SolverConfig
+from geoviz.core.metric import make_metric_product
+from geoviz.applications.objectives import TowardPointObjective
 
 __all__ = ["TwoWeights", "world", "walk", "metric_at", "BOX", "INPUTS", "TARGET_SLOPE"]
 
@@ -71,7 +71,7 @@ def metric_at(a: float, b: float) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=1)
 def _layout():
-    from geoviz.metric import FlatParams
+    from geoviz.core.metric import FlatParams
 
     return FlatParams.of(_MODEL)
 

@@ -71,11 +71,11 @@ def _trial(config: dict, plan: dict) -> None:
     from ray import tune
 
     from geoviz.cli import application_configs, application_runner
-    from geoviz.engine import flush_denormals
+    from geoviz.core.engine import flush_denormals
 
     t0 = time.time()
     spec = plan["spec"]
-    application, objective = spec["application"], spec["objective"]
+    application = spec["application"]
     if "trial" in config:
         trial = plan["trials"][config["trial"]]
         settings, seed = trial["settings"], trial["seed"]

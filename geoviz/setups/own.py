@@ -18,7 +18,7 @@ from torch import nn
 
 from geoviz.data import Dataset
 from geoviz.errors import ConfigError
-from geoviz.metric import FlatParams
+from geoviz.core.metric import FlatParams
 from geoviz.models import has_batchnorm
 from geoviz.problem import Problem, SetupConfig
 from geoviz.training import resolve_device

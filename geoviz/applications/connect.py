@@ -27,13 +27,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.func import functional_call
 
-from geoviz.curves import BezierCurve, LineCurve, PolylineCurve, arc_length_parameters, weight_matching
-from geoviz.engine import Path, SolverConfig
+from geoviz.applications.curves import BezierCurve, LineCurve, PolylineCurve, arc_length_parameters, weight_matching
+from geoviz.core.engine import Path, SolverConfig
 from geoviz.errors import ConfigError
 from geoviz.validation import check_fields
 from geoviz.landscape import BatchedEvaluator, EvalData, Landscape, Plane, grid_axes, grid_cost
-from geoviz.metric import functional_distance
-from geoviz.objectives import TowardPointObjective
+from geoviz.core.metric import functional_distance
+from geoviz.applications.objectives import TowardPointObjective
 from geoviz.problem import Problem, start_network
 
 __all__ = ["DATA_USED", "THIRD_POINTS", "SOLVER_DEFAULTS", "ConnectConfig", "ConnectTask", "path_summary", "connect_runner", "run_landscape", "save_landscape", "load_landscape", "LandscapeJob"]

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from geoviz.engine import Path, SolverConfig
+from geoviz.core.engine import Path, SolverConfig
 from geoviz.errors import ConfigError
 from geoviz.validation import check_fields
-from geoviz.metric import functional_distance
-from geoviz.objectives import TaskLossObjective
+from geoviz.core.metric import functional_distance
+from geoviz.applications.objectives import TaskLossObjective
 from geoviz.problem import Problem, SetupConfig, load_problem
 from geoviz.tasks import DEFAULT_SPLIT, SCENARIOS, Task, TaskSequence, load_task_sequence
 

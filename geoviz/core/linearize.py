@@ -514,14 +514,14 @@ class RowSpace:
                                  (G_r + mu I) u_r = E^T v.
 
     (The engine's step does not solve the two parts separately: see
-    ``geoviz.engine._row_space_system``.) Conjugate gradients run on u_r,
+    ``geoviz.core.engine._row_space_system``.) Conjugate gradients run on u_r,
     whose products cost 2 N r instead of 2 N d multiply-adds per output row of the
     layer, and whose vectors are shorter. On LeNet-300-100 with a batch of 256 the
     first layer's 784 inputs become 256 coordinates.
     """
 
     def __init__(self, chain: Chain, layout, reduce: list[int]):
-        """``layout``: the full vector's :class:`geoviz.metric.FlatParams`; ``reduce``:
+        """``layout``: the full vector's :class:`geoviz.core.metric.FlatParams`; ``reduce``:
         the indices of the chain's Linear layers to see through their inputs."""
         self.bases: dict[str, torch.Tensor] = {}
         layers = list(chain.layers)

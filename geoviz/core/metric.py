@@ -26,8 +26,8 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 
 from geoviz.errors import ConfigError
-from geoviz.linear_graph import record_graph
-from geoviz.linearize import Chain, RowSpace, record_chain, row_space
+from geoviz.core.linear_graph import record_graph
+from geoviz.core.linearize import Chain, RowSpace, record_chain, row_space
 
 __all__ = [
     "METRIC_KINDS",
@@ -140,14 +140,14 @@ def make_metric_product(
       respect to u (one backward through the backward graph), J^T (H J v) one more
       backward through the kept forward graph. No forward per product; about 2x
       faster in eager mode on small networks (bench/step_cost.py measures it).
-    - ``linear``: for chain-shaped networks (``geoviz.linearize``), J v by a
+    - ``linear``: for chain-shaped networks (``geoviz.core.linearize``), J v by a
       linearised forward pass over the activations kept from the one forward pass
       (two products per layer), J^T (H J v) by the transposed pass over the same
       activations, written straight into the flat result. No autograd graph at
       all: building it is one forward pass without grad. A network that is not a
       chain but traces (``torch.fx``) to a graph of known layers, additions,
       reshapes and relus (residual networks) gets the same over its graph
-      (``geoviz.linear_graph``). Other networks fall back to ``autograd`` (and the
+      (``geoviz.core.linear_graph``). Other networks fall back to ``autograd`` (and the
       model is remembered for that input shape, so the next build does not try again).
 
     ``autograd`` falls back to ``func`` for a network with an operation whose backward
@@ -245,7 +245,7 @@ def _func_product(model, layout, buffers, inputs, w, kind):
 def _record(model, layout, buffers, inputs, w) -> tuple[torch.Tensor | None, Chain | None]:
     """One forward pass without grad, its layers recorded: (logits (B, K), chain), or
     (None, None) when the network is neither a chain nor a traced graph of known
-    layers (``geoviz.linear_graph``). What the model turned out to be is remembered
+    layers (``geoviz.core.linear_graph``). What the model turned out to be is remembered
     for the input shape, so the next build goes straight to it."""
     shape = inputs.shape[1:]
     kind = _SHAPES.get(model, (None, None))
@@ -298,7 +298,7 @@ def make_step_product(
     """The product a step's solve should use for about ``products`` products.
 
     With the ``linear`` backend on a chain that has a wide Linear layer (more inputs
-    than rows in the batch), the product works in :class:`geoviz.linearize.RowSpace`
+    than rows in the batch), the product works in :class:`geoviz.core.linearize.RowSpace`
     coordinates, returned alongside (None otherwise: the product is
     :func:`make_metric_product`'s, on full vectors).
     """

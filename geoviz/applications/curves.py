@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from geoviz.errors import ConfigError
-from geoviz.metric import FlatParams
+from geoviz.core.metric import FlatParams
 
 __all__ = [
     "LineCurve",

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from geoviz.metric import FlatParams
+from geoviz.core.metric import FlatParams
 
 __all__ = ["SparsifyObjective", "TowardPointObjective", "TaskLossObjective", "magnitude_mask"]
 

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import torch
 
-from geoviz.engine import Path, SolverConfig
+from geoviz.core.engine import Path, SolverConfig
 from geoviz.errors import ConfigError
 from geoviz.validation import check_fields
-from geoviz.metric import functional_distance
+from geoviz.core.metric import functional_distance
 from geoviz.models import prunable_names
-from geoviz.objectives import SparsifyObjective, magnitude_mask
+from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
 from geoviz.problem import Problem
 
 __all__ = ["DATA_USED", "SparsifyConfig", "SparsifyTask", "finetune_pruned", "distill_pruned"]

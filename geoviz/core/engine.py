@@ -28,9 +28,9 @@ from torch.func import functional_call
 
 from geoviz.errors import ConfigError, DivergedError
 from geoviz.validation import check_fields
-from geoviz.linearize import RowSpace
-from geoviz.metric import BACKENDS, METRIC_KINDS, FlatParams, functional_distance, make_step_product, top_eigenvalue
-from geoviz.optim import Adam
+from geoviz.core.linearize import RowSpace
+from geoviz.core.metric import BACKENDS, METRIC_KINDS, FlatParams, functional_distance, make_step_product, top_eigenvalue
+from geoviz.core.optim import Adam
 
 __all__ = [
     "MODES",
@@ -98,7 +98,7 @@ class SolverConfig:
     # 1e-4 kept 2-4 points more accuracy than 1e-3 when sparsifying digits.
     damping: float = 1e-4
     metric: str = "output"
-    # how G v is computed (geoviz.metric): "linear" (a linearised forward over kept
+    # how G v is computed (geoviz.core.metric): "linear" (a linearised forward over kept
     # activations; networks that are not chains of standard layers fall back to
     # "autograd"), "autograd" (double backward; an operation without a double
     # backward falls back to "func") or "func" (torch.func jvp + vjp). What really
@@ -215,7 +215,7 @@ def solve_step(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One constrained step: theta = eps * u / |u| with (G + mu I) u = v.
 
-    With a ``space`` (:class:`geoviz.linearize.RowSpace`), ``product`` acts on its
+    With a ``space`` (:class:`geoviz.core.linearize.RowSpace`), ``product`` acts on its
     coordinates, and conjugate gradients take the same iterates as on the full system
     (see :func:`_row_space_system`), with cheaper products. ``v``, ``x0``, theta and u
     are full vectors either way.
@@ -323,7 +323,7 @@ class Path:
         model: the module (used through ``functional_call`` in eval mode).
         buffers: its buffers (BatchNorm statistics), fixed along the path.
         w0: start weights, flat (P,).
-        objective: the second goal L2 (see ``geoviz.objectives``).
+        objective: the second goal L2 (see ``geoviz.applications.objectives``).
         metric_pool: inputs the metric batches are drawn from, (N, ...); for
             continual learning this is the memory of task-1 inputs.
         config: the solver settings.
@@ -371,7 +371,7 @@ class Path:
         # G v products (exact) or gradient steps (penalty): what the baselines get too
         self.gradient_evaluations = 0
         # how G v was really computed (``config.backend`` may have fallen back: see
-        # geoviz.metric); None until the first exact step, and in penalty mode
+        # geoviz.core.metric); None until the first exact step, and in penalty mode
         self.backend_used: str | None = None
         self.done = False
         self.end_reason = ""

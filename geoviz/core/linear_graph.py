@@ -4,7 +4,7 @@ A residual block is not a chain: its input feeds both the block's layers and the
 skip, and the two meet in an addition. :func:`record_graph` traces the module once
 with ``torch.fx`` (standard layers stay leaves) and, at each step, evaluates that
 graph node by node, keeping every node's value. J v then runs forward over the
-nodes (a leaf layer by the same rule as in a chain, ``geoviz.linearize``; an
+nodes (a leaf layer by the same rule as in a chain, ``geoviz.core.linearize``; an
 addition adds its inputs' tangents; a reshape reshapes; ``F.relu`` masks), and
 J^T u backward, summing the gradients of a node that feeds several others. Like the
 chain, no autograd graph is built.
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.func import functional_call
 
-from geoviz.linearize import _KNOWN, Chain, _conv_padding, _extra, _Layer, _owned
+from geoviz.core.linearize import _KNOWN, Chain, _conv_padding, _extra, _Layer, _owned
 
 __all__ = ["record_graph", "Graph"]
 
