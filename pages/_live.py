@@ -429,7 +429,7 @@ def _baselines_progress_ui(runner: PathRunner) -> None:
         column.progress(fraction, text=f"{_BASELINE_NAMES.get(name, name)}: {'done' if fraction >= 1 else f'{fraction:.0%}'}")
 
 
-_BASELINE_NAMES = {"finetune": "prune + fine-tune", "distill": "prune + distil", "ewc": "EWC", "replay": "replay",
+_BASELINE_NAMES = {"finetune": "fine-tune", "distill": "prune + distil", "ewc": "EWC", "replay": "replay",
                    "bezier": "Bezier curve", "bezier_inputs": "Bezier curve, no labels"}
 
 

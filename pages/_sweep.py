@@ -21,6 +21,8 @@ def _fixed(application: str, values: dict, varied: Sequence[str]) -> tuple[str, 
     known, fixed = settings_of(application), []
     for name, value in values.items():
         flag = name.replace("_", "-")
+        if value is None:  # a setting left empty (no uploaded weights): the CLI's default
+            continue
         if flag in varied or flag in _SWEEP_FLAGS or (flag not in known and name != "seed"):
             continue  # the landscape's --grid is not a path setting; the sweep's own --grid wins
         if flag in known and known[flag].nargs == 0:  # a yes/no switch

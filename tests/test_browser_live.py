@@ -256,7 +256,7 @@ def test_settings_are_checked_before_run(server, context):
     steps = sidebar.get_by_role("spinbutton", name="Step budget")
     steps.fill("1000000000")
     steps.press("Enter")
-    page.get_by_text("Step budget is 1,000,000,000; the largest allowed here is 100,000.").wait_for(timeout=10_000)
+    page.get_by_text("Step budget is 1,000,000,000; the largest allowed here is 20,000.").wait_for(timeout=10_000)
     assert _button(page, "Run").is_disabled()
     assert steps.input_value() == "1000000000"
     steps.fill("300")
