@@ -9,8 +9,9 @@ from geoviz.problem import SetupConfig, load_problem
 
 
 def test_estimate_counts_the_first_step_and_the_evaluations_apart():
-    rows = [{"step": 1, "seconds": 1.0, "test_accuracy": 0.9}]
-    rows += [{"step": s, "seconds": 1.0 + 0.1 * (s - 1)} for s in (2, 3, 4)]
+    # (as the runner writes them: each row stamped with its wall-clock time)
+    rows = [{"step": 1, "seconds": 1.0, "test_accuracy": 0.9, "time": 1e9}]
+    rows += [{"step": s, "seconds": 1.0 + 0.1 * (s - 1), "time": 1e9 + s} for s in (2, 3, 4)]
     assert estimate_cost(rows[:3], 100, 10, 1000, "cpu") is None  # not enough steps yet
     cost = estimate_cost(rows, 100, 10, 1000, "cpu", snapshot_mb=3.0)
     assert cost.seconds_per_step == pytest.approx(0.1) and cost.evaluation_seconds == pytest.approx(0.9)

@@ -25,7 +25,8 @@ BIG_ON_CPU = 3_000_000
 MEASURED_STEPS = 4
 
 
-_PLAIN_ROW = {f.name for f in fields(StepRecord)} - {"metrics"}
+# a step's own row: its StepRecord, and the wall-clock "time" the runner stamps on it
+_PLAIN_ROW = ({f.name for f in fields(StepRecord)} - {"metrics"}) | {"time"}
 
 
 def size_warning(parameters: int, device: torch.device | str) -> str | None:
