@@ -25,7 +25,8 @@ def test_continual_runs_to_the_end_in_the_browser(server, page):
     page.wait_for_function(f"({TRACES})() >= 3", timeout=120_000, polling=100)
     # ... then the baselines train, and their bars and table appear beside the geodesic
     _status(page, r"^finished · step 80 of 80", timeout=300_000)
-    page.get_by_text("Geodesic and baselines", exact=True).wait_for(timeout=60_000)
+    # (.first: while the fragment redraws, the stale copy of the heading can still be on the page)
+    page.get_by_text("Geodesic and baselines", exact=True).first.wait_for(timeout=60_000)
     page.wait_for_function(f"({BARS})() >= 15", timeout=60_000, polling=100)  # 5 methods x 3 bars
     table = page.locator('[data-testid="stDataFrame"]')
     table.scroll_into_view_if_needed(timeout=30_000)  # the grid draws once it is in view

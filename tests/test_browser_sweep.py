@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
 from test_browser import SHOTS, browser, server  # noqa: F401 (fixtures)
 
 
@@ -19,11 +21,17 @@ def test_sweep_panel_fills_in_in_the_browser(server, browser):
         panel.wait_for(timeout=60_000)
         panel.click()
         choose = page.get_by_test_id("stMultiSelect").filter(has_text="Settings to vary")
-        choose.click()
-        page.keyboard.type("damping")
-        page.keyboard.press("Enter")
         values = page.get_by_label("Values of damping, comma-separated")
-        values.wait_for(timeout=30_000)
+        for attempt in range(3):  # a fresh server's multiselect can miss the first Enter (seen in CI)
+            choose.click()
+            page.keyboard.type("damping")
+            page.keyboard.press("Enter")
+            try:
+                values.wait_for(timeout=15_000)
+                break
+            except PlaywrightTimeout:
+                if attempt == 2:
+                    raise
         values.fill("1e-4,1e-2")
         values.press("Enter")
         seeds = page.get_by_label("Seeds per setting")
