@@ -446,12 +446,15 @@ def weights_ui(page: str) -> str | None:
         st.sidebar.error(f"{upload.name} is {upload.size / 2**20:.0f} MB; the most a page accepts is {PAGE_MAX_BYTES / 2**20:.0f} MB.")
         return None
     data = upload.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
     # one folder per content, the file under its own name (the error sentences name it)
     name = re.sub(r"[^\w.\-]", "_", Path(upload.name).name) or "weights"
-    path = network_cache_dir().parent / "uploads" / hashlib.sha256(data).hexdigest()[:24] / name
+    path = network_cache_dir().parent / "uploads" / digest[:24] / name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
+    # the server's word that it holds this file: until it shows, a Run would still use the file before
+    st.sidebar.caption(f"Start weights in use: {_safe.md(name)} · sha256 {digest[:12]}")
     return str(path)
 
 

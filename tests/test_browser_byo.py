@@ -30,14 +30,16 @@ def test_upload_weights_and_run_from_them(server, page, tmp_path):  # noqa: F811
     page.goto(f"{server.url}/sparsify?steps=20&sparsity=0.5&eval_every=5")
     _button(page, "Run").wait_for(timeout=90_000)
     _upload(page, evil)
-    page.get_by_text("evil.pt", exact=True).wait_for(timeout=30_000)
+    page.get_by_text("Start weights in use: evil.pt", exact=False).wait_for(timeout=60_000)
     _button(page, "Run").click()
     page.get_by_text("evil.pt is a pickle that needs code to run to load").wait_for(timeout=60_000)
     assert not marker.exists()
     page.screenshot(path=str(SHOTS / "byo_refused.png"))
 
     _upload(page, good)  # replaces the refused file
-    page.get_by_text("mine.safetensors", exact=True).wait_for(timeout=30_000)
+    # the server has the new file once its caption shows (a Run clicked while the file is still on its
+    # way runs with the file before: the CI failure of 2026-12-02)
+    page.get_by_text("Start weights in use: mine.safetensors", exact=False).wait_for(timeout=60_000)
     _button(page, "Run").click()
     _status(page, r"^finished · step 20 of 20", timeout=180_000)
     page.get_by_text("estimated cost: 20 steps").wait_for(timeout=30_000)
