@@ -234,10 +234,31 @@ def checked_configs(page: str, configs: Callable[[dict], tuple], values: dict) -
     if st.session_state.get(f"{page}:refused"):
         return None
     try:
+        check_model_suits(values)
         return configs(values)
     except GeovizError as err:
         _safe.error(err)
         return None
+
+
+# the shape of one image of each dataset, known without reading its files
+INPUT_SHAPES = {"digits": (1, 8, 8), "fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28),
+                "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+
+
+def check_model_suits(values: dict) -> None:
+    """Raise ConfigError (one sentence) before Run when the chosen model cannot take the
+    chosen dataset's images (vgg16 on 8x8 digits): the network is built on the meta
+    device, which allocates nothing."""
+    import torch
+
+    from geoviz.models import build_model
+
+    shape = INPUT_SHAPES.get(values.get("dataset"))
+    if shape is None or not values.get("model"):
+        return
+    with torch.device("meta"):
+        build_model(values["model"], shape, 10, dataset=values["dataset"])
 
 
 # -- live runs of the server: a reload or a second tab finds them here --------------

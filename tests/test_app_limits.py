@@ -115,3 +115,14 @@ def test_landscape_grid_cap(monkeypatch):
     safe.check_grid(101)
     with pytest.raises(ConfigError, match="at most 101 x 101"):
         safe.check_grid(102)
+
+
+@pytest.mark.parametrize("page, model", [("sparsify", "vgg16"), ("continual", "mobilenet_v3_small")])
+def test_a_model_that_cannot_take_the_data_is_refused_before_run(page, model):
+    # vgg16 pools 8x8 digits away: said as the page is drawn, Run disabled, nothing trained
+    at = _app({"model": model}, f"pages/{page}.py")
+    assert at.selectbox(key=f"{page}:model").value == model
+    assert f"{model} needs" in _errors(at) and "8x8" in _errors(at), _errors(at)
+    assert at.button(key=f"{page}:Run").disabled
+    at.selectbox(key=f"{page}:model").set_value("mlp").run()
+    assert not at.error and not at.button(key=f"{page}:Run").disabled
