@@ -34,7 +34,7 @@ from geoviz.setups.weights import PAGE_MAX_BYTES
 from pages import _safe
 
 __all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options",
-           "dataset_options", "DATASET_HELP", "live_runs", "run_id", "weights_ui"]
+           "dataset_options", "dataset_help", "data_dir_for", "server_data_dir", "live_runs", "run_id", "weights_ui"]
 
 # seconds between redraws while a path runs: live, yet cheap. A redraw costs the browser
 # far more than the server (~0.15 s of CPU per plotly chart against ~0.05 s in all on
@@ -315,19 +315,40 @@ def _attach(page: str) -> tuple[PathRunner | None, bool]:
     return runner, True
 
 
+def server_data_dir() -> str | None:
+    """The server's data folder for MNIST and CIFAR ($GEOVIZ_DATA), or None when unset."""
+    return os.environ.get("GEOVIZ_DATA") or None
+
+
 def dataset_options() -> tuple[str, ...]:
-    """The datasets this server can open without a download: digits always, and
-    Fashion-MNIST where its files are installed (Debian's dataset-fashion-mnist)."""
+    """The datasets this server can open without a download: digits always, Fashion-MNIST
+    where its files are installed (Debian's dataset-fashion-mnist), and MNIST, CIFAR-10 and
+    CIFAR-100 where their files are in the server's data folder ($GEOVIZ_DATA)."""
     from geoviz.data import FASHION_SYSTEM_DIR
+    from geoviz.setups.folders import found_in
 
     fashion = FASHION_SYSTEM_DIR / "train-images-idx3-ubyte"
-    found = fashion.is_file() or fashion.with_name(fashion.name + ".gz").is_file()
-    return ("digits", "fashion-mnist") if found else ("digits",)
+    options = ["digits"]
+    if fashion.is_file() or fashion.with_name(fashion.name + ".gz").is_file():
+        options.append("fashion-mnist")
+    options += [name for name in ("mnist", "cifar10", "cifar100") if found_in(name, server_data_dir())]
+    return tuple(options)
 
 
-DATASET_HELP = (" Offered here: the datasets this server has. Fashion-MNIST appears once its files are in "
-                "/usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist); MNIST and CIFAR run from "
-                "the command line (python -m geoviz ... --data-dir DIR).")
+def data_dir_for(dataset: str) -> str | None:
+    """Where a page's dataset is read from: the server's data folder for MNIST and CIFAR."""
+    return server_data_dir() if dataset in ("mnist", "cifar10", "cifar100") else None
+
+
+def dataset_help() -> str:
+    """The dataset control's help: what is offered, and where more files must be put."""
+    where = server_data_dir()
+    folder = (f"this server's data folder, {where}" if where else
+              "a data folder the server is started with (GEOVIZ_DATA=DIR make app); none is set now")
+    return (" Offered here: the datasets this server has. Fashion-MNIST appears once its files are in "
+            "/usr/share/datasets/fashion-mnist (Debian package dataset-fashion-mnist); MNIST, CIFAR-10 and CIFAR-100 "
+            f"once their files are in {folder} (MNIST's IDX files; CIFAR's python batches, read by a restricted "
+            "unpickler that builds arrays only). Nothing is downloaded by the page.")
 
 
 def device_options() -> tuple[str, ...]:

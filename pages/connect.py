@@ -20,7 +20,7 @@ from pages import _charts, _live, _safe, _sweep
 from pages._live import Control
 
 CONTROLS = (
-    Control("dataset", "Dataset", "digits", "The task both networks were trained on. digits (8×8) ships with scikit-learn; the others need their files." + _live.DATASET_HELP, _live.dataset_options()),
+    Control("dataset", "Dataset", "digits", "The task both networks were trained on. digits (8×8) ships with scikit-learn; the others need their files." + _live.dataset_help(), _live.dataset_options()),
     Control("model", "Model", "mlp", "The architecture of both networks (no BatchNorm: mlp or lenet300).", ("mlp", "lenet300")),
     Control("seed", "Seed of w_A", 0, "Seeds the first network's training, and the metric batches.", step=1),
     Control("seed_b", "Seed of w_B", 1, "Seeds the second network's training; must differ from the first.", step=1),
@@ -38,6 +38,7 @@ CONTROLS = (
 def configs(values: dict) -> tuple[SetupConfig, ConnectConfig, SolverConfig]:
     """Settings -> validated config objects (ConfigError names what is wrong)."""
     setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"],
+                        data_dir=_live.data_dir_for(values["dataset"]),
                         weights=values.get("weights"))
     config = ConnectConfig(seed_b=int(values["seed_b"]), align=values["align"] == "yes", steps=int(values["steps"]),
                            eval_every=int(values["eval_every"]), third=values["third"], grid=int(values["grid"]))

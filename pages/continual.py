@@ -16,7 +16,7 @@ from pages._live import Control
 
 _CONFIG = ContinualConfig()
 CONTROLS = (
-    Control("dataset", "Dataset", "digits", "Where both tasks come from. digits (8×8) ships with scikit-learn; the others need their files." + _live.DATASET_HELP, _live.dataset_options()),
+    Control("dataset", "Dataset", "digits", "Where both tasks come from. digits (8×8) ships with scikit-learn; the others need their files." + _live.dataset_help(), _live.dataset_options()),
     Control("model", "Model", "mlp", "The network whose weights the path moves.", MODEL_NAMES),
     Control("scenario", "Scenario", _CONFIG.scenario, "class-incremental: task 1 = classes 0-4, task 2 = 5-9, one shared 10-way head, no task label at test time (the hard case). task-incremental: the same split, each task read from its own 5 outputs, task label given. permuted: task 2 = task 1 with its pixels shuffled by one fixed permutation.", SCENARIOS),
     Control("memory", "Memory M (task-1 examples)", _CONFIG.memory, "How many task-1 training inputs the metric is measured on. The geodesic sees their inputs only; replay gets the same M examples with their labels.", step=10),
@@ -35,6 +35,7 @@ CONTROLS = (
 def configs(values: dict) -> tuple[SetupConfig, ContinualConfig, SolverConfig]:
     """Settings -> validated config objects (ConfigError names what is wrong)."""
     setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"],
+                        data_dir=_live.data_dir_for(values["dataset"]),
                         weights=values.get("weights"))
     config = ContinualConfig(
         scenario=values["scenario"], split=DEFAULT_SPLIT, memory=int(values["memory"]), steps=int(values["steps"]),

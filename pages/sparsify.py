@@ -17,7 +17,7 @@ from pages._live import Control
 
 _SOLVER, _SPARSIFY = SolverConfig(), SparsifyConfig()  # the engine's defaults are the page's
 CONTROLS = (
-    Control("dataset", "Dataset", "digits", "The task the start network was trained on. digits (8×8) ships with scikit-learn; the others need their files." + _live.DATASET_HELP, _live.dataset_options()),
+    Control("dataset", "Dataset", "digits", "The task the start network was trained on. digits (8×8) ships with scikit-learn; the others need their files." + _live.dataset_help(), _live.dataset_options()),
     Control("model", "Model", "mlp", "The network whose weights the path moves.", MODEL_NAMES),
     Control("sparsity", "Target sparsity", _SPARSIFY.sparsity, "Fraction of the prunable weights the path drives to zero (a global magnitude mask). Higher: a longer path, and more for the rest of the network to absorb.", step=0.05, format="%.2f"),
     Control("eps", "Step length ε", _SOLVER.eps, "Euclidean length |θ| of each step. Smaller steps follow the curved path more closely but need more of them.", step=0.01, format="%.3f"),
@@ -34,6 +34,7 @@ CONTROLS = (
 def configs(values: dict) -> tuple[SetupConfig, SparsifyConfig, SolverConfig]:
     """Settings -> validated config objects (ConfigError names what is wrong)."""
     setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"],
+                        data_dir=_live.data_dir_for(values["dataset"]),
                         weights=values.get("weights"))
     config = SparsifyConfig(sparsity=float(values["sparsity"]), steps=int(values["steps"]), eval_every=int(values["eval_every"]))
     solver = SolverConfig(mode=values["mode"], eps=float(values["eps"]), damping=float(values["damping"]), metric=values["metric"])

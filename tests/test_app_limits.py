@@ -126,3 +126,30 @@ def test_a_model_that_cannot_take_the_data_is_refused_before_run(page, model):
     assert at.button(key=f"{page}:Run").disabled
     at.selectbox(key=f"{page}:model").set_value("mlp").run()
     assert not at.error and not at.button(key=f"{page}:Run").disabled
+
+
+def test_the_server_data_folder_offers_what_it_holds(tmp_path, monkeypatch):
+    # without a data folder only digits (and Fashion-MNIST where Debian installed it) are offered;
+    # with GEOVIZ_DATA holding MNIST's files, mnist is offered, its help names the folder, and
+    # the page's run reads the files from there
+    import numpy as np
+
+    from geoviz.data import write_idx
+
+    monkeypatch.delenv("GEOVIZ_DATA", raising=False)
+    options = _app({}).selectbox(key="sparsify:dataset").options
+    assert "mnist" not in options and "cifar10" not in options
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 60), ("t10k", 30)):
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n).astype(np.uint8))
+    monkeypatch.setenv("GEOVIZ_DATA", str(tmp_path))
+    import pages._live as live  # (the pages' controls list these at import: a server reads GEOVIZ_DATA at start)
+
+    assert live.dataset_options()[-1] == "mnist" and "cifar10" not in live.dataset_options()
+    assert str(tmp_path) in live.dataset_help()
+    assert live.data_dir_for("mnist") == str(tmp_path) and live.data_dir_for("digits") is None
+    import pages.sparsify as sparsify
+
+    setup = sparsify.configs({**{c.name: c.default for c in sparsify.CONTROLS}, "dataset": "mnist"})[0]
+    assert setup.data_dir == str(tmp_path)

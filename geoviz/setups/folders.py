@@ -29,7 +29,7 @@ import numpy as np
 
 from geoviz.errors import ConfigError, DatasetNotFoundError
 
-__all__ = ["FILE_LIMITS", "read_mnist", "read_cifar", "safe_unpickle", "download"]
+__all__ = ["FILE_LIMITS", "found_in", "read_mnist", "read_cifar", "safe_unpickle", "download"]
 
 _MB = 2**20
 # the largest each real file is (a little above it): a file beyond is not the dataset's
@@ -62,6 +62,48 @@ def _check_size(path: Path, limit_key: str) -> None:
         )
 
 
+def _mnist_files(base: Path) -> dict[str, Path] | None:
+    for folder in (base / "MNIST" / "raw", base / "mnist", base):
+        found = {}
+        for key, stem in _MNIST_FILES.items():
+            for name in (stem, stem + ".gz"):
+                if (folder / name).is_file():
+                    found[key] = folder / name
+                    break
+        if len(found) == 4:
+            return found
+    return None
+
+
+def _cifar_folder(name: str, base: Path) -> Path | None:
+    folder_name, train_files, test_files, _ = _CIFAR[name]
+    for folder in (base / folder_name, base):
+        if all((folder / f).is_file() for f in train_files + test_files):
+            return folder
+    return None
+
+
+def found_in(name: str, root: str | os.PathLike | None) -> bool:
+    """Whether ``root`` holds dataset ``name`` (mnist, cifar10, cifar100) under its own file
+    names and within its files' sizes; nothing is read (a page lists what a folder offers)."""
+    if not root or name not in ("mnist", *_CIFAR):
+        return False
+    base = Path(root).expanduser()
+    try:
+        if name == "mnist":
+            files = _mnist_files(base)
+            return files is not None and all(
+                p.stat().st_size <= FILE_LIMITS["mnist-images" if k.startswith("x") else "mnist-labels"] for k, p in files.items())
+        folder = _cifar_folder(name, base)
+        if folder is None:
+            return False
+        _, train_files, test_files, _ = _CIFAR[name]
+        limits = {f: "cifar10" if name == "cifar10" else f"cifar100-{f}" for f in train_files + test_files}
+        return all((folder / f).stat().st_size <= FILE_LIMITS[limits[f]] for f in limits)
+    except OSError:
+        return False
+
+
 def read_mnist(root: str | os.PathLike) -> dict[str, np.ndarray]:
     """MNIST's four IDX files from a folder: uint8 images (N, 28, 28), int64 labels.
 
@@ -72,16 +114,8 @@ def read_mnist(root: str | os.PathLike) -> dict[str, np.ndarray]:
     from geoviz.data import read_idx
 
     base = Path(root).expanduser()
-    for folder in (base / "MNIST" / "raw", base / "mnist", base):
-        found = {}
-        for key, stem in _MNIST_FILES.items():
-            for name in (stem, stem + ".gz"):
-                if (folder / name).is_file():
-                    found[key] = folder / name
-                    break
-        if len(found) == 4:
-            break
-    else:
+    found = _mnist_files(base)
+    if found is None:
         raise DatasetNotFoundError(
             f"MNIST not found in {base} (looked in MNIST/raw, mnist and the folder itself for "
             f"{', '.join(_MNIST_FILES.values())}, plain or .gz)."
@@ -156,10 +190,8 @@ def read_cifar(name: str, root: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     folder_name, train_files, test_files, labels_key = _CIFAR[name]
     base = Path(root).expanduser()
-    for folder in (base / folder_name, base):
-        if all((folder / f).is_file() for f in train_files + test_files):
-            break
-    else:
+    folder = _cifar_folder(name, base)
+    if folder is None:
         raise DatasetNotFoundError(
             f"{name} not found in {base} (looked in {folder_name} and the folder itself for "
             f"{', '.join(train_files + test_files)})."
