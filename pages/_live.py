@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -222,6 +223,8 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
     query = {k: str(v) for k, v in values.items()}
     if shown is not None and getattr(shown, "settings", None) == values:  # the address reproduces the run shown
         query["run" if owner else "watch"] = run_id(shown)
+        if owner and getattr(shown, "owner_key", None):
+            query["key"] = shown.owner_key
     st.query_params.from_dict(query)
     st.session_state[f"{page}:values"] = values
     st.session_state[f"{page}:locked"] = locked
@@ -297,8 +300,10 @@ def _attach(page: str) -> tuple[PathRunner | None, bool]:
     """The runner this page shows, and whether this session controls it.
 
     ``?watch=<run id>`` shows any run of the server read-only. Otherwise the session's
-    own runner; a fresh session (a reload, a new tab) opened with ``?run=<run id>``
-    takes its run back from the server's registry, with its controls.
+    own runner; a fresh session (a reload, a new tab) opened with ``?run=<run id>&key=<key>``
+    takes its run back from the server's registry, with its controls. The key is made
+    when the run starts and is only in the address of the tab that started it: a
+    ``?run=`` link without it (shared, or guessed) shows the run read-only.
     """
     params = st.query_params
     registry = _registry()
@@ -311,6 +316,9 @@ def _attach(page: str) -> tuple[PathRunner | None, bool]:
     if wanted and (runner is None or run_id(runner) != wanted):
         found = registry.get(wanted)
         if found is not None and _application(found) == page:
+            owner_key = getattr(found, "owner_key", None)
+            if owner_key is not None and not secrets.compare_digest(params.get("key", ""), owner_key):
+                return found, False  # not the tab that started it: read-only
             st.session_state[key] = runner = found
     return runner, True
 
@@ -557,8 +565,9 @@ def run_panel(
             runner.settings = st.session_state.get(f"{page}:values")
             runner.start()
             st.session_state[key] = runner
+            runner.owner_key = secrets.token_urlsafe(12)  # the controls' key: only in this tab's address
             _register(runner)
-            st.query_params["run"] = run_id(runner)
+            st.query_params.update(run=run_id(runner), key=runner.owner_key)
             _wait_first_step(runner, 1.5)
             _log.debug("run: built in %.3f s, first step after %.3f s", built - clicked, time.perf_counter() - built)
             st.rerun()  # the sidebar was drawn before the run existed: draw it again, locked

@@ -112,6 +112,13 @@ def test_a_reload_reattaches_and_a_second_tab_watches(server, context):
         assert _button(other, label).is_disabled(), f"{label} is read-only in the second tab"
     assert other.get_by_test_id("stSidebar").get_by_role("spinbutton", name="Step length ε").input_value() == "0.040"
     other.screenshot(path=str(SHOTS / "live_second_tab.png"))
+    # the run's address without the starting tab's key (a shared or guessed link) only watches
+    assert "key=" in page.url
+    guessed = context.new_page()
+    guessed.goto(f"{server.url}/sparsify?run={run}")
+    guessed.get_by_text(re.compile(f"Watching run {run} read-only")).wait_for(timeout=30_000)
+    assert _button(guessed, "Stop").is_disabled() and _button(guessed, "Resume").is_disabled()
+    guessed.close()
     # the first tab still controls it; the watcher follows
     _button(page, "Resume").click()
     _status(page, r"^running · step")
