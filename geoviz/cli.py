@@ -200,17 +200,24 @@ def application_runner(args, config, solver: SolverConfig, training_progress: Ca
         from geoviz.applications.continual import continual_runner, load_continual
 
         problem, sequence = load_continual(setup_from(args), config, progress=training_progress)
-        return continual_runner(problem, sequence, config, solver, args.out)
+        return continual_runner(problem, sequence, config, solver, args.out,
+                                **({"baselines": ()} if args.no_baselines else {}))
     from geoviz.problem import load_problem
 
     problem = load_problem(setup_from(args), progress=training_progress)
     if args.command == "sparsify":
         from geoviz.applications.sparsify import sparsify_runner
 
-        return sparsify_runner(problem, config, solver, args.out)
+        return sparsify_runner(problem, config, solver, args.out, baselines=not args.no_baselines)
     from geoviz.applications.connect import connect_runner
+    from geoviz.setups.own import module_weights
+    from geoviz.problem import network_from_file
 
-    return connect_runner(problem, config, solver, args.out)
+    w_b = None  # trained from --seed-b unless a file is given
+    if args.weights_b:
+        model_b, _, _, _ = network_from_file(problem.setup, problem.data, problem.device, args.weights_b)
+        w_b = module_weights(model_b)[1].to(problem.device)
+    return connect_runner(problem, config, solver, args.out, w_b=w_b, baselines=not args.no_baselines)
 
 
 class Progress:

@@ -160,7 +160,7 @@ def main(argv: Sequence[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished trials are kept in the sweep folder", file=sys.stderr)
+        print("stopped: the finished trials are kept in the sweep folder; the others read 'stopped'", file=sys.stderr)
         return 130
     lines, payload = report(record, wall)
     for line in lines:

@@ -276,3 +276,66 @@ def test_random_search_plans_draws_inside_the_ranges_repeated_over_seeds():
         SweepSpec("sparsify", ranges={"damping": (0.0, 1e-2, True)}, search="random").plan()
     with pytest.raises(Exception, match="damping must be a positive number"):
         SweepSpec("sparsify", ranges={"damping": (-1.0, 1e-2, False)}, search="optuna").plan()
+
+
+def test_asha_stops_a_hopeless_connect_setting_early(local_ray, runs_dir):
+    # connect's live figure is the worst test accuracy met so far along the path; damping 100
+    # walks the straight line (its accuracy dips to about 0.86 at the midpoint, reached near
+    # step 5 at eps 2) while damping 1e-4 keeps about 0.95 all the way
+    spec = SweepSpec("connect", ("--steps", "20", "--eval-every", "3", "--eps", "2", "--grid", "0", "--no-baselines"),
+                     grid={"damping": ["1e-4", "100"]}, objective="min_accuracy", scheduler="asha", grace=6, workers=1)
+    record, _ = run_sweep(spec, runs_dir)
+    rows = {r["damping"]: r for r in record.table.to_dict("records")}
+    good, hopeless = rows[1e-4], rows[100.0]
+    assert good["status"] == "finished" and good["min_accuracy"] > 0.93, good
+    assert np.isnan(good["bezier_barrier"]), "no baselines asked: the Bezier figure is missing, not made up"
+    assert hopeless["status"] == "stopped_early", hopeless
+    assert "ASHA" in hopeless["message"] and hopeless["last_step"] < 20
+
+
+def test_optuna_search_runs_its_draws_over_seeds(local_ray, runs_dir, capsys):
+    # 3 Optuna draws of damping, each walked for 2 seeds; Optuna sees each draw's result
+    rc = main(["sweep", "sparsify", "--search", "optuna", "--samples", "3", "--seeds", "2",
+               "--range", "damping=1e-5:1e-1:log", "--steps", "10", "--eval-every", "5", "--no-baselines",
+               "--workers", "2", "--out", str(runs_dir), "--json", "--quiet"])
+    payload = _last_json(capsys.readouterr().out)
+    assert rc == 0 and (payload["trials"], payload["finished"]) == (6, 6), payload
+    table = payload["table"]
+    dampings = sorted({r["damping"] for r in table})
+    assert len(dampings) == 3 and all(1e-5 <= d <= 1e-1 for d in dampings)
+    for d in dampings:  # each draw walked once per seed, with the setting its run folder records
+        rows = [r for r in table if r["damping"] == d]
+        assert sorted(r["seed"] for r in rows) == [0, 1]
+        for row in rows:
+            assert read_run(row["run_dir"]).config["solver"]["damping"] == pytest.approx(d)
+            assert row["finetune"] is None, "--no-baselines: no fine-tune figure is made up (null in JSON)"
+    means = {d: np.mean([r["accuracy"] for r in table if r["damping"] == d]) for d in dampings}
+    assert payload["best"]["mean"] == pytest.approx(max(means.values()))
+
+
+def test_stopping_a_sweep_keeps_finished_trials_and_marks_the_rest_stopped(runs_dir):
+    # the Sweep panel's Stop (SIGTERM to the driver): a deliberate stop reads "stopped",
+    # not "interrupted" (that is for a driver that died), in the table and in the run folders
+    from geoviz.record.sweep import SweepProcess
+
+    spec = SweepSpec("sparsify", ("--steps", "40", "--eval-every", "5", "--no-baselines"),
+                     grid={"damping": ["1e-4", "1e-3", "1e-2", "1e-1"]}, workers=1)
+    sweep = SweepProcess(spec, runs_dir)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and sweep.alive:
+            record = sweep.record()
+            if record is not None and (record.table["status"] == "finished").any():
+                break
+            time.sleep(0.3)
+        assert sweep.alive, sweep.error()
+    finally:
+        sweep.stop()
+    assert sweep.proc.returncode == 130, sweep.error()
+    record = sweep.record()
+    assert record.state == "stopped"
+    states = list(record.table["status"])
+    assert "finished" in states and "stopped" in states and set(states) <= {"finished", "stopped"}, states
+    for row in record.table.to_dict("records"):
+        if row["status"] == "stopped" and isinstance(row["run_dir"], str):
+            assert read_run(row["run_dir"]).state == "stopped"

@@ -25,8 +25,10 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +40,7 @@ from geoviz.record.sweep_spec import (  # noqa: F401 (the public names of sweeps
     BASELINE_FIGURES,
     FIGURES,
     LIVE,
+    RUNNING_MIN,
     SweepSpec,
     _argv,
     _drawn_settings,
@@ -100,14 +103,18 @@ def _trial(config: dict, plan: dict) -> None:
     _atomic_write_text(runner.writer.dir / "sweep.json", json.dumps(
         {"sweep_dir": plan["sweep_dir"], "settings": settings, "seed": seed}))
 
+    running: dict[str, float] = {}
+
     def progress(row: dict) -> None:
         figures = {name: row[col] for name, col in live.items() if col in row and row[col] == row[col]}
+        for name in RUNNING_MIN & figures.keys():
+            figures[name] = running[name] = min(figures[name], running.get(name, figures[name]))
         if figures:
             tune.report({**head, "step": row["step"], **figures})
 
     state = runner.run(progress)
     figures = {}
-    if state == "finished" and "baselines" in runner.summary:
+    if state == "finished" and runner.summary:  # (connect's summary has no "baselines" key)
         figures = final_figures(application, runner.summary)
     if state == "finished" and not figures:
         state = "failed"  # the path ended but its summary (the baselines) failed; the message says why
@@ -165,8 +172,10 @@ def _ray_session(address: str | None, workers: int | None):
 
 def _mark_run_stopped(run_dir: str | None, message: str) -> None:
     """A trial the scheduler stopped: its run folder says so (its worker is gone)."""
-    status_file = Path(run_dir or "") / "status.json"
-    if run_dir and status_file.exists():
+    if not isinstance(run_dir, str) or not run_dir:  # a trial that never started has none
+        return
+    status_file = Path(run_dir) / "status.json"
+    if status_file.exists():
         status = json.loads(status_file.read_text())
         if status.get("status") in ("running", "paused"):
             status.update(status="stopped", message=message, updated=time.time())
@@ -218,7 +227,9 @@ def _recorder(book: SweepBook, plan: dict, progress: Callable[[SweepBook], None]
             row = book.rows[index]
             if row["status"] not in UNFINISHED:
                 return
-            if spec["scheduler"] == "asha":
+            if _STOPPING["now"]:  # Stop on the page, Ctrl-C or SIGTERM (run folders: after Ray ends)
+                self._changed(index, status="stopped", message="the sweep was stopped before this trial finished")
+            elif spec["scheduler"] == "asha":
                 value = row.get("live_objective", float("nan"))
                 message = (f"stopped early by ASHA at step {row['last_step']}: {objective} {value:.4f} "
                            "trailed the other trials there")
@@ -240,6 +251,41 @@ def _recorder(book: SweepBook, plan: dict, progress: Callable[[SweepBook], None]
             book.heartbeat()
 
     return Recorder()
+
+
+# set by SIGTERM/SIGINT while a sweep runs in this process (a plain dict: Tune pickles its
+# stopper and callbacks with what they refer to, and an Event's lock cannot be pickled)
+_STOPPING = {"now": False}
+
+
+def _stopper():
+    """A Tune stopper that ends every trial once the sweep is told to stop."""
+    from ray.tune import Stopper
+
+    class Stop(Stopper):
+        def __call__(self, trial_id, result):
+            return _STOPPING["now"]
+
+        def stop_all(self):
+            return _STOPPING["now"]
+
+    return Stop()
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM and SIGINT stop the sweep while Tune runs (in the main thread only): Ray's
+    own SIGTERM handler aborts the driver, and Tune's SIGINT one ends the trials unnamed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    previous = {sig: signal.signal(sig, lambda *_: _STOPPING.update(now=True)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _search_space(plan: dict, seeds: int, seed: int):
@@ -303,6 +349,7 @@ def run_sweep(
             # max_t beyond the budget: ASHA never stops a trial at its last step, before its summary
             scheduler = ASHAScheduler(time_attr="step", max_t=plan["steps"] + 1,
                                       grace_period=spec.grace or max(1, plan["steps"] // 10), reduction_factor=2)
+        _STOPPING["now"] = False
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(_trial, plan=plan), resources),
             param_space=space,
@@ -310,15 +357,25 @@ def run_sweep(
                                         scheduler=scheduler, num_samples=samples, max_concurrent_trials=workers,
                                         reuse_actors=True),  # a worker imports torch once, not per trial
             run_config=tune.RunConfig(name="tune", storage_path=str(folder), verbose=0,
-                                      callbacks=[_recorder(book, plan, progress)],
+                                      callbacks=[_recorder(book, plan, progress)], stop=_stopper(),
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
         try:
-            tuner.fit()
+            with _stop_on_signals():
+                tuner.fit()
         except BaseException:
             book.close("interrupted", "the sweep was interrupted")
             raise
-        book.close("finished")
+        stopped = _STOPPING["now"]
+        if stopped:  # a deliberate stop: Tune ended the running trials, none starts
+            book.close("stopped", "the sweep was stopped", unfinished="stopped")
+        else:
+            book.close("finished")
+    if stopped:  # Ray is down, its workers with it: their run folders say why they ended
+        for row in book.rows.values():
+            if row["status"] == "stopped":
+                _mark_run_stopped(row.get("run_dir"), "the sweep was stopped before this trial finished")
+        raise KeyboardInterrupt
     return read_sweep(folder), time.time() - t0
 
 
@@ -384,7 +441,7 @@ class SweepProcess:
 
     def error(self) -> str:
         """The driver's last stderr line when it ended badly, else ''."""
-        if self.alive or self.proc.returncode in (0, 1, -15):
+        if self.alive or self.proc.returncode in (0, 1, 130, -15):
             return ""
         self._log.seek(0)
         lines = self._log.read().decode(errors="replace").strip().splitlines()

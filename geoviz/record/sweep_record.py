@@ -7,6 +7,7 @@ hundreds of rows, and a reader never sees half a file.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -87,10 +88,13 @@ class SweepBook:
         self.table().to_parquet(tmp, index=False)
         os.replace(tmp, self.dir / "results.parquet")
 
-    def close(self, status: str = "finished", message: str = "") -> None:
+    def close(self, status: str = "finished", message: str = "", unfinished: str = "interrupted") -> None:
+        """End the sweep with ``status``; trials not done get ``unfinished`` (interrupted, or stopped)."""
+        why = "the sweep was stopped before this trial finished" if unfinished == "stopped" else \
+            "the sweep ended before this trial finished"
         for row in self.rows.values():
             if row["status"] in UNFINISHED:
-                row.update(status="interrupted", message=row["message"] or "the sweep ended before this trial finished")
+                row.update(status=unfinished, message=row["message"] or why)
         self.write_table()
         self.write_status(status, message)
 
@@ -148,6 +152,17 @@ class SweepRecord:
         return found
 
 
+def _read_table(parquet: Path) -> pd.DataFrame:
+    """The results table, read through one open file: the driver replaces it atomically as
+    trials change, and a reader that looked the path up twice (size, then contents) could
+    mix two versions ("Page was smaller than expected", seen while a sweep ran)."""
+    try:
+        with open(parquet, "rb") as fh:
+            return pd.read_parquet(io.BytesIO(fh.read()))
+    except FileNotFoundError:
+        return pd.DataFrame()
+
+
 def read_sweep(path: str | os.PathLike) -> SweepRecord:
     """Read a sweep folder; once its driver is gone, unfinished trials read as ``interrupted``."""
     path = Path(path)
@@ -155,7 +170,7 @@ def read_sweep(path: str | os.PathLike) -> SweepRecord:
         raise FileNotFoundError(f"{path} is not a geoviz sweep folder (it has no spec.json).")
     plan = json.loads((path / "spec.json").read_text())
     status = json.loads((path / "status.json").read_text()) if (path / "status.json").exists() else {}
-    table = pd.read_parquet(path / "results.parquet") if (path / "results.parquet").exists() else pd.DataFrame()
+    table = _read_table(path / "results.parquet")
     if status.get("status") == "running" and writer_gone(status):
         status = {**status, "status": "interrupted", "message": "the process running this sweep ended before it finished"}
     if status.get("status") != "running" and len(table):

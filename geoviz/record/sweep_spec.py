@@ -23,6 +23,7 @@ __all__ = [
     "APPLICATIONS",
     "FIGURES",
     "LIVE",
+    "RUNNING_MIN",
     "BASELINE_FIGURES",
     "SweepSpec",
     "final_figures",
@@ -41,8 +42,11 @@ DEFAULT_OBJECTIVE = {"sparsify": "accuracy", "continual": "average", "connect": 
 LIVE = {
     "sparsify": {"accuracy": "test_accuracy", "reached_sparsity": "sparsity"},
     "continual": {"task1": "task1_accuracy", "task2": "task2_accuracy", "average": "average_accuracy"},
-    "connect": {},
+    # connect: the worst test accuracy met so far along the path (a running minimum; the
+    # final figure adds the start point w_A), comparable between trials at equal steps
+    "connect": {"min_accuracy": "test_accuracy"},
 }
+RUNNING_MIN = {"min_accuracy"}  # live figures kept as the minimum over the path so far
 # what a summary shows beside the objective: the baselines, measured at the same budget
 BASELINE_FIGURES = {
     "sparsify": ("finetune", "one_shot", "reached_sparsity"),
@@ -54,24 +58,34 @@ LOWER_IS_BETTER = {"barrier", "line_barrier", "bezier_barrier", "length", "funct
 _NOT_SETTINGS = {"out", "json", "quiet", "seed", "help", "command"}
 
 
+def _figure(summary: dict, *keys: str) -> float:
+    """``summary[k1][k2]...`` as a float; NaN where a part is missing or None (baselines skipped)."""
+    value = summary
+    for key in keys:
+        if not isinstance(value, dict) or value.get(key) is None:
+            return float("nan")
+        value = value[key]
+    return float(value["accuracy"]) if isinstance(value, dict) and "accuracy" in value else float(value)
+
+
 def final_figures(application: str, summary: dict) -> dict[str, float]:
-    """The figures a sweep tabulates, flat, from a run's ``summary.json``."""
+    """The figures a sweep tabulates, flat, from a run's ``summary.json`` (NaN for a skipped baseline)."""
     if application == "sparsify":
         return {
-            "accuracy": summary["accuracy"],
-            "reached_sparsity": summary["sparsity"],
-            "dense_accuracy": summary["dense_accuracy"],
-            "one_shot": summary["baselines"]["one_shot"],
-            "finetune": summary["baselines"]["finetune"],
+            "accuracy": _figure(summary, "accuracy"),
+            "reached_sparsity": _figure(summary, "sparsity"),
+            "dense_accuracy": _figure(summary, "dense_accuracy"),
+            "one_shot": _figure(summary, "baselines", "one_shot"),
+            "finetune": _figure(summary, "baselines", "finetune"),
         }
     if application == "continual":
-        figures = {k: summary["geodesic"][k] for k in ("task1", "task2", "average")}
-        for name, result in summary["baselines"].items():
-            figures.update({f"{name}_{k}": result[k] for k in ("task1", "task2", "average")})
+        figures = {k: _figure(summary, "geodesic", k) for k in ("task1", "task2", "average")}
+        for name in (summary.get("baselines") or {}):
+            figures.update({f"{name}_{k}": _figure(summary, "baselines", name, k) for k in ("task1", "task2", "average")})
         return figures
-    figures = {k: summary["geodesic"][k] for k in ("barrier", "min_accuracy", "length", "functional_length")}
+    figures = {k: _figure(summary, "geodesic", k) for k in ("barrier", "min_accuracy", "length", "functional_length")}
     for name in ("line", "bezier"):
-        figures.update({f"{name}_{k}": summary[name][k] for k in ("barrier", "min_accuracy")})
+        figures.update({f"{name}_{k}": _figure(summary, name, k) for k in ("barrier", "min_accuracy")})
     return figures
 
 
