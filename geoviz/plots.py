@@ -43,7 +43,7 @@ _COLORS = {
     "finetune": "#9467bd",
     "grey": "#7f7f7f",
 }
-_HEIGHT = 420
+_HEIGHT = 360  # with its legend, a first row of charts fits above the fold at 1280x720
 
 
 def as_table(rows: Sequence[Mapping] | pd.DataFrame) -> pd.DataFrame:
@@ -418,7 +418,7 @@ def task_accuracy_figure(rows, x: str = "step", start: Mapping | None = None, ma
         line = {"color": _TASK_COLORS["task1"], "dash": "dot", "width": 1.2}
         shapes.append({"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": value, "y1": value, "line": line})
         data.append({"type": "scatter", "x": [None], "y": [None], "mode": "lines", "name": f"task 1 at the start {value:.3f}", "line": line})
-    layout = _continual_layout("Test accuracy per task along the path", X_AXES[x], "accuracy", shapes=shapes)
+    layout = _continual_layout("Test accuracy per task", X_AXES[x], "accuracy", shapes=shapes)
     layout["yaxis"]["range"] = [-0.02, 1.02]
     return go.Figure({"data": data, "layout": layout})
 
@@ -432,10 +432,10 @@ def task_loss_figure(rows, x: str = "step", marker: float | None = None) -> go.F
         _continual_line(table, x, "task1_loss", "task 1 test loss", _TASK_COLORS["task1"]),
         _continual_line(table, x, "task2_loss", "task 2 test loss", _TASK_COLORS["task2"]),
         _continual_line(all_rows, x, "objective", "L2: task-2 training minibatch", "#bbbbbb", dash="dot"),
-        _continual_line(table, x, "memory_output_change", "output change on the memory (right axis)", "#2ca02c", dash="dash", yaxis="y2"),
+        _continual_line(table, x, "memory_output_change", "output change on memory (right)", "#2ca02c", dash="dash", yaxis="y2"),
     ]
     y2 = {"overlaying": "y", "side": "right", "showgrid": False, "title": {"text": "mean |f(w) − f(w0)|² on the memory"}, "rangemode": "tozero"}
-    layout = _continual_layout("Loss per task along the path", X_AXES[x], "cross-entropy", shapes=_vertical(marker), yaxis2=y2)
+    layout = _continual_layout("Loss per task", X_AXES[x], "cross-entropy", shapes=_vertical(marker), yaxis2=y2)
     layout["yaxis"]["rangemode"] = "tozero"
     return go.Figure({"data": data, "layout": layout})
 

@@ -48,7 +48,7 @@ def profiles_figure(profiles: Mapping[str, Mapping[str, Sequence[float]]], marke
     return _figure(
         data, shapes, "Loss and accuracy along the paths", "Euclidean length along the path  Σ|Δw|", "train loss",
         yaxis2={"title": {"text": "test accuracy"}, "overlaying": "y", "side": "right", "range": [max(0.0, lowest - 0.05), 1.005], "showgrid": False, "tickformat": ".2f"},
-        height=460,
+        height=420,
     )
 
 
