@@ -132,7 +132,7 @@ class ConnectTask:
             w_b = w_b.detach().to(p.w0.device, p.w0.dtype)
         else:
             self.seed_b = p.setup.seed + 1 if config.seed_b is None else config.seed_b
-            if self.seed_b == p.setup.seed:
+            if self.seed_b == p.setup.seed and not p.setup.weights:  # (w_A from a file has no seed to clash)
                 raise ConfigError(f"the second network needs a different seed than the first ({p.setup.seed}).")
             _, _, w_b = start_network(p.setup, p.data, p.device, self.seed_b)
         self.w_a = p.w0
