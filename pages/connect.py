@@ -11,7 +11,7 @@ import torch
 
 from geoviz import plots_connect
 from geoviz.applications.connect import SOLVER_DEFAULTS, THIRD_POINTS, ConnectConfig, LandscapeJob, connect_runner
-from geoviz.applications.curves import arc_length_parameters
+from geoviz.applications.curves import arc_length_parameters, curve_points
 from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.problem import SetupConfig, network_from_file
@@ -89,7 +89,7 @@ def draw(runner) -> None:
         curve = runner.curves.get(name) if runner.curves else None
         if curve is not None:
             ts, _ = arc_length_parameters(curve, 41)
-            others[name] = curve.weights(ts.to(curve.bends.dtype))
+            others[name] = curve_points(curve, ts.to(curve.bends.dtype), runner.sketch)  # as the snapshots were kept
     right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others), key="connect:pca")
     if summary.get("geodesic"):
         st.subheader("Summary")
@@ -181,10 +181,10 @@ def replay_record(record, key: str = "replay", at: int | None = None) -> None:
     others = {}
     if (record.path / "weights" / "connect_points.safetensors").is_file():
         points = record.weights("connect_points")  # flat, in the snapshots' order
-        ts = torch.linspace(0, 1, 41)
-        others["line"] = LineCurve(points["w_a"], points["w_b"]).weights(ts)
+        ts, sketch = torch.linspace(0, 1, 41), record.sketch()  # projected as the snapshots were kept
+        others["line"] = curve_points(LineCurve(points["w_a"], points["w_b"]), ts, sketch)
         if "bezier_control" in points:  # (not when Stop skipped the Bezier curve)
-            others["bezier"] = BezierCurve(points["w_a"], points["bezier_control"], points["w_b"]).weights(ts)
+            others["bezier"] = curve_points(BezierCurve(points["w_a"], points["bezier_control"], points["w_b"]), ts, sketch)
     right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others, current=current), key=f"{key}:pca")
     st.dataframe(pd.DataFrame(plots_connect.summary_rows(summary)), hide_index=True, key=f"{key}:table")
     landscape = load_landscape(record.path)

@@ -76,6 +76,21 @@ def test_connect_page_says_what_is_wrong(runs_dir, monkeypatch):
     assert at.button(key="connect:Run").disabled
 
 
+def _replay_script(folder):
+    from geoviz.runs import read_run
+    from pages.connect import replay_record
+
+    replay_record(read_run(folder))
+
+
+def replayed(folder) -> AppTest:
+    """The connect replay of a run folder, drawn (no exception)."""
+    at = AppTest.from_function(_replay_script, args=(str(folder),), default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
 def test_a_connect_run_replays_from_its_folder(runs_dir):
     """What the Runs page can draw of a finished connect run, from disk only."""
     from geoviz.applications.connect import ConnectConfig, connect_runner, run_landscape
@@ -86,16 +101,7 @@ def test_a_connect_run_replays_from_its_folder(runs_dir):
     runner = connect_runner(problem, ConnectConfig(), SolverConfig(eps=0.3, damping=1e-3), str(runs_dir))
     assert runner.run() == "finished"
     run_landscape(runner, 4)
-
-    def script(folder):
-        from geoviz.runs import read_run
-        from pages.connect import replay_record
-
-        replay_record(read_run(folder))
-
-    at = AppTest.from_function(script, args=(str(runner.writer.dir),), default_timeout=60)
-    at.run()
-    assert not at.exception
+    at = replayed(runner.writer.dir)
     charts = at.get("plotly_chart")
     assert len(charts) == 3  # profiles, PCA with line and Bezier, landscape
     assert "Bezier curve" in charts[1].proto.spec and "contour" in charts[2].proto.spec
