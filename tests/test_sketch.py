@@ -125,3 +125,32 @@ def test_connect_on_a_tight_budget_draws_its_paths_in_the_projected_frame(runs_d
         run_landscape(runner, 3)
     at = replayed(runner.writer.dir)
     assert "Bezier curve" in at.get("plotly_chart")[1].proto.spec
+
+
+def test_cli_budget_flag_is_checked_before_anything_loads(tmp_path, capsys):
+    from geoviz.cli import main
+
+    assert main(["sparsify", "--snapshot-mb", "0.5", "--quiet", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: The snapshot budget must be a number of MB of at least 1, got 0.5." and not list(tmp_path.iterdir())
+
+
+def test_sparsify_page_draws_a_projected_trajectory(runs_dir, monkeypatch):
+    """The page's PCA with projected snapshots, thinned so the current step is not among them
+    (the page then adds the current point, projected as the others)."""
+    import functools
+
+    import geoviz.runner as runner_module
+    from test_app import SHORT, _app, _click, _figures, _finish, _points, _set
+
+    monkeypatch.setenv("GEOVIZ_RUNS", str(runs_dir))
+    monkeypatch.setattr(runner_module, "sketch_for_budget", lambda parameters, budget: SparseSignSketch(parameters, 64))
+    monkeypatch.setattr(runner_module, "SnapshotBudget", functools.partial(runner_module.SnapshotBudget, max_count=8))
+    at = _app("pages/sparsify.py")
+    _set(at, SHORT | {"steps": 31})
+    _click(at, "Run")
+    runner = _finish(at)
+    steps, kept = runner.trajectory()
+    assert runner.state == "finished" and kept.shape[1] == 64 and steps[-1] != 31
+    pca = next(spec for title, spec in _figures(at).items() if title.startswith("Weight trajectory"))
+    assert len(_points(pca["data"][0]["x"])) == len(steps) + 1  # the kept steps and the current one
