@@ -90,7 +90,7 @@ def draw(runner) -> None:
         if curve is not None:
             ts, _ = arc_length_parameters(curve, 41)
             others[name] = curve_points(curve, ts.to(curve.bends.dtype), runner.sketch)  # as the snapshots were kept
-    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others), key="connect:pca")
+    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others, projected=runner.sketch is not None), key="connect:pca")
     if summary.get("geodesic"):
         st.subheader("Summary")
         ends = summary["endpoints"]
@@ -178,14 +178,15 @@ def replay_record(record, key: str = "replay", at: int | None = None) -> None:
         current = min(range(len(steps)), key=lambda i: abs(steps[i] - at)) if steps else None
     left, right = st.columns(2)
     left.plotly_chart(plots_connect.profiles_figure(summary["profiles"], marker=length), key=f"{key}:profiles")
-    others = {}
+    others, sketch = {}, record.sketch()  # the other paths are projected as the snapshots were kept
     if (record.path / "weights" / "connect_points.safetensors").is_file():
         points = record.weights("connect_points")  # flat, in the snapshots' order
-        ts, sketch = torch.linspace(0, 1, 41), record.sketch()  # projected as the snapshots were kept
+        ts = torch.linspace(0, 1, 41)
         others["line"] = curve_points(LineCurve(points["w_a"], points["w_b"]), ts, sketch)
         if "bezier_control" in points:  # (not when Stop skipped the Bezier curve)
             others["bezier"] = curve_points(BezierCurve(points["w_a"], points["bezier_control"], points["w_b"]), ts, sketch)
-    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others, current=current), key=f"{key}:pca")
+    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others, current=current, projected=sketch is not None),
+                       key=f"{key}:pca")
     st.dataframe(pd.DataFrame(plots_connect.summary_rows(summary)), hide_index=True, key=f"{key}:table")
     landscape = load_landscape(record.path)
     if landscape is not None:

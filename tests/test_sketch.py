@@ -124,7 +124,8 @@ def test_connect_on_a_tight_budget_draws_its_paths_in_the_projected_frame(runs_d
     with pytest.raises(ConfigError, match="^The geodesic's midpoint is unknown"):
         run_landscape(runner, 3)
     at = replayed(runner.writer.dir)
-    assert "Bezier curve" in at.get("plotly_chart")[1].proto.spec
+    pca = at.get("plotly_chart")[1].proto.spec
+    assert "Bezier curve" in pca and "top two PCs (of random projections)" in pca
 
 
 def test_cli_budget_flag_is_checked_before_anything_loads(tmp_path, capsys):
@@ -152,5 +153,5 @@ def test_sparsify_page_draws_a_projected_trajectory(runs_dir, monkeypatch):
     runner = _finish(at)
     steps, kept = runner.trajectory()
     assert runner.state == "finished" and kept.shape[1] == 64 and steps[-1] != 31
-    pca = next(spec for title, spec in _figures(at).items() if title.startswith("Weight trajectory"))
+    pca = _figures(at)["Weight trajectory (PCA of random projections of the snapshots)"]
     assert len(_points(pca["data"][0]["x"])) == len(steps) + 1  # the kept steps and the current one
