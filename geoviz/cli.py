@@ -21,6 +21,7 @@ from geoviz.core.engine import MODES, SolverConfig, denormals_flushed
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.core.metric import METRIC_KINDS
 from geoviz.problem import SetupConfig
+from geoviz.record.sketch import check_budget_mb
 from geoviz.validation import check_output_dir, check_runs_folder, check_value, check_writable_dir
 
 __all__ = ["main", "build_parser"]
@@ -74,6 +75,9 @@ def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
     o.add_argument("--out", default=None, help="folder for run folders (default ./runs or $GEOVIZ_RUNS)")
     o.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
+    o.add_argument("--snapshot-mb", type=float, default=64.0,
+                   help="budget of the run's weight snapshots in MB (the live trajectory gets half); a network too big for "
+                        "32 full snapshots keeps fixed random projections of them instead, for the trajectory's PCA")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -191,6 +195,7 @@ def application_configs(args) -> tuple[object, SolverConfig]:
             eval_every=args.eval_every, third=args.third, grid=args.grid,
         )
     config.validate()
+    check_budget_mb(args.snapshot_mb)
     return config, solver_from(args)
 
 
@@ -200,7 +205,7 @@ def application_runner(args, config, solver: SolverConfig, training_progress: Ca
         from geoviz.applications.continual import continual_runner, load_continual
 
         problem, sequence = load_continual(setup_from(args), config, progress=training_progress)
-        return continual_runner(problem, sequence, config, solver, args.out,
+        return continual_runner(problem, sequence, config, solver, args.out, snapshot_budget_mb=args.snapshot_mb,
                                 **({"baselines": ()} if args.no_baselines else {}))
     from geoviz.problem import load_problem
 
@@ -208,7 +213,8 @@ def application_runner(args, config, solver: SolverConfig, training_progress: Ca
     if args.command == "sparsify":
         from geoviz.applications.sparsify import sparsify_runner
 
-        return sparsify_runner(problem, config, solver, args.out, baselines=not args.no_baselines)
+        return sparsify_runner(problem, config, solver, args.out, snapshot_budget_mb=args.snapshot_mb,
+                               baselines=not args.no_baselines)
     from geoviz.applications.connect import connect_runner
     from geoviz.setups.own import module_weights
     from geoviz.problem import network_from_file
@@ -217,7 +223,8 @@ def application_runner(args, config, solver: SolverConfig, training_progress: Ca
     if args.weights_b:
         model_b, _, _, _ = network_from_file(problem.setup, problem.data, problem.device, args.weights_b)
         w_b = module_weights(model_b)[1].to(problem.device)
-    return connect_runner(problem, config, solver, args.out, w_b=w_b, baselines=not args.no_baselines)
+    return connect_runner(problem, config, solver, args.out, snapshot_budget_mb=args.snapshot_mb, w_b=w_b,
+                          baselines=not args.no_baselines)
 
 
 class Progress:
@@ -320,7 +327,7 @@ def _cmd_sparsify(args) -> int:
 
     return walk_and_report(
         lambda: sparsify(problem, None, None, args.sparsity, solver, baselines=not args.no_baselines, out=args.out,
-                         progress=progress, **options),
+                         progress=progress, snapshot_mb=args.snapshot_mb, **options),
         args, report,
     )
 
@@ -356,7 +363,8 @@ def _cmd_continual(args) -> int:
 
     return walk_and_report(
         lambda: continual(problem, sequence.first, sequence.second, config.memory, solver, baselines=not args.no_baselines,
-                          out=args.out, progress=progress, setup=problem.setup, sequence_name=sequence.name, **options),
+                          out=args.out, progress=progress, setup=problem.setup, sequence_name=sequence.name,
+                          snapshot_mb=args.snapshot_mb, **options),
         args, report,
     )
 
@@ -417,7 +425,7 @@ def _cmd_connect(args) -> int:
 
     return walk_and_report(
         lambda: connect(problem, model_b, None, None, solver, baselines=not args.no_baselines, out=args.out,
-                        progress=progress, **options),
+                        progress=progress, snapshot_mb=args.snapshot_mb, **options),
         args, report,
     )
 

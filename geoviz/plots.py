@@ -233,7 +233,7 @@ def _subsample(steps: list[int], count: int) -> list[int]:
 
 def trajectory_figure(
     steps: Sequence[int], snapshots: torch.Tensor, current: int | None = None, max_points: int = 40,
-    start_label: str = "start (dense)",
+    start_label: str = "start (dense)", projected: bool = False,
 ) -> go.Figure:
     """The weight trajectory on its top two principal components, the current point highlighted.
 
@@ -243,8 +243,9 @@ def trajectory_figure(
         current: the step to highlight (default: the last).
         max_points: at most this many snapshots enter the PCA (evenly spread, first and
             last always), so a redraw costs O(max_points^2 P) however long the path is.
+        projected: the snapshots are random projections (geoviz.record.sketch), said in the title.
     """
-    title = "Weight trajectory (PCA of the snapshots)"
+    title = "Weight trajectory (PCA of " + ("random projections of the snapshots)" if projected else "the snapshots)")
     if len(steps) < 2:
         return _figure([], [], title, "PC1", "PC2")
     steps = list(steps)

@@ -107,6 +107,7 @@ def connect_pca_figure(
     others: Mapping[str, torch.Tensor] | None = None,
     max_points: int = 60,
     current: int | None = None,
+    projected: bool = False,
 ) -> go.Figure:
     """The geodesic's trajectory on its top two principal components, with the line and
     the Bezier curve projected into the same frame.
@@ -115,8 +116,9 @@ def connect_pca_figure(
         snapshots: (S, P) geodesic snapshots (the first is w_A, the last the current point).
         others: name -> (T, P) points of the other paths (the line's last point is w_B).
         current: index of a snapshot to mark (the replay slider); the PCA is of them all.
+        projected: the snapshots (and ``others``) are random projections, said in the title.
     """
-    title = "Paths on the geodesic's top two PCs"
+    title = "Paths on the geodesic's top two PCs" + (" (of random projections)" if projected else "")
     if snapshots.shape[0] < 3:
         note = {"text": "the trajectory appears after the first steps", "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5}
         return _figure([], [], title, "PC1", "PC2", annotations=[note])

@@ -16,6 +16,7 @@ import torch
 
 from geoviz.core.engine import Path, flush_denormals
 from geoviz.errors import DivergedError, GeovizError
+from geoviz.record.sketch import sketch_for_budget
 from geoviz.runs import RunWriter, SnapshotBudget
 
 __all__ = ["PathRunner", "BaselineStopped"]
@@ -61,7 +62,11 @@ class PathRunner:
         self._step_tokens = 0
         self._thread: threading.Thread | None = None
         self._last_touch = time.time()
-        self._budget = SnapshotBudget(path.w.numel() * 4, int(snapshot_budget_mb * 2**20))
+        # a big network's snapshots are kept as fixed random projections (geoviz.record.sketch),
+        # so the trajectory's PCA gets every kept step within the budget
+        self.sketch = sketch_for_budget(path.w.numel(), int(snapshot_budget_mb * 2**20))
+        self.snapshot_bytes = 4 * (self.sketch.dim if self.sketch is not None else path.w.numel())
+        self._budget = SnapshotBudget(self.snapshot_bytes, int(snapshot_budget_mb * 2**20))
         self._trajectory: dict[int, torch.Tensor] = {}
         self.started_at: float | None = None
         # the after-path phase: each baseline's progress (0..1), the ones Stop skipped,
@@ -80,7 +85,8 @@ class PathRunner:
             return list(self._rows)
 
     def trajectory(self) -> tuple[list[int], torch.Tensor]:
-        """(steps, stacked flat weights (S, P) on the CPU) kept so far."""
+        """(steps, stacked flat weights (S, P) on the CPU) kept so far; (S, k) projections
+        of them when ``sketch`` is set (project other points with ``sketch`` too)."""
         with self._lock:
             steps = sorted(self._trajectory)
             return steps, torch.stack([self._trajectory[s] for s in steps])
@@ -173,13 +179,17 @@ class PathRunner:
 
     # -- the loop -----------------------------------------------------------------
     def _keep(self, step: int, w: torch.Tensor) -> None:
+        written = self.writer is not None and self.writer.wants_snapshot(step, self.snapshot_bytes // 4)
+        if not (written or self._budget.wants(step)):
+            return
+        kept = self.sketch(w) if self.sketch is not None else w.detach().float().cpu()  # projected once for both
         if self._budget.wants(step):
             with self._lock:
-                self._trajectory[step] = w.detach().float().cpu()
+                self._trajectory[step] = kept
                 for old in self._budget.add(step):
                     self._trajectory.pop(old, None)
-        if self.writer is not None:
-            self.writer.snapshot(step, w)
+        if written:
+            self.writer.snapshot(step, kept, self.sketch)
 
     def _set_state(self, state: str, message: str = "") -> None:
         self.state, self.message = state, message

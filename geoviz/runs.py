@@ -37,6 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from geoviz.core.metric import FlatParams
+from geoviz.record.sketch import SparseSignSketch
 
 __all__ = [
     "default_runs_dir",
@@ -296,16 +297,20 @@ class RunWriter:
         self._last_parquet = time.time()
 
     # -- weights --------------------------------------------------------------
-    def snapshot(self, step: int, w: torch.Tensor) -> None:
-        """Keep the flat weights of ``step`` if the budget wants them."""
+    def wants_snapshot(self, step: int, numel: int) -> bool:
+        """Whether the budget keeps ``step``'s snapshot of ``numel`` numbers."""
         if self._budget is None:
-            size = w.numel() * 4
-            self._budget = SnapshotBudget(size, int(self._budget_mb * 2**20))
-        if not self._budget.wants(step):
+            self._budget = SnapshotBudget(numel * 4, int(self._budget_mb * 2**20))
+        return self._budget.wants(step)
+
+    def snapshot(self, step: int, w: torch.Tensor, sketch: SparseSignSketch | None = None) -> None:
+        """Keep the flat weights of ``step`` if the budget wants them (``w``: their
+        projection by ``sketch`` when given; the sketch is kept in the file's metadata)."""
+        if not self.wants_snapshot(step, w.numel()):
             return
         file = self.dir / "snapshots" / f"{step:07d}.safetensors"
         try:
-            _save_file({"w": w.detach().float().cpu().contiguous()}, file)
+            _save_file({"w": w.detach().float().cpu().contiguous()}, file, metadata=sketch.to_metadata() if sketch else None)
         except BaseException:  # a full disk or a kill: no half-written snapshot stays
             file.unlink(missing_ok=True)
             raise
@@ -368,8 +373,17 @@ class RunRecord:
         files = (self.path / "snapshots").glob("*.safetensors")
         return sorted(int(p.stem) for p in files if p.stem.isdigit() and p.is_file() and not p.is_symlink())
 
+    def sketch(self) -> SparseSignSketch | None:
+        """The random projection the snapshots were kept as (None: full weights)."""
+        steps = self.snapshot_steps()
+        if not steps:
+            return None
+        with safe_open(str(self.path / "snapshots" / f"{steps[0]:07d}.safetensors"), framework="pt") as f:
+            return SparseSignSketch.from_metadata(f.metadata())
+
     def snapshots(self) -> tuple[list[int], torch.Tensor]:
-        """(steps, stacked flat weights (S, P))."""
+        """(steps, stacked flat weights (S, P)), or their projections (S, k) when
+        :meth:`sketch` is set."""
         steps = self.snapshot_steps()
         if not steps:
             return [], torch.empty(0)

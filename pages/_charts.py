@@ -55,6 +55,7 @@ def sparsify_charts(
     key: str,
     marker: int | None = None,
     moving: bool = False,
+    projected: bool = False,
 ) -> None:
     """Accuracy, loss, sparsity, per-layer sparsity and the PCA of the trajectory.
 
@@ -62,7 +63,7 @@ def sparsify_charts(
     toolbar), which costs the browser much less on every redraw.
     """
     sparsify_curves(rows, reference, baselines, target, key, marker, moving)
-    sparsify_pictures(layers, target, layers_title, steps, snapshots, key, marker, moving)
+    sparsify_pictures(layers, target, layers_title, steps, snapshots, key, marker, moving, projected)
 
 
 def sparsify_curves(rows, reference: dict, baselines: dict | None, target: float, key: str,
@@ -82,12 +83,13 @@ def sparsify_curves(rows, reference: dict, baselines: dict | None, target: float
 
 
 def sparsify_pictures(layers: dict, target: float, layers_title: str, steps: list[int], snapshots, key: str,
-                      marker: int | None = None, moving: bool = False) -> None:
+                      marker: int | None = None, moving: bool = False, projected: bool = False) -> None:
     """The pictures of one point and of the whole trajectory: per-layer sparsity and the PCA."""
     config = {"staticPlot": True} if moving else None
     left = right = row()
     left.plotly_chart(plots.layer_sparsity_figure(layers, target, layers_title), key=f"{key}:layers", config=config)
-    right.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker), key=f"{key}:pca", config=config)
+    right.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker, projected=projected), key=f"{key}:pca",
+                       config=config)
 
 
 def sparsify_numbers(rows, reference: dict) -> None:
@@ -159,10 +161,10 @@ def generic_charts(rows, key: str) -> None:
 
 
 def continual_charts(rows, start: dict, steps: list[int], snapshots, key: str, marker: int | None = None,
-                     moving: bool = False) -> None:
+                     moving: bool = False, projected: bool = False) -> None:
     """Per-task accuracy and loss along a continual path, and the PCA of its trajectory."""
     continual_curves(rows, start, key, marker, moving)
-    continual_pictures(steps, snapshots, key, marker, moving)
+    continual_pictures(steps, snapshots, key, marker, moving, projected)
 
 
 def continual_curves(rows, start: dict, key: str, marker: int | None = None, moving: bool = False) -> None:
@@ -178,10 +180,12 @@ def continual_curves(rows, start: dict, key: str, marker: int | None = None, mov
     right.plotly_chart(plots.task_loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
 
 
-def continual_pictures(steps: list[int], snapshots, key: str, marker: int | None = None, moving: bool = False) -> None:
+def continual_pictures(steps: list[int], snapshots, key: str, marker: int | None = None, moving: bool = False,
+                       projected: bool = False) -> None:
     """The PCA of a continual path's trajectory."""
     config = {"staticPlot": True} if moving else None
-    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker, start_label="start (task 1 learnt)"),
+    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker, start_label="start (task 1 learnt)",
+                                            projected=projected),
                     key=f"{key}:pca", config=config)
 
 

@@ -483,10 +483,14 @@ _BASELINE_NAMES = {"finetune": "fine-tune", "distill": "prune + distil", "ewc": 
                    "bezier": "Bezier curve", "bezier_inputs": "Bezier curve, no labels"}
 
 
-def weights_ui(page: str) -> str | None:
-    """An upload of the user's own start weights (safetensors or a state_dict); its saved path, or None."""
+def weights_ui(page: str, name: str = "weights", what: str = "start weights") -> str | None:
+    """An upload of the user's own weights (safetensors or a state_dict); its saved path, or None.
+
+    ``name``: the setting it fills (``weights``, or connect's ``weights_b``); ``what``:
+    the words for it in the label and in the caption that says the server holds it.
+    """
     upload = st.sidebar.file_uploader(
-        "Your own start weights", type=["safetensors", "pt", "pth", "bin"], key=f"{page}:weights",
+        f"Your own {what}", type=["safetensors", "pt", "pth", "bin"], key=f"{page}:{name}",
         help="Weights for the chosen model instead of training it: a .safetensors file, or a state_dict saved with "
              "torch.save(model.state_dict(), ...) (read with weights_only=True; a pickle that needs code is refused).",
     )
@@ -498,13 +502,13 @@ def weights_ui(page: str) -> str | None:
     data = upload.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     # one folder per content, the file under its own name (the error sentences name it)
-    name = re.sub(r"[^\w.\-]", "_", Path(upload.name).name) or "weights"
-    path = network_cache_dir().parent / "uploads" / digest[:24] / name
+    file = re.sub(r"[^\w.\-]", "_", Path(upload.name).name) or "weights"
+    path = network_cache_dir().parent / "uploads" / digest[:24] / file
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     # the server's word that it holds this file: until it shows, a Run would still use the file before
-    st.sidebar.caption(f"Start weights in use: {_safe.md(name)} · sha256 {digest[:12]}")
+    st.sidebar.caption(f"{what[0].upper()}{what[1:]} in use: {_safe.md(file)} · sha256 {digest[:12]}")
     return str(path)
 
 

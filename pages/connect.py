@@ -11,10 +11,10 @@ import torch
 
 from geoviz import plots_connect
 from geoviz.applications.connect import SOLVER_DEFAULTS, THIRD_POINTS, ConnectConfig, LandscapeJob, connect_runner
-from geoviz.applications.curves import arc_length_parameters
+from geoviz.applications.curves import arc_length_parameters, curve_points
 from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError, GeovizError
-from geoviz.problem import SetupConfig
+from geoviz.problem import SetupConfig, network_from_file
 from geoviz.runs import default_runs_dir
 from pages import _charts, _live, _safe, _sweep
 from pages._live import Control
@@ -23,7 +23,7 @@ CONTROLS = (
     Control("dataset", "Dataset", "digits", "The task both networks were trained on. digits (8×8) ships with scikit-learn; the others need their files." + _live.dataset_help(), _live.dataset_options()),
     Control("model", "Model", "mlp", "The architecture of both networks (no BatchNorm: mlp or lenet300).", ("mlp", "lenet300")),
     Control("seed", "Seed of w_A", 0, "Seeds the first network's training, and the metric batches.", step=1),
-    Control("seed_b", "Seed of w_B", 1, "Seeds the second network's training; must differ from the first.", step=1),
+    Control("seed_b", "Seed of w_B", 1, "Seeds the second network's training; must differ from the first. Unused when w_B's weights are uploaded.", step=1),
     Control("align", "Align w_B first", "no", "yes: permute w_B's hidden units to match w_A (weight matching, Ainsworth et al. 2023). The function of w_B is unchanged; what is left of the barrier is not permutation symmetry.", ("no", "yes")),
     Control("eps", "Step length ε", SOLVER_DEFAULTS["eps"], "Euclidean length |θ| of each step; the path lands exactly on w_B once this close.", step=0.01, format="%.3f"),
     Control("damping", "Damping ρ", SOLVER_DEFAULTS["damping"], "μ = ρ·λmax(G). Small ρ: move only where the outputs barely change. Large ρ: head straight for w_B.", step=1e-4, format="%.1e"),
@@ -40,12 +40,15 @@ def configs(values: dict) -> tuple[SetupConfig, ConnectConfig, SolverConfig]:
     setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"],
                         data_dir=_live.data_dir_for(values["dataset"]),
                         weights=values.get("weights"))
-    config = ConnectConfig(seed_b=int(values["seed_b"]), align=values["align"] == "yes", steps=int(values["steps"]),
-                           eval_every=int(values["eval_every"]), third=values["third"], grid=int(values["grid"]))
+    config = ConnectConfig(seed_b=int(values["seed_b"]), weights_b=values.get("weights_b"), align=values["align"] == "yes",
+                           steps=int(values["steps"]), eval_every=int(values["eval_every"]), third=values["third"],
+                           grid=int(values["grid"]))
     solver = SolverConfig(eps=float(values["eps"]), damping=float(values["damping"]))
     config.validate()
     solver.validate()
-    if config.seed_b == setup.seed:  # caught before Run (the engine says it too, but only once Run is pressed)
+    # both trained from one seed would be one network: caught before Run (the engine says it too,
+    # but only once Run is pressed); a network from a file has no seed to clash
+    if config.seed_b == setup.seed and not setup.weights and not config.weights_b:
         raise ConfigError(f"The two networks need different seeds; both are {setup.seed}.")
     return setup, config, solver
 
@@ -87,8 +90,8 @@ def draw(runner) -> None:
         curve = runner.curves.get(name) if runner.curves else None
         if curve is not None:
             ts, _ = arc_length_parameters(curve, 41)
-            others[name] = curve.weights(ts.to(curve.bends.dtype))
-    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others), key="connect:pca")
+            others[name] = curve_points(curve, ts.to(curve.bends.dtype), runner.sketch)  # as the snapshots were kept
+    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others, projected=runner.sketch is not None), key="connect:pca")
     if summary.get("geodesic"):
         st.subheader("Summary")
         ends = summary["endpoints"]
@@ -176,14 +179,15 @@ def replay_record(record, key: str = "replay", at: int | None = None) -> None:
         current = min(range(len(steps)), key=lambda i: abs(steps[i] - at)) if steps else None
     left, right = st.columns(2)
     left.plotly_chart(plots_connect.profiles_figure(summary["profiles"], marker=length), key=f"{key}:profiles")
-    others = {}
+    others, sketch = {}, record.sketch()  # the other paths are projected as the snapshots were kept
     if (record.path / "weights" / "connect_points.safetensors").is_file():
         points = record.weights("connect_points")  # flat, in the snapshots' order
         ts = torch.linspace(0, 1, 41)
-        others["line"] = LineCurve(points["w_a"], points["w_b"]).weights(ts)
+        others["line"] = curve_points(LineCurve(points["w_a"], points["w_b"]), ts, sketch)
         if "bezier_control" in points:  # (not when Stop skipped the Bezier curve)
-            others["bezier"] = BezierCurve(points["w_a"], points["bezier_control"], points["w_b"]).weights(ts)
-    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others, current=current), key=f"{key}:pca")
+            others["bezier"] = curve_points(BezierCurve(points["w_a"], points["bezier_control"], points["w_b"]), ts, sketch)
+    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others, current=current, projected=sketch is not None),
+                       key=f"{key}:pca")
     st.dataframe(pd.DataFrame(plots_connect.summary_rows(summary)), hide_index=True, key=f"{key}:table")
     landscape = load_landscape(record.path)
     if landscape is not None:
@@ -197,7 +201,8 @@ def page() -> None:
         "outputs on training inputs barely change (no labels); compare with the straight line, and with a "
         "quadratic Bezier curve whose bend is trained with labels for as many gradient evaluations."
     )
-    values = {**_live.controls_ui("connect", CONTROLS), "weights": _live.weights_ui("connect")}
+    values = {**_live.controls_ui("connect", CONTROLS), "weights": _live.weights_ui("connect"),
+              "weights_b": _live.weights_ui("connect", "weights_b", "weights of w_B")}
     built = _live.checked_configs("connect", configs, values)  # None: what is wrong is said on the page
     make_runner = None
     if built is not None:
@@ -205,8 +210,11 @@ def page() -> None:
 
         def make_runner():
             problem = _live.cached_problem(setup)
-            seed_b = config.seed_b if config.seed_b is not None else setup.seed + 1
-            _live.admit_network(replace(setup, seed=seed_b), problem.data)  # w_B is a start network too
+            if config.weights_b:  # the user's own w_B: the same loader and checks as w_A's file
+                _, _, w_b, sha = network_from_file(setup, problem.data, problem.device, config.weights_b)
+                return connect_runner(problem, replace(config, seed_b=None, weights_b_sha256=sha), solver, str(default_runs_dir()),
+                                      abandon_after=_live.ABANDON_AFTER, w_b=w_b)
+            _live.admit_network(replace(setup, seed=config.seed_b), problem.data)  # w_B is a start network too
             return connect_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
     runner = _live.run_panel("connect", make_runner, draw, int(values["steps"]), placeholder)

@@ -70,7 +70,7 @@ def draw(runner) -> None:
 def draw_pictures(runner) -> None:
     """The PCA of the trajectory (redrawn less often), then the summary once the baselines are trained."""
     steps, snapshots = runner.trajectory()
-    _charts.continual_pictures(steps, snapshots, "live", moving=runner.alive)
+    _charts.continual_pictures(steps, snapshots, "live", moving=runner.alive, projected=runner.sketch is not None)
     _charts.continual_summary(runner.summary or runner.partial, "live")
 
 

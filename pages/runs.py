@@ -93,12 +93,14 @@ def replay(record) -> None:
             snapshots,
             "replay",
             marker=at,
+            projected=record.sketch() is not None,
         )
         _charts.sparsify_summary(
             summary, table, record.config.get("sparsify", {}).get("sparsity"), record.config.get("solver", {}).get("mode")
         )
     elif record.config.get("application") == "continual":
-        _charts.continual_charts(table, record.summary.get("start", {}), steps, snapshots, "replay", marker=at)
+        _charts.continual_charts(table, record.summary.get("start", {}), steps, snapshots, "replay", marker=at,
+                                 projected=record.sketch() is not None)
         _charts.continual_summary(record.summary, "replay")
     elif record.config.get("application") == "connect":
         from pages.connect import replay_record

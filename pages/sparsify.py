@@ -55,11 +55,11 @@ def draw_pictures(runner) -> None:
     task = runner.task
     steps, snapshots = runner.trajectory()  # kept on a memory budget: maybe not the last step
     step, w = runner.path.step, runner.path.w.detach().float().cpu()  # the current point
-    if steps[-1] != step:
-        steps, snapshots = [*steps, step], torch.cat([snapshots, w[None]])
+    if steps[-1] != step:  # the current point, kept as the trajectory is (projected for a big network)
+        steps, snapshots = [*steps, step], torch.cat([snapshots, (w if runner.sketch is None else runner.sketch(w))[None]])
     layers = plots.layer_sparsity(task.problem.params(w))
     _charts.sparsify_pictures(layers, task.config.sparsity, f"Per-layer sparsity at step {step}", steps, snapshots, "live",
-                              moving=runner.alive)
+                              moving=runner.alive, projected=runner.sketch is not None)
     summary = runner.summary or ({"reference": runner.partial.get("reference") or {
         "dense_accuracy": task.dense_accuracy, "one_shot_accuracy": task.one_shot_accuracy}} if runner.finished else {})
     _charts.sparsify_summary(summary, runner.rows(), task.config.sparsity)

@@ -29,8 +29,8 @@ def test_each_page_offers_a_weights_upload(page):
     at.switch_page(page)
     at.run()
     assert not at.exception
-    uploads = at.get("file_uploader")
-    assert len(uploads) == 1 and "start weights" in uploads[0].proto.label
+    labels = [u.proto.label for u in at.get("file_uploader")]
+    assert labels == ["Your own start weights"] + (["Your own weights of w_B"] if page == "pages/connect.py" else [])
 
 
 def test_a_page_run_shows_its_cost_and_starts_from_uploaded_weights(tmp_path, runs_dir, monkeypatch):

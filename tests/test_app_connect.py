@@ -76,6 +76,21 @@ def test_connect_page_says_what_is_wrong(runs_dir, monkeypatch):
     assert at.button(key="connect:Run").disabled
 
 
+def _replay_script(folder):
+    from geoviz.runs import read_run
+    from pages.connect import replay_record
+
+    replay_record(read_run(folder))
+
+
+def replayed(folder) -> AppTest:
+    """The connect replay of a run folder, drawn (no exception)."""
+    at = AppTest.from_function(_replay_script, args=(str(folder),), default_timeout=60)
+    at.run()
+    assert not at.exception
+    return at
+
+
 def test_a_connect_run_replays_from_its_folder(runs_dir):
     """What the Runs page can draw of a finished connect run, from disk only."""
     from geoviz.applications.connect import ConnectConfig, connect_runner, run_landscape
@@ -86,16 +101,7 @@ def test_a_connect_run_replays_from_its_folder(runs_dir):
     runner = connect_runner(problem, ConnectConfig(), SolverConfig(eps=0.3, damping=1e-3), str(runs_dir))
     assert runner.run() == "finished"
     run_landscape(runner, 4)
-
-    def script(folder):
-        from geoviz.runs import read_run
-        from pages.connect import replay_record
-
-        replay_record(read_run(folder))
-
-    at = AppTest.from_function(script, args=(str(runner.writer.dir),), default_timeout=60)
-    at.run()
-    assert not at.exception
+    at = replayed(runner.writer.dir)
     charts = at.get("plotly_chart")
     assert len(charts) == 3  # profiles, PCA with line and Bezier, landscape
     assert "Bezier curve" in charts[1].proto.spec and "contour" in charts[2].proto.spec
@@ -124,3 +130,82 @@ def test_runs_page_replays_a_connect_run(runs_dir, monkeypatch):
     assert float(row["barrier"].item()) == pytest.approx(runner.summary["geodesic"]["barrier"], abs=5e-5)  # shown to 4 places
     assert list(at.dataframe[1].value["path"]) == ["geodesic", "straight line", "Bezier curve", "Bezier curve, no labels"]
     assert len(at.get("plotly_chart")) >= 2
+
+
+def _own_weights(monkeypatch, **files):
+    """What the upload widgets return (AppTest cannot upload): the saved files' paths by setting name."""
+    from pages import _live
+
+    monkeypatch.setattr(_live, "weights_ui", lambda page, name="weights", what="": files.get(name))
+
+
+def _saved_network(tmp_path, seed: int, model: str = "mlp"):
+    from safetensors.torch import save_file
+
+    from geoviz.data import load_dataset
+    from geoviz.training import train_network
+
+    net, _, _ = train_network(load_dataset("digits"), model, seed)
+    path = tmp_path / f"{model}_{seed}.safetensors"
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
+    return net, path
+
+
+def test_connect_page_walks_to_an_uploaded_second_network(runs_dir, monkeypatch, tmp_path):
+    """w_B from the user's file: the seed of w_B is then unused (equal seeds are no clash), and the
+    geodesic ends exactly on the file's weights, whose sha256 the run keeps."""
+    import hashlib
+    import json
+
+    net_b, path = _saved_network(tmp_path, 5)
+    _own_weights(monkeypatch, weights_b=str(path))
+    monkeypatch.setenv("GEOVIZ_RUNS", str(runs_dir))
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    at.sidebar.number_input(key="connect:seed_b").set_value(0)  # w_A's seed: no clash with a file
+    at.sidebar.number_input(key="connect:eps").set_value(0.3)
+    at.run()
+    assert not at.exception and not at.error
+    at.button(key="connect:Run").click().run()
+    assert not at.exception and not at.error
+    runner = at.session_state["connect:runner"]
+    _wait(lambda: runner.touch() or runner.finished)
+    assert runner.state == "finished", runner.message
+    w_b = torch.cat([p.detach().flatten() for p in net_b.parameters()])
+    assert torch.equal(runner.task.w_b, w_b)
+    assert runner.path.end_reason == "reached the target network"  # landed on the file's weights
+    config = json.loads((runner.writer.dir / "config.json").read_text())
+    assert config["connect"]["weights_b_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert config["connect"]["seed_b"] is None
+
+
+def test_connect_page_refuses_a_second_network_of_another_architecture(runs_dir, monkeypatch, tmp_path):
+    _, path = _saved_network(tmp_path, 0, "lenet300")
+    _own_weights(monkeypatch, weights_b=str(path))
+    monkeypatch.setenv("GEOVIZ_RUNS", str(runs_dir))
+    at = AppTest.from_file(PAGE, default_timeout=120)
+    at.run()
+    at.button(key="connect:Run").click().run()
+    assert not at.exception
+    assert "connect:runner" not in at.session_state  # nothing ran
+    errors = [e.value.replace("\\", "") for e in at.error]  # (the page escapes markdown)
+    assert errors == [f"{path.name} has other shapes than the model: net.1.bias (300,) where the model has (128,) (and 4 more)."]
+
+
+@pytest.mark.parametrize("weights, weights_b, refused", [
+    (None, None, True),  # both trained from seed 0: one network twice
+    ("/x/a.safetensors", None, False),
+    (None, "/x/b.safetensors", False),
+    ("/x/a.safetensors", "/x/b.safetensors", False),
+])
+def test_equal_seeds_are_refused_only_when_both_networks_are_trained(weights, weights_b, refused):
+    from geoviz.errors import ConfigError
+    from pages.connect import CONTROLS, configs
+
+    values = {c.name: c.default for c in CONTROLS} | {"seed": 0, "seed_b": 0, "weights": weights, "weights_b": weights_b}
+    if refused:
+        with pytest.raises(ConfigError, match=r"^The two networks need different seeds; both are 0\.$"):
+            configs(values)
+    else:
+        _, config, _ = configs(values)
+        assert config.weights_b == weights_b

@@ -26,6 +26,7 @@ from geoviz.applications.cost import Cost, runner_cost, size_warning
 from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError
 from geoviz.problem import Problem, SetupConfig
+from geoviz.record.sketch import check_budget_mb
 from geoviz.runs import RunRecord, read_run
 from geoviz.setups.own import labelled, module_weights, problem_from_module, task_from
 
@@ -243,6 +244,7 @@ def sparsify(
     out: str | None = None,
     progress=True,
     setup: SetupConfig | None = None,
+    snapshot_mb: float = 64.0,
     **options,
 ) -> Run:
     """Walk from ``model``'s weights to a network with ``sparsity`` of its Linear/Conv weights at zero.
@@ -261,6 +263,10 @@ def sparsify(
         out: folder for run folders (default ``./runs`` or ``$GEOVIZ_RUNS``).
         progress: ``True`` for a progress bar (tqdm.auto when installed), ``False`` for none.
         setup: what the record names as dataset and model (the CLI passes its own).
+        snapshot_mb: the record's budget for weight snapshots in MB (the live trajectory gets
+            half); when fewer than 32 full snapshots fit, each is kept as a fixed random
+            projection (:mod:`geoviz.record.sketch`), so the trajectory's PCA still gets
+            every kept step.
         **options: further :class:`~geoviz.applications.sparsify.SparsifyConfig` fields
             (``steps``, ``tolerance``, ``eval_every``, ...).
 
@@ -272,10 +278,11 @@ def sparsify(
 
     config = SparsifyConfig(sparsity=sparsity, **options)
     config.validate()
+    check_budget_mb(snapshot_mb)
     solver = _solver(solver)
     problem = _problem(model, train, test, seed, device, setup, False, progress)
     baselines = baselines and labelled(problem.y_train)
-    runner = sparsify_runner(problem, config, solver, out, baselines=baselines)
+    runner = sparsify_runner(problem, config, solver, out, baselines=baselines, snapshot_budget_mb=snapshot_mb)
     return walk(runner, "sparsify", config.steps, progress)
 
 
@@ -292,6 +299,7 @@ def continual(
     out: str | None = None,
     progress=True,
     setup: SetupConfig | None = None,
+    snapshot_mb: float = 64.0,
     sequence_name: str = "own tasks",
     **options,
 ) -> Run:
@@ -305,7 +313,7 @@ def continual(
         task2: the same for the task to learn (its train data need labels).
         memory: task-1 training inputs kept: the metric batch of every step.
         solver: the step's settings (default: ``geoviz.applications.continual.DEFAULT_SOLVER``).
-        seed, device, out, progress, setup: as for :func:`sparsify`.
+        seed, device, out, progress, setup, snapshot_mb: as for :func:`sparsify`.
         baselines: also run fine-tune, EWC and replay with as many gradient evaluations.
         sequence_name: how the record names the two tasks.
         **options: further :class:`~geoviz.applications.continual.ContinualConfig` fields
@@ -320,6 +328,7 @@ def continual(
 
     config = ContinualConfig(memory=memory, **options)
     config.validate()
+    check_budget_mb(snapshot_mb)
     solver = _solver(solver, DEFAULT_SOLVER)
     problem = model  # already prepared (the CLI's), or the user's module:
     if not isinstance(model, Problem):
@@ -341,7 +350,7 @@ def continual(
     chosen = BASELINES if baselines else ()
     if not labelled(tasks[0].y_train):
         chosen = tuple(b for b in chosen if b != "replay")
-    runner = continual_runner(problem, sequence, config, solver, out, baselines=chosen)
+    runner = continual_runner(problem, sequence, config, solver, out, baselines=chosen, snapshot_budget_mb=snapshot_mb)
     return walk(runner, "continual", config.steps, progress)
 
 
@@ -368,6 +377,7 @@ def connect(
     out: str | None = None,
     progress=True,
     setup: SetupConfig | None = None,
+    snapshot_mb: float = 64.0,
     **options,
 ) -> Run:
     """The geodesic from ``model_a``'s weights to ``model_b``'s, against the line and a trained Bezier curve.
@@ -377,7 +387,7 @@ def connect(
         train: labelled training data (the metric's pool; losses along the paths).
         test: labelled test data.
         solver: the step's settings (default: eps 0.1, damping 1e-3, calibrated on digits).
-        seed, device, out, progress, setup: as for :func:`sparsify`.
+        seed, device, out, progress, setup, snapshot_mb: as for :func:`sparsify`.
         baselines: also train the Bezier curve (else its control point stays at the
             midpoint: the line).
         **options: further :class:`~geoviz.applications.connect.ConnectConfig` fields
@@ -392,6 +402,7 @@ def connect(
 
     config = ConnectConfig(**options)
     config.validate()
+    check_budget_mb(snapshot_mb)
     if not baselines and config.grid and config.third == "bezier":
         raise ConfigError("Without baselines no Bezier control point is trained to span the landscape's plane; use third='midpoint'.")
     solver = _solver(solver, SolverConfig(**SOLVER_DEFAULTS))
@@ -407,5 +418,5 @@ def connect(
         w_b = w_b.to(problem.device)
     elif not isinstance(model_a, Problem):
         raise ConfigError("connect needs the second network: pass model_b.")
-    runner = connect_runner(problem, config, solver, out, w_b=w_b, baselines=baselines)
+    runner = connect_runner(problem, config, solver, out, w_b=w_b, baselines=baselines, snapshot_budget_mb=snapshot_mb)
     return walk(runner, "connect", config.steps, progress)

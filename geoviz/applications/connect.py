@@ -132,7 +132,7 @@ class ConnectTask:
             w_b = w_b.detach().to(p.w0.device, p.w0.dtype)
         else:
             self.seed_b = p.setup.seed + 1 if config.seed_b is None else config.seed_b
-            if self.seed_b == p.setup.seed:
+            if self.seed_b == p.setup.seed and not p.setup.weights:  # (w_A from a file has no seed to clash)
                 raise ConfigError(f"the second network needs a different seed than the first ({p.setup.seed}).")
             _, _, w_b = start_network(p.setup, p.data, p.device, self.seed_b)
         self.w_a = p.w0
@@ -332,6 +332,9 @@ class ConnectTask:
     def third_point(self, curves: dict) -> torch.Tensor:
         """The plane's third point as the config asks: Bezier control point or geodesic midpoint."""
         if self.config.third == "midpoint" or "bezier" not in curves:  # (no Bezier when Stop skipped it)
+            if "geodesic" not in curves:
+                raise ConfigError("The geodesic's midpoint is unknown: its snapshots were kept as random projections "
+                                  "(a network too big for the snapshot budget); use the Bezier control point or a larger budget.")
             return curves["geodesic"].weights(torch.tensor([0.5]))[0]
         return curves["bezier"].control
 
@@ -427,7 +430,8 @@ def connect_runner(
             }
         )
         steps, snapshots = runner.trajectory()
-        runner.curves = {**runner.curves, "geodesic": PolylineCurve(snapshots.to(task.w_a.device, task.w_a.dtype))}
+        if runner.sketch is None:  # (projected snapshots are no points in weight space)
+            runner.curves = {**runner.curves, "geodesic": PolylineCurve(snapshots.to(task.w_a.device, task.w_a.dtype))}
         profiles = {"geodesic": geo_profile, "line": line_profile}
         runner.publish(profiles=dict(profiles))
         line_summary, _ = task.judge(line, line_profile)

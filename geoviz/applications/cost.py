@@ -115,5 +115,5 @@ def runner_cost(runner, rows: Sequence[Mapping] | None = None) -> Cost | None:
     path = runner.path
     parameters = path.w.numel()
     rows = runner.rows()[:MEASURED_STEPS] if rows is None else rows
-    kept = runner.snapshot_capacity * parameters * 4 / 2**20  # MB the in-memory trajectory reaches
+    kept = runner.snapshot_capacity * runner.snapshot_bytes / 2**20  # MB the in-memory trajectory reaches
     return estimate_cost(rows, path.max_steps, path.eval_every, parameters, path.w.device, kept)

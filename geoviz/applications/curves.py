@@ -28,6 +28,7 @@ __all__ = [
     "BezierCurve",
     "PolylineCurve",
     "arc_length_parameters",
+    "curve_points",
     "weight_matching",
 ]
 
@@ -102,6 +103,14 @@ class PolylineCurve:
 
     def weights(self, t) -> torch.Tensor:
         return self.coefficients(t).to(self.bends.device) @ self.bends
+
+
+def curve_points(curve, t, sketch=None) -> torch.Tensor:
+    """(T,) parameters -> (T, P) weights of the curve, or (T, k) their projections by
+    ``sketch`` (a linear map, so the curve's bends are projected, not each point)."""
+    if sketch is None:
+        return curve.weights(t)
+    return curve.coefficients(t).float().cpu() @ torch.stack([sketch(b) for b in curve.bends])
 
 
 def arc_length_parameters(curve, n: int, samples: int = 2001) -> tuple[torch.Tensor, float]:
