@@ -78,13 +78,17 @@ def lesson(slug: str) -> Lesson | None:
     return next((item for item in lessons() if item.slug == slug), None)
 
 
-_PREPARING = threading.Lock()  # the server's warm-up and a first visitor never compute twice
+_PREPARING: dict[str, threading.Lock] = {}  # per lesson: the server's warm-up and a first visitor never compute twice
+_LOCKS = threading.Lock()
 
 
 def prepare(slug: str | None = None) -> None:
-    """Compute a lesson's numbers, or every lesson's (a minute the first time on a new
-    machine, then cached in memory and on disk)."""
-    with _PREPARING:
-        for item in lessons():
-            if slug is None or item.slug == slug:
+    """Compute a lesson's numbers, or every lesson's (a minute or two the first time on
+    a new machine, then cached in memory and on disk). A visitor to one lesson waits
+    for that lesson only, not for the warm-up of the others."""
+    for item in lessons():
+        if slug is None or item.slug == slug:
+            with _LOCKS:
+                lock = _PREPARING.setdefault(item.slug, threading.Lock())
+            with lock:
                 item.prepare()

@@ -59,10 +59,11 @@ def _landscape(r) -> go.Figure:
                  "textposition": "top center", "textfont": {"color": "white", "size": 20}, "showlegend": False,
                  "marker": {"size": 14, "color": "white", "line": {"width": 2, "color": "black"}}})
     fig = go.Figure(data)
-    fig.update_layout(title={"text": "Train loss on the plane through A, B and the geodesic's midpoint"}, height=480,
+    fig.update_layout(title={"text": "Train loss on a plane through A and B"}, height=480,
                       margin=MARGIN, legend={**LEGEND, "bgcolor": "#44475a", "font": {"color": "white"}},
                       xaxis={"title": {"text": "towards B (weight-space distance)"}},
-                      yaxis={"title": {"text": "towards the geodesic's midpoint"}, "scaleanchor": "x", "scaleratio": 1})
+                      yaxis={"title": {"text": "towards the geodesic's midpoint"}, "scaleanchor": "x", "scaleratio": 1,
+                             "constrain": "domain"})
     return fig
 
 
@@ -105,8 +106,9 @@ LESSON = Lesson(
         Step("The geodesic", "The engine's geodesic walks from A to B in {steps} steps, keeping the outputs on training inputs "
              "as still as it can (no label read). Its highest loss is {geodesic_max_loss:.3f}: a barrier {barrier_ratio:.0f} "
              "times lower than the line's.", "both"),
-        Step("Seen from above", "The loss on the plane through A, B and the geodesic's midpoint, with both paths projected on it: "
-             "the line crosses a ridge, the geodesic goes around it.", "landscape"),
+        Step("Seen from above", "The loss on the plane through A, B and the geodesic's midpoint. The line crosses the high "
+             "ground between A and B; the geodesic's shadow bends around it (the geodesic itself leaves this plane: its own "
+             "loss was the previous picture).", "landscape"),
         Step("What a user would see", "Along the line the test accuracy drops to {line_min_accuracy:.1%}; along the geodesic it "
              "never falls below {geodesic_min_accuracy:.1%}.", "accuracy"),
         Step("Longer, yet gentler", "The geodesic is longer in the weights ({geodesic_length:.1f} against {line_length:.1f}), but "

@@ -56,7 +56,7 @@ def _magnitudes(r) -> go.Figure:
          "line": {"color": "#d62728", "width": 4, "dash": "dash"}},
     ])
     fig.update_layout(title={"text": "The size of each weight of the trained network"}, height=480, margin=MARGIN, legend=LEGEND,
-                      xaxis={"title": {"text": "|w| (log scale)"}, "type": "log"}, yaxis={"title": {"text": "weights"}}, bargap=0)
+                      xaxis={"title": {"text": "|w| (log scale)"}, "type": "log", "dtick": 1}, yaxis={"title": {"text": "weights"}}, bargap=0)
     return fig
 
 
