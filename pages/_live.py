@@ -220,6 +220,8 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
     if owner:
         saved.update(values)
     query = {k: str(v) for k, v in values.items()}
+    if params.get("present") == "1":  # presentation mode (pages/_present.py) is part of the address too
+        query["present"] = "1"
     if shown is not None and getattr(shown, "settings", None) == values:  # the address reproduces the run shown
         query["run" if owner else "watch"] = run_id(shown)
     st.query_params.from_dict(query)
