@@ -540,7 +540,8 @@ def run_panel(
             _status_only_ui(page, phase)
         _settings_notice(page, runner)
     if runner is None:
-        st.info("Choose the settings in the sidebar and press **Run**: the path is drawn as it grows.")
+        where = "the sidebar (out of presentation mode)" if st.query_params.get("present") == "1" else "the sidebar"
+        st.info(f"Choose the settings in {where} and press **Run**: the path is drawn as it grows.")
         if placeholder is not None:
             placeholder()
         return None

@@ -14,6 +14,9 @@ from geoviz.lessons import present_fonts
 __all__ = ["CSS", "active", "apply", "toggle_ui", "chart"]
 
 HEIGHT = 360  # px of a chart in presentation mode
+# a legend under the plot starts this far below it (a fraction of the plot's height): at
+# the applications' -0.22 the 18 px ticks and 20 px axis title ran into it
+LEGEND_Y = -0.4
 
 CSS = """<style>
 [data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], header[data-testid="stHeader"] {display: none;}
@@ -61,4 +64,6 @@ def chart(container, figure, **options) -> None:
     """``container.plotly_chart``; in presentation mode with the chart text enlarged, at most HEIGHT px tall."""
     if active():  # shorter: the first row of charts fits under the run buttons and status at 1280x720
         figure = present_fonts(figure, True).update_layout(height=min(figure.layout.height or 450, HEIGHT))
+        if figure.layout.legend.y is not None and figure.layout.legend.y < 0:  # below the bigger x-axis title
+            figure.update_layout(legend_y=LEGEND_Y)
     container.plotly_chart(figure, **options)
