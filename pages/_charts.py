@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from geoviz import plots
-from pages import _safe
+from pages import _present, _safe
 
 __all__ = ["sparsify_charts", "sparsify_curves", "sparsify_pictures", "sparsify_numbers", "sparsify_summary", "generic_charts", "continual_curves", "continual_pictures", "x_axis_ui"]
 
@@ -77,9 +77,9 @@ def sparsify_curves(rows, reference: dict, baselines: dict | None, target: float
         x_marker = float(table.loc[(table["step"] - marker).abs().idxmin(), x])
     config = {"staticPlot": True} if moving else None
     left = middle = right = row()
-    left.plotly_chart(plots.accuracy_figure(table, reference, baselines, marker=marker), key=f"{key}:accuracy", config=config)
-    middle.plotly_chart(plots.loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
-    right.plotly_chart(plots.sparsity_figure(table, target, marker=marker), key=f"{key}:sparsity", config=config)
+    _present.chart(left, plots.accuracy_figure(table, reference, baselines, marker=marker), key=f"{key}:accuracy", config=config)
+    _present.chart(middle, plots.loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
+    _present.chart(right, plots.sparsity_figure(table, target, marker=marker), key=f"{key}:sparsity", config=config)
 
 
 def sparsify_pictures(layers: dict, target: float, layers_title: str, steps: list[int], snapshots, key: str,
@@ -87,9 +87,9 @@ def sparsify_pictures(layers: dict, target: float, layers_title: str, steps: lis
     """The pictures of one point and of the whole trajectory: per-layer sparsity and the PCA."""
     config = {"staticPlot": True} if moving else None
     left = right = row()
-    left.plotly_chart(plots.layer_sparsity_figure(layers, target, layers_title), key=f"{key}:layers", config=config)
-    right.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker, projected=projected), key=f"{key}:pca",
-                       config=config)
+    _present.chart(left, plots.layer_sparsity_figure(layers, target, layers_title), key=f"{key}:layers", config=config)
+    _present.chart(right, plots.trajectory_figure(steps, snapshots, current=marker, projected=projected), key=f"{key}:pca",
+                   config=config)
 
 
 def sparsify_numbers(rows, reference: dict) -> None:
@@ -157,7 +157,7 @@ def generic_charts(rows, key: str) -> None:
     """For applications without their own layout yet: loss along the path."""
     table = plots.as_table(rows)
     x = x_axis_ui(f"{key}:x")
-    st.plotly_chart(plots.loss_figure(table, x), key=f"{key}:loss")
+    _present.chart(st, plots.loss_figure(table, x), key=f"{key}:loss")
 
 
 def continual_charts(rows, start: dict, steps: list[int], snapshots, key: str, marker: int | None = None,
@@ -176,17 +176,17 @@ def continual_curves(rows, start: dict, key: str, marker: int | None = None, mov
         x_marker = float(table.loc[(table["step"] - marker).abs().idxmin(), x])
     config = {"staticPlot": True} if moving else None
     left = right = row()
-    left.plotly_chart(plots.task_accuracy_figure(table, x, start, marker=x_marker), key=f"{key}:accuracy", config=config)
-    right.plotly_chart(plots.task_loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
+    _present.chart(left, plots.task_accuracy_figure(table, x, start, marker=x_marker), key=f"{key}:accuracy", config=config)
+    _present.chart(right, plots.task_loss_figure(table, x, marker=x_marker), key=f"{key}:loss", config=config)
 
 
 def continual_pictures(steps: list[int], snapshots, key: str, marker: int | None = None, moving: bool = False,
                        projected: bool = False) -> None:
     """The PCA of a continual path's trajectory."""
     config = {"staticPlot": True} if moving else None
-    st.plotly_chart(plots.trajectory_figure(steps, snapshots, current=marker, start_label="start (task 1 learnt)",
-                                            projected=projected),
-                    key=f"{key}:pca", config=config)
+    _present.chart(st, plots.trajectory_figure(steps, snapshots, current=marker, start_label="start (task 1 learnt)",
+                                               projected=projected),
+               key=f"{key}:pca", config=config)
 
 
 def continual_summary(summary: dict, key: str) -> None:
@@ -194,7 +194,7 @@ def continual_summary(summary: dict, key: str) -> None:
     if not summary.get("geodesic"):
         return
     st.subheader("Geodesic and baselines")
-    st.plotly_chart(plots.continual_bars_figure(summary), key=f"{key}:bars")
+    _present.chart(st, plots.continual_bars_figure(summary), key=f"{key}:bars")
     percent = st.column_config.NumberColumn(format="%.4f")
     table = plots.continual_results(summary)
     table["gradient evaluations"] = [("—" if v is None or v != v else int(v)) for v in table["gradient evaluations"]]

@@ -221,6 +221,8 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
     if owner:
         saved.update(values)
     query = {k: str(v) for k, v in values.items()}
+    if params.get("present") == "1":  # presentation mode (pages/_present.py) is part of the address too
+        query["present"] = "1"
     if shown is not None and getattr(shown, "settings", None) == values:  # the address reproduces the run shown
         query["run" if owner else "watch"] = run_id(shown)
         if owner and getattr(shown, "owner_key", None):
@@ -593,7 +595,8 @@ def run_panel(
             _status_only_ui(page, phase)
         _settings_notice(page, runner)
     if runner is None:
-        st.info("Choose the settings in the sidebar and press **Run**: the path is drawn as it grows.")
+        where = "the sidebar (out of presentation mode)" if st.query_params.get("present") == "1" else "the sidebar"
+        st.info(f"Choose the settings in {where} and press **Run**: the path is drawn as it grows.")
         if placeholder is not None:
             placeholder()
         return None

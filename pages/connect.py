@@ -16,7 +16,7 @@ from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.problem import SetupConfig, network_from_file
 from geoviz.runs import default_runs_dir
-from pages import _charts, _live, _safe, _sweep
+from pages import _charts, _live, _present, _safe, _sweep
 from pages._live import Control
 
 CONTROLS = (
@@ -83,7 +83,7 @@ def draw(runner) -> None:
                    + (" (w_B aligned to w_A by weight matching; before: {:.2f})".format(task.distance_before_alignment)
                       if task.config.align else "") + ".")
     left, right = st.columns(2)
-    left.plotly_chart(plots_connect.profiles_figure(_profiles(runner)), key="connect:profiles")
+    _present.chart(left, plots_connect.profiles_figure(_profiles(runner)), key="connect:profiles")
     _, snapshots = runner.trajectory()
     others = {}
     for name in ("line", "bezier"):
@@ -91,7 +91,8 @@ def draw(runner) -> None:
         if curve is not None:
             ts, _ = arc_length_parameters(curve, 41)
             others[name] = curve_points(curve, ts.to(curve.bends.dtype), runner.sketch)  # as the snapshots were kept
-    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others, projected=runner.sketch is not None), key="connect:pca")
+    _present.chart(right, plots_connect.connect_pca_figure(snapshots, others, projected=runner.sketch is not None),
+                   key="connect:pca")
     if summary.get("geodesic"):
         st.subheader("Summary")
         ends = summary["endpoints"]
@@ -110,8 +111,8 @@ def draw(runner) -> None:
 def placeholder() -> None:
     """The charts, empty, before the first run."""
     left, right = st.columns(2)
-    left.plotly_chart(plots_connect.profiles_figure({}), key="connect:profiles")
-    right.plotly_chart(plots_connect.connect_pca_figure(torch.empty(0, 0)), key="connect:pca")
+    _present.chart(left, plots_connect.profiles_figure({}), key="connect:profiles")
+    _present.chart(right, plots_connect.connect_pca_figure(torch.empty(0, 0)), key="connect:pca")
 
 
 def _cost_sentence(cost: dict, n: int) -> str:
@@ -154,7 +155,7 @@ def landscape_ui(runner, n: int) -> None:
             _safe.error(job.error)
         snap = job.snapshot()
         done = f"{snap['rows_done']} of {n} rows in {snap['seconds']:.1f} s"
-        st.plotly_chart(plots_connect.landscape_figure(snap, value, _cost_sentence(job.cost, n)), key="connect:contour")
+        _present.chart(st, plots_connect.landscape_figure(snap, value, _cost_sentence(job.cost, n)), key="connect:contour")
         st.caption(f"{done}. Paths are projected on the plane; the geodesic leaves it, so its projection can cross high-loss regions it never visits.")
 
     view()
@@ -178,7 +179,7 @@ def replay_record(record, key: str = "replay", at: int | None = None) -> None:
         length = float(table.loc[(table["step"] - at).abs().idxmin(), "path_length"])
         current = min(range(len(steps)), key=lambda i: abs(steps[i] - at)) if steps else None
     left, right = st.columns(2)
-    left.plotly_chart(plots_connect.profiles_figure(summary["profiles"], marker=length), key=f"{key}:profiles")
+    _present.chart(left, plots_connect.profiles_figure(summary["profiles"], marker=length), key=f"{key}:profiles")
     others, sketch = {}, record.sketch()  # the other paths are projected as the snapshots were kept
     if (record.path / "weights" / "connect_points.safetensors").is_file():
         points = record.weights("connect_points")  # flat, in the snapshots' order
@@ -186,21 +187,24 @@ def replay_record(record, key: str = "replay", at: int | None = None) -> None:
         others["line"] = curve_points(LineCurve(points["w_a"], points["w_b"]), ts, sketch)
         if "bezier_control" in points:  # (not when Stop skipped the Bezier curve)
             others["bezier"] = curve_points(BezierCurve(points["w_a"], points["bezier_control"], points["w_b"]), ts, sketch)
-    right.plotly_chart(plots_connect.connect_pca_figure(snapshots, others, current=current, projected=sketch is not None),
-                       key=f"{key}:pca")
+    _present.chart(right, plots_connect.connect_pca_figure(snapshots, others, current=current, projected=sketch is not None),
+                   key=f"{key}:pca")
     st.dataframe(pd.DataFrame(plots_connect.summary_rows(summary)), hide_index=True, key=f"{key}:table")
     landscape = load_landscape(record.path)
     if landscape is not None:
-        st.plotly_chart(plots_connect.landscape_figure(landscape, "train_loss"), key=f"{key}:contour")
+        _present.chart(st, plots_connect.landscape_figure(landscape, "train_loss"), key=f"{key}:contour")
 
 
 def page() -> None:
+    _present.apply(app_page=True)
     st.title("Connect two networks")
-    st.caption(
-        "Two networks trained from different seeds. The geodesic walks from w_A to w_B moving only where the "
-        "outputs on training inputs barely change (no labels); compare with the straight line, and with a "
-        "quadratic Bezier curve whose bend is trained with labels for as many gradient evaluations."
-    )
+    _present.toggle_ui()
+    with st.container(key="present-hide-caption"):  # hidden on a projector
+        st.caption(
+            "Two networks trained from different seeds. The geodesic walks from w_A to w_B moving only where the "
+            "outputs on training inputs barely change (no labels); compare with the straight line, and with a "
+            "quadratic Bezier curve whose bend is trained with labels for as many gradient evaluations."
+        )
     values = {**_live.controls_ui("connect", CONTROLS), "weights": _live.weights_ui("connect"),
               "weights_b": _live.weights_ui("connect", "weights_b", "weights of w_B")}
     built = _live.checked_configs("connect", configs, values)  # None: what is wrong is said on the page
@@ -218,7 +222,8 @@ def page() -> None:
             return connect_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
     runner = _live.run_panel("connect", make_runner, draw, int(values["steps"]), placeholder)
-    _sweep.sweep_panel("connect", "connect", values, ("damping", "eps", "align", "seed_b"))
+    with st.container(key="present-hide-sweep"):
+        _sweep.sweep_panel("connect", "connect", values, ("damping", "eps", "align", "seed_b"))
     landscape_ui(runner, max(2, int(values["grid"])))
 
 

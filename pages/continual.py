@@ -11,7 +11,7 @@ from geoviz.models import MODEL_NAMES
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
 from geoviz.tasks import DEFAULT_SPLIT, SCENARIOS, load_task_sequence
-from pages import _charts, _live, _sweep
+from pages import _charts, _live, _present, _sweep
 from pages._live import Control
 
 _CONFIG = ContinualConfig()
@@ -80,14 +80,18 @@ def placeholder() -> None:
 
 
 def page() -> None:
+    _present.apply(app_page=True)
     st.title("Continual learning along a geodesic")
-    st.caption(
-        "Start from a network trained on task 1 and learn task 2 while moving only in directions that barely change "
-        "its outputs on a small memory of task-1 inputs. Compare with fine-tuning (forgets), EWC and replay, each "
-        "given as many gradient evaluations as the path used."
-    )
+    _present.toggle_ui()
+    with st.container(key="present-hide-caption"):  # hidden on a projector
+        st.caption(
+            "Start from a network trained on task 1 and learn task 2 while moving only in directions that barely change "
+            "its outputs on a small memory of task-1 inputs. Compare with fine-tuning (forgets), EWC and replay, each "
+            "given as many gradient evaluations as the path used."
+        )
     values = {**_live.controls_ui("continual", CONTROLS), "weights": _live.weights_ui("continual")}
-    memory_ui(int(values["memory"]), values["scenario"])
+    with st.container(key="present-hide-memory"):  # hidden on a projector
+        memory_ui(int(values["memory"]), values["scenario"])
     built = _live.checked_configs("continual", configs, values)  # None: what is wrong is said on the page
     make_runner = None
     if built is not None:
@@ -99,7 +103,8 @@ def page() -> None:
             return continual_runner(problem, sequence, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
     _live.run_panel("continual", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
-    _sweep.sweep_panel("continual", "continual", values, ("memory", "damping", "eps", "metric", "mode", "ewc_lambda"))
+    with st.container(key="present-hide-sweep"):
+        _sweep.sweep_panel("continual", "continual", values, ("memory", "damping", "eps", "metric", "mode", "ewc_lambda"))
 
 
 if __name__ == "__main__":

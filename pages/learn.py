@@ -6,14 +6,9 @@ from __future__ import annotations
 import streamlit as st
 
 from geoviz.lessons import lesson, lessons, prepare
-from pages import _live
+from pages import _live, _present
 
-# a projector: no sidebar, no header, less padding, so the picture stays above the fold
-PRESENT_CSS = """<style>
-[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"], header[data-testid="stHeader"] {display: none;}
-[data-testid="stMainBlockContainer"] {padding-top: 1rem; padding-bottom: 1rem; max-width: 1200px;}
-[data-testid="stMarkdownContainer"] p {font-size: 1.35rem;}
-</style>"""
+PRESENT_CSS = _present.CSS  # a projector: no sidebar, no header, less padding
 
 
 @st.cache_resource(show_spinner="Preparing the lesson (once per server)…")

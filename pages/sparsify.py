@@ -12,7 +12,7 @@ from geoviz.models import MODEL_NAMES
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
 from geoviz.applications.sparsify import SparsifyConfig, sparsify_runner
-from pages import _charts, _live, _sweep
+from pages import _charts, _live, _present, _sweep
 from pages._live import Control
 
 _SOLVER, _SPARSIFY = SolverConfig(), SparsifyConfig()  # the engine's defaults are the page's
@@ -71,12 +71,15 @@ def placeholder() -> None:
 
 
 def page() -> None:
+    _present.apply(app_page=True)
     st.title("Sparsify along a geodesic")
-    st.caption(
-        "The path pulls the smallest weights to zero while moving only in directions that barely change "
-        "the network's outputs on training inputs (no labels). Compare with pruning at once, and with pruning "
-        "plus fine-tuning, which uses labels."
-    )
+    _present.toggle_ui()
+    with st.container(key="present-hide-caption"):  # hidden on a projector
+        st.caption(
+            "The path pulls the smallest weights to zero while moving only in directions that barely change "
+            "the network's outputs on training inputs (no labels). Compare with pruning at once, and with pruning "
+            "plus fine-tuning, which uses labels."
+        )
     values = {**_live.controls_ui("sparsify", CONTROLS), "weights": _live.weights_ui("sparsify")}
     built = _live.checked_configs("sparsify", configs, values)  # None: what is wrong is said on the page
     make_runner = None
@@ -88,7 +91,8 @@ def page() -> None:
             return sparsify_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
 
     _live.run_panel("sparsify", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
-    _sweep.sweep_panel("sparsify", "sparsify", values, ("damping", "eps", "metric", "mode", "sparsity"))
+    with st.container(key="present-hide-sweep"):
+        _sweep.sweep_panel("sparsify", "sparsify", values, ("damping", "eps", "metric", "mode", "sparsity"))
 
 
 if __name__ == "__main__":

@@ -80,3 +80,70 @@ def test_every_step_is_ready_in_under_two_seconds():
             assert text and "{" not in text
             assert figure.layout.title.font.size >= 22 and figure.layout.xaxis.tickfont.size >= 16
     assert lesson("nope") is None
+
+
+# -- the three application lessons: their claims on the prepared numbers (the ones the
+# lessons show), each with a part recomputed here independently of the lesson's code
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_problem(SetupConfig(dataset="digits", model="mlp", seed=0))
+
+
+def test_the_geodesic_has_no_barrier_where_the_line_has_one(digits):
+    from geoviz.lessons.connect import connect_experiment
+    from geoviz.problem import start_network
+
+    r = connect_experiment()
+    line, geo = r.summaries["line"], r.summaries["geodesic"]
+    assert r.reached and r.steps < 1000
+    # the lesson's claim: the geodesic's barrier is far below the line's, and so is its worst accuracy loss
+    assert geo["barrier"] < 0.2 * line["barrier"], (geo["barrier"], line["barrier"])
+    assert line["barrier"] > 0.1  # there is a barrier to speak of
+    assert geo["min_accuracy"] > line["min_accuracy"] + 0.05
+    assert geo["functional_length"] < line["functional_length"] and geo["length"] > line["length"]
+    # the line's highest loss recomputed here: w(t) = (1 - t) w_A + t w_B on the whole training set
+    _, _, w_b = start_network(digits.setup, digits.data, digits.device, 1)
+    profile = r.profiles["line"]
+    top = max(range(len(profile["train_loss"])), key=profile["train_loss"].__getitem__)
+    t = profile["fraction"][top]
+    loss, _ = digits.evaluate((1 - t) * digits.w0 + t * w_b, digits.x_train, digits.y_train)
+    assert loss == pytest.approx(line["max_loss"], rel=1e-4)
+    # the landscape holds both paths' shadows, each from A (0, 0) to B (|w_B - w_A|, 0)
+    for name in ("line", "geodesic"):
+        xy = r.landscape["paths"][name]
+        assert xy[0] == pytest.approx([0, 0], abs=1e-4) and xy[-1] == pytest.approx([float((w_b - digits.w0).norm()), 0], abs=1e-3)
+
+
+def test_the_geodesic_prunes_without_labels_far_better_than_one_shot(digits):
+    from geoviz.lessons.sparsify import sparsify_experiment
+    from geoviz.models import prunable_names
+
+    r = sparsify_experiment()
+    a = r.accuracy
+    assert r.sparsity == pytest.approx(r.target, abs=1e-3)
+    assert a["geodesic"] > a["one_shot"] + 0.2, a  # the lesson's claim, by a stated margin
+    assert a["geodesic"] > a["dense"] - 0.03 and min(r.along["test_accuracy"]) > a["dense"] - 0.03
+    # one-shot magnitude pruning recomputed here: zero the 90% smallest Linear weights, evaluate
+    params = digits.params(digits.w0)
+    names = prunable_names(digits.model)
+    sizes = torch.cat([params[n].abs().flatten() for n in names]).sort().values
+    cut = sizes[int(round(r.target * sizes.numel())) - 1]  # the largest weight cut
+    pruned = {n: torch.where(params[n].abs() <= cut, 0.0, params[n]) if n in names else params[n] for n in params}
+    _, one_shot = digits.evaluate(digits.layout.flatten(pruned), digits.x_test, digits.y_test)
+    assert one_shot == pytest.approx(a["one_shot"], abs=1e-9)
+    assert 10 ** r.magnitudes["cut"] == pytest.approx(float(cut), rel=1e-5)
+
+
+def test_the_geodesic_learns_task_two_without_forgetting_task_one():
+    from geoviz.lessons.continual import continual_experiment
+
+    r = continual_experiment()
+    a = r.accuracy
+    assert r.tasks == {"task1": [0, 1, 2, 3, 4], "task2": [5, 6, 7, 8, 9]}
+    assert a["start"]["task1"] > 0.95 and a["start"]["task2"] == 0.0  # it never saw digits 5-9
+    assert a["finetune"]["task1"] < 0.1  # fine-tuning forgets
+    assert a["geodesic"]["task1"] > a["finetune"]["task1"] + 0.5, a  # the lesson's claim, by a stated margin
+    assert a["geodesic"]["task2"] > 0.9 and a["geodesic"]["task2"] >= a["finetune"]["task2"] - 0.03  # and learns task 2
+    assert r.along["task1"][-1] == a["geodesic"]["task1"] and r.along["step"][-1] == r.steps

@@ -8,11 +8,16 @@ the lesson's ``figure(picture, present, **choices)`` from numbers the engine com
 from __future__ import annotations
 
 import functools
+import json
+import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import TypeVar
 
-__all__ = ["Step", "Lesson", "lessons", "lesson", "prepare", "present_fonts"]
+__all__ = ["Step", "Lesson", "lessons", "lesson", "prepare", "present_fonts", "stored"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,25 +47,48 @@ def present_fonts(fig, present: bool):
     return fig
 
 
+def stored(name: str, make: Callable[[], T], kind: type[T], use_disk: bool = True) -> T:
+    """A lesson's measured numbers (a dataclass of plain values): read back from the
+    disk cache beside the cached networks, or made by ``make()`` and written there.
+
+    ``name`` names the file, so it must hold every setting the numbers depend on."""
+    from geoviz.training import network_cache_dir
+
+    file = network_cache_dir().parent / "lessons" / f"{name}.json"
+    if use_disk and file.is_file():
+        return kind(**json.loads(file.read_text()))
+    result = make()
+    if use_disk:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(result)))
+        os.replace(tmp, file)
+    return result
+
+
 @functools.cache
 def lessons() -> tuple[Lesson, ...]:
     """Every lesson, in the order /learn lists them."""
-    from geoviz.lessons import directions_story, tiny_story
+    from geoviz.lessons import connect_story, continual_story, directions_story, sparsify_story, tiny_story
 
-    return (tiny_story.LESSON, directions_story.LESSON)
+    return (tiny_story.LESSON, directions_story.LESSON, connect_story.LESSON, sparsify_story.LESSON, continual_story.LESSON)
 
 
 def lesson(slug: str) -> Lesson | None:
     return next((item for item in lessons() if item.slug == slug), None)
 
 
-_PREPARING = threading.Lock()  # the server's warm-up and a first visitor never compute twice
+_PREPARING: dict[str, threading.Lock] = {}  # per lesson: the server's warm-up and a first visitor never compute twice
+_LOCKS = threading.Lock()
 
 
 def prepare(slug: str | None = None) -> None:
-    """Compute a lesson's numbers, or every lesson's (a minute the first time on a new
-    machine, then cached in memory and on disk)."""
-    with _PREPARING:
-        for item in lessons():
-            if slug is None or item.slug == slug:
+    """Compute a lesson's numbers, or every lesson's (a minute or two the first time on
+    a new machine, then cached in memory and on disk). A visitor to one lesson waits
+    for that lesson only, not for the warm-up of the others."""
+    for item in lessons():
+        if slug is None or item.slug == slug:
+            with _LOCKS:
+                lock = _PREPARING.setdefault(item.slug, threading.Lock())
+            with lock:
                 item.prepare()
