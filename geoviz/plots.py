@@ -60,7 +60,8 @@ def _figure(data: list[dict], shapes: list[dict], title: str, x_title: str, y_ti
         for axis in ("xaxis", "yaxis", *(k for k in layout if k.startswith("yaxis"))):
             layout = {**layout, axis: {**layout.get(axis, {}), **empty}}
         note = {"text": "no step yet", "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5, "font": {"size": 16, "color": _COLORS["grey"]}}
-        layout["annotations"] = [*layout.get("annotations", []), note]
+        if not layout.get("annotations"):  # a figure's own note says it already (two at one place overlapped)
+            layout["annotations"] = [note]
     return go.Figure(
         {
             "data": data,

@@ -29,10 +29,9 @@ def x_axis_ui(key: str) -> str:
     # the label beside the choices, not above them: a line less, so the charts and their
     # legends fit above the fold at 1280x720
     row = st.container(horizontal=True, vertical_alignment="center", gap="medium")
-    label = choices = row
-    label.markdown("Loss against", width="content", help="Euclidean length sums |θ| over the steps; functional length sums √(θᵀGθ), "
+    row.markdown("Loss against", width="content", help="Euclidean length sums |θ| over the steps; functional length sums √(θᵀGθ), "
                    "how far the network's outputs moved.")
-    return choices.radio(
+    return row.radio(
         "Loss against",
         list(plots.X_AXES),
         format_func=lambda k: {"step": "step", "path_length": "Euclidean length", "functional_length": "functional length"}[k],

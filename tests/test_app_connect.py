@@ -209,3 +209,15 @@ def test_equal_seeds_are_refused_only_when_both_networks_are_trained(weights, we
     else:
         _, config, _ = configs(values)
         assert config.weights_b == weights_b
+
+
+def test_an_empty_chart_says_one_thing_in_its_middle():
+    # the PCA's own note and the generic "no step yet" were drawn at one place, over each other
+    import torch
+
+    from geoviz.plots import _figure
+    from geoviz.plots_connect import connect_pca_figure
+
+    assert [a.text for a in connect_pca_figure(torch.zeros(1, 10), {}).layout.annotations] == [
+        "the trajectory appears after the first steps"]
+    assert [a.text for a in _figure([], [], "t", "x", "y").layout.annotations] == ["no step yet"]
