@@ -66,9 +66,9 @@ def navigation():
 # A compact page: at 1280x720 (a projector) the first row of charts and their legends
 # fit above the fold. Streamlit's defaults spend 6rem above the title and 2.75rem on it.
 COMPACT_CSS = """<style>
-[data-testid="stMainBlockContainer"] {padding-top: 0.5rem; padding-bottom: 2rem;}
+[data-testid="stMainBlockContainer"] {padding-top: 0.25rem; padding-bottom: 2rem;}
 [data-testid="stMainBlockContainer"] h1 {font-size: 2rem; padding: 0.25rem 0 0.25rem 0;}
-[data-testid="stMainBlockContainer"] [data-testid="stVerticalBlock"] {gap: 0.55rem;}
+[data-testid="stMainBlockContainer"] [data-testid="stVerticalBlock"] {gap: 0.4rem;}
 [data-testid="stMetricValue"] {font-size: 1.75rem;}
 </style>"""
 

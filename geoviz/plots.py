@@ -43,7 +43,7 @@ _COLORS = {
     "finetune": "#9467bd",
     "grey": "#7f7f7f",
 }
-_HEIGHT = 360  # with its legend, a first row of charts fits above the fold at 1280x720
+_HEIGHT = 340  # with its legend, a first row of charts fits above the fold at 1280x720
 
 
 def as_table(rows: Sequence[Mapping] | pd.DataFrame) -> pd.DataFrame:
@@ -70,7 +70,7 @@ def _figure(data: list[dict], shapes: list[dict], title: str, x_title: str, y_ti
                 "height": _HEIGHT,
                 "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
                 # below the plot, so it never covers the title or the curves
-                "legend": {"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0.0, "xanchor": "left"},
+                "legend": {"orientation": "h", "yanchor": "top", "y": -0.3, "x": 0.0, "xanchor": "left", "font": {"size": 12}},
                 # keep the user's zoom while the path grows
                 "uirevision": "keep",
                 "font": {"size": 14},

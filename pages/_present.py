@@ -11,7 +11,7 @@ import streamlit as st
 
 from geoviz.lessons import present_fonts
 
-__all__ = ["CSS", "active", "apply", "toggle_ui", "chart"]
+__all__ = ["CSS", "active", "apply", "toggle_ui", "title_ui", "chart"]
 
 HEIGHT = 360  # px of a chart in presentation mode
 # a legend under the plot starts this far below it (a fraction of the plot's height): at
@@ -56,8 +56,17 @@ def apply(app_page: bool = False) -> bool:
 def toggle_ui() -> None:
     """The switch in and out of presentation mode (the URL keeps every other setting)."""
     st.session_state["present:toggle"] = active()
-    st.toggle("Presentation mode", key="present:toggle", on_change=_switch,
+    st.toggle("Presentation mode", key="present:toggle", on_change=_switch, width="content",
               help="For a projector: no sidebar, bigger chart text, the main chart above the fold. Settings stay as the URL has them.")
+
+
+def title_ui(title: str) -> None:
+    """The page's title with the presentation toggle on its right: one row, so the charts
+    and their legends stay above the fold at 1280x720."""
+    row = st.container(horizontal=True, vertical_alignment="center", horizontal_alignment="distribute")
+    with row:
+        st.title(title, width="content")
+        toggle_ui()
 
 
 def chart(container, figure, **options) -> None:

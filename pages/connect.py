@@ -197,8 +197,7 @@ def replay_record(record, key: str = "replay", at: int | None = None) -> None:
 
 def page() -> None:
     _present.apply(app_page=True)
-    st.title("Connect two networks")
-    _present.toggle_ui()
+    _present.title_ui("Connect two networks")
     with st.container(key="present-hide-caption"):  # hidden on a projector
         st.caption(
             "Two networks trained from different seeds. The geodesic walks from w_A to w_B moving only where the "

@@ -81,8 +81,7 @@ def placeholder() -> None:
 
 def page() -> None:
     _present.apply(app_page=True)
-    st.title("Continual learning along a geodesic")
-    _present.toggle_ui()
+    _present.title_ui("Continual learning along a geodesic")
     with st.container(key="present-hide-caption"):  # hidden on a projector
         st.caption(
             "Start from a network trained on task 1 and learn task 2 while moving only in directions that barely change "

@@ -72,8 +72,7 @@ def placeholder() -> None:
 
 def page() -> None:
     _present.apply(app_page=True)
-    st.title("Sparsify along a geodesic")
-    _present.toggle_ui()
+    _present.title_ui("Sparsify along a geodesic")
     with st.container(key="present-hide-caption"):  # hidden on a projector
         st.caption(
             "The path pulls the smallest weights to zero while moving only in directions that barely change "

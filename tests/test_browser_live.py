@@ -227,6 +227,17 @@ TRUNCATED = """() => {
 }"""
 
 
+# the bottom (px, in the window) of each chart in the first row, and of its legend
+FIRST_ROW_BOTTOMS = """() => {
+  const plots = [...document.querySelectorAll('.js-plotly-plot')];
+  const top = Math.min(...plots.map(p => p.getBoundingClientRect().top));
+  return plots.filter(p => p.getBoundingClientRect().top < top + 5).flatMap(p => {
+    const legend = p.querySelector('.legend');
+    return [p.getBoundingClientRect().bottom, ...(legend ? [legend.getBoundingClientRect().bottom] : [])];
+  });
+}"""
+
+
 @pytest.mark.parametrize("width, height", [(800, 900), (1280, 720)])
 def test_narrow_and_projected_screens_cut_no_label(server, browser, width, height):
     context = browser.new_context(viewport={"width": width, "height": height})
@@ -242,6 +253,9 @@ def test_narrow_and_projected_screens_cut_no_label(server, browser, width, heigh
         assert cut == [], f"cut at {width}x{height}: {cut}"
         overflow = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, f"the page scrolls sideways by {overflow} px"
+        if (width, height) == (1280, 720):  # a projector: the first row of charts and its legends above the fold
+            bottoms = page.evaluate(FIRST_ROW_BOTTOMS)
+            assert bottoms and max(bottoms) <= height, f"the first charts or their legends end at {bottoms} px"
         _button(page, "Stop").click()
         _status(page, r"^stopped · step")
     finally:
