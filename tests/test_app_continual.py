@@ -34,12 +34,12 @@ def test_continual_page_runs_and_draws_everything(app, runs_dir):
     at = app
     assert at.title[0].value == "Continual learning along a geodesic"
     # the metric memory is explained, with its size, and follows the setting
-    assert any("M = 100 task-1 inputs" in i.value for i in at.info)
+    assert any("M = 100 task-1 inputs" in m.value for m in at.markdown)
     at.sidebar.number_input(key="continual:memory").set_value(60)
     at.sidebar.number_input(key="continual:steps").set_value(60)
     at.sidebar.number_input(key="continual:eval_every").set_value(20)
     at.run()
-    assert any("M = 60 task-1 inputs" in i.value for i in at.info)
+    assert any("M = 60 task-1 inputs" in m.value for m in at.markdown)
     assert at.query_params["memory"] == "60" and at.query_params["scenario"] == "class-incremental"
     at.button(key="continual:Run").click().run()
     assert not at.exception and not at.error

@@ -17,7 +17,7 @@ from test_browser import _require_browser
 SHOTS = Path(__file__).parent / "screenshots"
 KEY_CHART = {  # page -> the title of its key chart
     "sparsify": "Test accuracy along the path",
-    "continual": "Test accuracy per task along the path",
+    "continual": "Test accuracy per task",
     "connect": "Loss and accuracy along the paths",
 }
 # JavaScript: the chart titled TITLE: its font sizes (plotly's layout), and its box with its legend
