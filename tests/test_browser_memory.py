@@ -39,12 +39,12 @@ def test_server_memory_returns_within_20_percent_of_warm_after_sessions_end(tmp_
         browser = launch_chromium(pw)
         url = f"{app.url}/sparsify?sparsity=0.9&eval_every=10&steps="
         warm = run_in_new_tab(browser, url + "5")  # imports, data, start network, plotly: the warm server
-        wait_runs_ended(runs, 1)
+        wait_runs_ended(runs, 1, timeout=600)
         warm.close()
         before = _settled_rss(app.proc.pid)
         tabs = [run_in_new_tab(browser, url + str(STEPS)) for _ in range(SESSIONS)]
         during = rss_mb(app.proc.pid)
-        wait_runs_ended(runs, 1 + SESSIONS)  # to their end, watched
+        wait_runs_ended(runs, 1 + SESSIONS, timeout=600)  # to their end, watched (generous: a busy machine)
         assert sorted(run_states(runs)) == ["finished"] * (1 + SESSIONS), run_states(runs)
         for tab in tabs:
             tab.close()
