@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from appserver import AppServer, launch_chromium, rss_mb, run_in_new_tab, wait_runs_ended  # noqa: E402
+from appserver import AppServer, launch_chromium, rss_mb, run_in_new_tabs, wait_runs_ended  # noqa: E402
 
 
 def main() -> None:
@@ -42,13 +42,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as runs, AppServer(runs, env=env) as app, sync_playwright() as pw:
         browser = launch_chromium(pw)
         url = f"{app.url}/sparsify?sparsity=0.9&eval_every=10&steps="
-        warm = run_in_new_tab(browser, url + "5")
+        warm, = run_in_new_tabs(browser, [url + "5"])
         wait_runs_ended(runs, 1)
         warm.close()
         time.sleep(args.ttl + 6)
         before = rss_mb(app.proc.pid)
         print(f"warm (one short run done, tab closed): {before:.0f} MB", flush=True)
-        tabs = [run_in_new_tab(browser, url + str(args.steps)) for _ in range(args.sessions)]
+        tabs = run_in_new_tabs(browser, [url + str(args.steps)] * args.sessions)
         time.sleep(5)
         print(f"{args.sessions} sessions running paths: {rss_mb(app.proc.pid):.0f} MB", flush=True)
         wait_runs_ended(runs, 1 + args.sessions, timeout=900)

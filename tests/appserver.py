@@ -117,18 +117,23 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_in_new_tab(browser, url: str):
-    """A new tab (browser context) on a live page's ``url``: press Run and wait until the
-    path's first point is drawn. Returns the context (close it to close the tab)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1600})
-    page = context.new_page()
-    page.goto(url)
-    run = page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Run", exact=True)
-    run.wait_for(timeout=120_000)
-    page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
-    run.click()
-    page.wait_for_function(f"({FIRST_CHART_POINTS})() > 0", timeout=120_000, polling=200)
-    return context
+def run_in_new_tabs(browser, urls: list[str]) -> list:
+    """A new tab (browser context) on each live page's URL, loading side by side: press
+    Run in each and wait until its path's first point is drawn. Returns the contexts
+    (close one to close its tab)."""
+    contexts, pages = [], []
+    for url in urls:
+        contexts.append(browser.new_context(viewport={"width": 1400, "height": 1600}))
+        pages.append(contexts[-1].new_page())
+        pages[-1].goto(url, wait_until="commit", timeout=120_000)
+    for page in pages:
+        run = page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Run", exact=True)
+        run.wait_for(timeout=120_000)
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
+        run.click()
+    for page in pages:
+        page.wait_for_function(f"({FIRST_CHART_POINTS})() > 0", timeout=120_000, polling=200)
+    return contexts
 
 
 def run_states(runs_dir: str | os.PathLike) -> list[str]:

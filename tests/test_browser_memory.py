@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import time
 
-from appserver import AppServer, launch_chromium, rss_mb, run_in_new_tab, run_states, wait_runs_ended
+from appserver import AppServer, launch_chromium, rss_mb, run_in_new_tabs, run_states, wait_runs_ended
 from test_browser import _require_browser
 
 SESSIONS, STEPS = 3, 200
@@ -38,11 +38,11 @@ def test_server_memory_returns_within_20_percent_of_warm_after_sessions_end(tmp_
     with AppServer(runs, env=env) as app, sync_playwright() as pw:
         browser = launch_chromium(pw)
         url = f"{app.url}/sparsify?sparsity=0.9&eval_every=10&steps="
-        warm = run_in_new_tab(browser, url + "5")  # imports, data, start network, plotly: the warm server
+        warm, = run_in_new_tabs(browser, [url + "5"])  # imports, data, start network, plotly: the warm server
         wait_runs_ended(runs, 1, timeout=600)
         warm.close()
         before = _settled_rss(app.proc.pid)
-        tabs = [run_in_new_tab(browser, url + str(STEPS)) for _ in range(SESSIONS)]
+        tabs = run_in_new_tabs(browser, [url + str(STEPS)] * SESSIONS)
         during = rss_mb(app.proc.pid)
         wait_runs_ended(runs, 1 + SESSIONS, timeout=600)  # to their end, watched (generous: a busy machine)
         assert sorted(run_states(runs)) == ["finished"] * (1 + SESSIONS), run_states(runs)
