@@ -98,11 +98,13 @@ def admitted(page: str, total_steps: int, make_runner: Callable):
 # what is freed in an arena's heaps stays with the process; (2) the threshold above which
 # a block is mmapped (and so given back when freed) rises after the first large free, up
 # to 32 MB, so the multi-MB buffers of every redraw (a trajectory stacked for its PCA,
-# plotly's JSON) then come from those heaps and leave them fragmented. With 4 sessions x
-# 300 digits steps, the server held 551 MB free in its arenas after the runs and stayed
-# at 1.52x its warm size; malloc_trim gave back almost none of it. Two arenas and a fixed
-# 128 kB threshold (mallopt; the same as MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072,
-# but set from app.py, so it holds however the server is started): 13 MB free, 1.08x.
+# plotly's JSON) then come from those heaps and leave them fragmented. Measured with 4
+# sessions x 300 digits steps (bench/server_memory.py): after the runs the server held
+# 551 MB free inside its arenas (mallinfo2) and stayed at 1.52x its warm RSS; malloc_trim
+# gave back almost none of it. With two arenas and a fixed 128 kB threshold (there as
+# MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072, 4 x 150 steps) 13 MB stayed free.
+# Set here with mallopt, so it holds however the server is started (arenas made before the
+# call stay; past two no new one is made); tests/test_browser_memory.py: 1.01-1.04x warm.
 MALLOC_TUNE = os.environ.get("GEOVIZ_MALLOC_TUNE", "1") != "0"
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc's malloc.h
 _tuned = False
@@ -116,7 +118,7 @@ def tune_allocator() -> None:
     _tuned = True
     try:
         libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_ARENA_MAX, 2)  # arenas made before this call stay; no more are made
+        libc.mallopt(_M_ARENA_MAX, 2)
         libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)  # fixed: no longer rises
     except (OSError, AttributeError):  # not glibc
         pass
