@@ -32,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sessions", type=int, default=4)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--ttl", type=float, default=5.0, help="server.disconnectedSessionTTL, seconds")
+    parser.add_argument("--ttl", type=int, default=5, help="server.disconnectedSessionTTL, seconds")
     parser.add_argument("--no-tune", action="store_true", help="GEOVIZ_MALLOC_TUNE=0")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
