@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from geoviz.plots import geodesic_sketch
-from pages import _live
+from pages import _live, _safe
 
 PAGES_DIR = Path(__file__).parent / "pages"
 
@@ -95,6 +95,7 @@ def _prepare_lessons() -> object:
 
 
 if __name__ == "__main__":
+    _safe.tune_allocator()  # before the first run: a server's memory comes back after its sessions
     _threads()
     if os.environ.get("GEOVIZ_PREPARE_LESSONS", "1") != "0":
         _prepare_lessons()

@@ -68,6 +68,7 @@ class PathRunner:
         self.snapshot_bytes = 4 * (self.sketch.dim if self.sketch is not None else path.w.numel())
         self._budget = SnapshotBudget(self.snapshot_bytes, int(snapshot_budget_mb * 2**20))
         self._trajectory: dict[int, torch.Tensor] = {}
+        self._released = False
         self.started_at: float | None = None
         # the after-path phase: each baseline's progress (0..1), the ones Stop skipped,
         # and what is ready of the summary before on_finish returns it whole
@@ -86,10 +87,43 @@ class PathRunner:
 
     def trajectory(self) -> tuple[list[int], torch.Tensor]:
         """(steps, stacked flat weights (S, P) on the CPU) kept so far; (S, k) projections
-        of them when ``sketch`` is set (project other points with ``sketch`` too)."""
+        of them when ``sketch`` is set (project other points with ``sketch`` too).
+
+        Once the run has ended with its record on disk, read back from the run folder's
+        snapshots (the same steps: the same budget rule kept them; projected alike), so an
+        ended runner a page or the server's registry still holds keeps no copy of them in memory."""
         with self._lock:
-            steps = sorted(self._trajectory)
-            return steps, torch.stack([self._trajectory[s] for s in steps])
+            if not self._released:
+                steps = sorted(self._trajectory)
+                return steps, torch.stack([self._trajectory[s] for s in steps])
+        return self._trajectory_on_disk()
+
+    def _trajectory_on_disk(self) -> tuple[list[int], torch.Tensor]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        steps, ws = [], []
+        kept = list(self.writer._budget.kept) if self.writer._budget is not None else []
+        if len(kept) > self.snapshot_capacity:  # a larger disk budget: as many as memory would keep
+            pick = torch.linspace(0, len(kept) - 1, self.snapshot_capacity).round().long().unique().tolist()
+            kept = [kept[i] for i in pick]
+        for step in kept:
+            try:
+                ws.append(load_file(str(self.writer.dir / "snapshots" / f"{step:07d}.safetensors"))["w"])
+            except (OSError, SafetensorError, KeyError):  # thinned by the disk budget, or the run deleted
+                continue
+            steps.append(step)
+        if not steps:  # nothing left on disk: the final point alone
+            w = self.sketch(self.path.w) if self.sketch is not None else self.path.w.detach().float().cpu()
+            return [self.path.step], w[None]
+        return steps, torch.stack(ws)
+
+    def _release_trajectory(self) -> None:
+        """Drop the in-memory trajectory of the ended run, its snapshots being on disk
+        (the largest thing a finished runner holds: up to ``snapshot_budget_mb``)."""
+        with self._lock:
+            self._released = True
+            self._trajectory = {}
 
     @property
     def snapshot_capacity(self) -> int:
@@ -283,4 +317,6 @@ class PathRunner:
                 message += f"; the run record could not be completed: {err.strerror or err}"
             self.writer.close(final, message)
         self.state, self.message = final, message
+        if self.writer is not None and self.writer.snapshots_complete:
+            self._release_trajectory()  # the record is on disk: the trajectory is read back from it when drawn
         return final

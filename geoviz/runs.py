@@ -227,6 +227,7 @@ class RunWriter:
         self._status_lock = threading.Lock()
         self._status_fields: tuple[str, dict] = ("", {})
         self._closed = False
+        self._snapshot_failed = False
         self.write_status("running")
         _start_heartbeat(self)
         _thin_old_runs(self.root, self.dir)
@@ -312,10 +313,16 @@ class RunWriter:
         try:
             _save_file({"w": w.detach().float().cpu().contiguous()}, file, metadata=sketch.to_metadata() if sketch else None)
         except BaseException:  # a full disk or a kill: no half-written snapshot stays
+            self._snapshot_failed = True
             file.unlink(missing_ok=True)
             raise
         for old in self._budget.add(step):
             (self.dir / "snapshots" / f"{old:07d}.safetensors").unlink(missing_ok=True)
+
+    @property
+    def snapshots_complete(self) -> bool:
+        """Every snapshot the budget wanted is on disk (none failed to write)."""
+        return self._budget is not None and not self._snapshot_failed
 
     def save_weights(self, name: str, params: dict[str, torch.Tensor]) -> None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in params.items()}

@@ -20,6 +20,7 @@ import weakref
 import os
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -434,8 +435,23 @@ def _fit(
         progress(1.0)
 
 
-# In-process cache: key -> CPU copies of (params, buffers).
-_MEMORY_CACHE: dict[str, tuple[Tensors, Tensors]] = {}
+class _Recent(OrderedDict):
+    """A dict that keeps only the ``limit`` entries stored last (a server's memory stays bounded)."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = max(1, limit)
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        while len(self) > self.limit:
+            self.popitem(last=False)
+
+
+# In-process cache: key -> CPU copies of (params, buffers). Bounded: on a shared server each
+# new seed adds a network (the disk cache keeps them all; one evicted here is read from disk).
+_MEMORY_CACHE: _Recent = _Recent(int(os.environ.get("GEOVIZ_CACHED_NETWORKS", "16")))
 
 
 def _damage(state: Mapping[str, torch.Tensor], model: nn.Module) -> str | None:

@@ -30,6 +30,7 @@ from geoviz.problem import Problem, SetupConfig, load_problem
 from geoviz.training import network_cache_dir, network_cached, network_key, resolve_device, train_network
 from geoviz.validation import check_value, cut
 from geoviz.runner import PathRunner
+from geoviz.applications.connect import LandscapeJob
 from geoviz.applications.cost import runner_cost
 from geoviz.setups.weights import PAGE_MAX_BYTES
 from pages import _safe
@@ -679,12 +680,13 @@ def _live_view(
 
 
 def keep_alive() -> None:
-    """While this session has a live run, touch it every few seconds from any page.
+    """While this session has a live run or landscape job, touch it every few seconds from any page.
 
-    A run stops itself ``ABANDON_AFTER`` seconds after the last touch, so closing the
-    tab ends it, while moving to another page of the app does not.
+    Each stops itself ``ABANDON_AFTER`` seconds after the last touch, so closing the
+    tab ends it, while moving to another page of the app does not (the landscape is
+    there, complete, when the user comes back to Connect).
     """
-    runners = [v for v in st.session_state.values() if isinstance(v, PathRunner) and v.alive]
+    runners = [v for v in st.session_state.values() if isinstance(v, (PathRunner, LandscapeJob)) and v.alive]
     if not runners:
         return
 

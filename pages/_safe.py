@@ -92,6 +92,38 @@ def admitted(page: str, total_steps: int, make_runner: Callable):
     return runner
 
 
+# glibc's malloc, tuned for a long-lived server whose threads come and go (Streamlit runs
+# every rerun of a page in a new thread; each path and its baselines run in another).
+# Left as it is, (1) each such thread may get an arena of its own, up to 8 per core, and
+# what is freed in an arena's heaps stays with the process; (2) the threshold above which
+# a block is mmapped (and so given back when freed) rises after the first large free, up
+# to 32 MB, so the multi-MB buffers of every redraw (a trajectory stacked for its PCA,
+# plotly's JSON) then come from those heaps and leave them fragmented. Measured with 4
+# sessions x 300 digits steps (bench/server_memory.py): after the runs the server held
+# 551 MB free inside its arenas (mallinfo2) and stayed at 1.52x its warm RSS; malloc_trim
+# gave back almost none of it. With two arenas and a fixed 128 kB threshold (there as
+# MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=131072, 4 x 150 steps) 13 MB stayed free.
+# Set here with mallopt, so it holds however the server is started (arenas made before the
+# call stay; past two no new one is made); tests/test_browser_memory.py: 1.01-1.04x warm.
+MALLOC_TUNE = os.environ.get("GEOVIZ_MALLOC_TUNE", "1") != "0"
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc's malloc.h
+_tuned = False
+
+
+def tune_allocator() -> None:
+    """Set glibc's malloc for a server (see above), once per process; nothing elsewhere."""
+    global _tuned
+    if _tuned or not MALLOC_TUNE:
+        return
+    _tuned = True
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_ARENA_MAX, 2)
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)  # fixed: no longer rises
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def release_memory() -> None:
     """Give back what ended runs held, once no path runs on the server: objects the
     page's gc.freeze hid from the collector (a tab closed mid-run never unfroze them),

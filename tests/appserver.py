@@ -107,3 +107,56 @@ FIRST_CHART_POINTS = """() => {
   if (!div || !div._fullData || !div._fullData.length) return 0;
   return div._fullData[0]._length || 0;
 }"""
+
+
+def rss_mb(pid: int) -> float:
+    """A process's resident memory (VmRSS), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_in_new_tabs(browser, urls: list[str]) -> list:
+    """A new tab (browser context) on each live page's URL, loading side by side: press
+    Run in each and wait until its path's first point is drawn. Returns the contexts
+    (close one to close its tab)."""
+    contexts, pages = [], []
+    for url in urls:
+        contexts.append(browser.new_context(viewport={"width": 1400, "height": 1600}))
+        pages.append(contexts[-1].new_page())
+        pages[-1].goto(url, wait_until="commit", timeout=120_000)
+    for page in pages:
+        run = page.get_by_test_id("stMainBlockContainer").get_by_role("button", name="Run", exact=True)
+        run.wait_for(timeout=120_000)
+        page.wait_for_selector(".js-plotly-plot .main-svg", timeout=120_000)
+        run.click()
+    for page in pages:
+        page.wait_for_function(f"({FIRST_CHART_POINTS})() > 0", timeout=120_000, polling=200)
+    return contexts
+
+
+def run_states(runs_dir: str | os.PathLike) -> list[str]:
+    """The status of every run folder in ``runs_dir`` (from its status.json)."""
+    import json
+
+    states = []
+    for folder in Path(runs_dir).iterdir():
+        if not folder.is_dir():  # the server's log lies there too
+            continue
+        try:
+            states.append(json.loads((folder / "status.json").read_text())["status"])
+        except (OSError, ValueError, KeyError, TypeError):  # being written, or not a run
+            states.append("unknown")
+    return states
+
+
+def wait_runs_ended(runs_dir: str | os.PathLike, count: int, timeout: float = 300, poll: float = 1.0) -> None:
+    """Until ``count`` run folders exist and none is running or paused (server-side evidence)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = run_states(runs_dir)
+        if len(states) >= count and not any(s in ("running", "paused", "unknown") for s in states):
+            return
+        time.sleep(poll)
+    raise TimeoutError(f"the runs did not end within {timeout} s: {run_states(runs_dir)}")

@@ -1,5 +1,6 @@
 """The Connect page driven by Streamlit's AppTest: settings, Run, the charts, the table, the landscape."""
 
+import threading
 import time
 from pathlib import Path
 
@@ -7,9 +8,12 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from geoviz.applications.connect import LandscapeJob
+
 torch.set_num_threads(1)
 
-PAGE = str(Path(__file__).resolve().parents[1] / "pages" / "connect.py")
+ROOT = Path(__file__).resolve().parents[1]
+PAGE = str(ROOT / "pages" / "connect.py")
 
 
 def _wait(predicate, timeout: float = 240.0) -> None:
@@ -221,3 +225,36 @@ def test_an_empty_chart_says_one_thing_in_its_middle():
     assert [a.text for a in connect_pca_figure(torch.zeros(1, 10), {}).layout.annotations] == [
         "the trajectory appears after the first steps"]
     assert [a.text for a in _figure([], [], "t", "x", "y").layout.annotations] == ["no step yet"]
+
+
+class _WaitingJob(LandscapeJob):
+    """A landscape job whose grid never fills: it runs until stopped or abandoned (the
+    real class's touch / abandon logic, without training two networks first)."""
+
+    def __init__(self, abandon_after: float):
+        self.abandon_after, self._clock, self._last_touch, self._stop = abandon_after, time.time, time.time(), False
+        self._thread = threading.Thread(target=self._run, name="geoviz-landscape-test", daemon=True)
+
+    def _run(self) -> None:
+        while not (self._stop or self._abandoned()):
+            time.sleep(0.05)
+
+
+def test_a_landscape_job_lives_while_its_session_is_on_another_page():
+    """Issue 14: a landscape job stops when its tab goes away (nothing polls), as paths do,
+    but not while its session is on another page of the app: app.py runs keep_alive on
+    every page, whose fragment touches the session's live runs and landscape job."""
+    at = AppTest.from_string("from pages import _live\n_live.keep_alive()", default_timeout=60)
+    at.run()
+    job = _WaitingJob(abandon_after=3.0).start()
+    at.session_state["connect:landscape"] = job
+    started = time.time()
+    while time.time() - started < 8.0:  # the session is on another page, its keep-alive rerunning
+        at.run()
+        assert not at.exception, at.exception
+        time.sleep(0.5)
+    assert job.alive, "the job stopped while its session was on another page"
+    # the tab closes: nothing reruns any more, and the job stops itself
+    _wait(lambda: not job.alive, timeout=30)
+    assert time.time() - job._last_touch >= job.abandon_after
+    job.stop()

@@ -125,3 +125,17 @@ def test_concurrent_requests_train_a_network_once(tmp_path, monkeypatch):
     for _, params, _ in results[1:]:
         for name in params:
             torch.testing.assert_close(params[name], results[0][1][name])
+
+
+def test_the_in_process_cache_keeps_a_bounded_number_of_networks(tmp_path, monkeypatch):
+    """Issue 14 (memory): on a shared server every new seed trains a network; the process
+    keeps only the last few in memory (the disk cache keeps them all, and serves the rest)."""
+    monkeypatch.setattr(training, "_MEMORY_CACHE", training._Recent(2))
+    first = _train(tmp_path, seed=0)[1]
+    for seed in (1, 2):
+        _train(tmp_path, seed=seed)
+    assert len(training._MEMORY_CACHE) == 2 and len(list((tmp_path / "networks").glob("*.safetensors"))) == 3
+    again = _train(tmp_path, seed=0)[1]  # evicted here: read back from disk, the same network
+    for name in first:
+        torch.testing.assert_close(again[name], first[name])
+    assert len(training._MEMORY_CACHE) == 2

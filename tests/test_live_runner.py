@@ -5,9 +5,11 @@ figures are kept, and the summary (and the run record) says which were skipped."
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 
 import pytest
+import torch
 
 from geoviz.applications.connect import SOLVER_DEFAULTS, ConnectConfig, connect_runner
 from geoviz.applications.continual import ContinualConfig, continual_runner, load_continual
@@ -113,3 +115,25 @@ def test_connect_draws_the_line_at_once_and_stop_skips_the_bezier(digits, tmp_pa
     # the landscape still draws: its plane falls back on the geodesic's midpoint
     task = runner.task
     assert task.third_point(runner.curves).shape == task.w_a.shape
+
+
+def test_an_ended_runner_reads_its_trajectory_back_from_disk(digits, tmp_path):
+    """Issue 14 (memory): once a run has ended with its record on disk, the runner (which a
+    page and the server's registry keep) holds no copy of its trajectory; trajectory()
+    gives the same steps and weights back from the run folder."""
+    runner = sparsify_runner(digits, SparsifyConfig(steps=30, eval_every=10), SolverConfig(), str(tmp_path), baselines=False)
+    held, release = {}, runner._release_trajectory
+
+    def remember_then_release():
+        held["steps"], held["w"] = runner.trajectory()
+        release()
+
+    runner._release_trajectory = remember_then_release
+    assert runner.run() in ("finished", "stopped")
+    assert runner._trajectory == {} and len(held["steps"]) > 10
+    steps, w = runner.trajectory()
+    assert steps == held["steps"] and torch.equal(w, held["w"])
+    # the folder's snapshots gone (deleted from the Runs page): the final point, not an error
+    shutil.rmtree(runner.writer.dir / "snapshots")
+    steps, w = runner.trajectory()
+    assert steps == [runner.path.step] and w.shape == (1, runner.path.w.numel())
