@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from geoviz.core.engine import MODES, SolverConfig, denormals_flushed
+from geoviz.core.engine import EPS_SCHEDULES, MODES, SolverConfig, denormals_flushed
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.core.metric import METRIC_KINDS
 from geoviz.problem import SetupConfig
@@ -60,6 +60,8 @@ def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
     s = parser.add_argument_group("path")
     s.add_argument("--mode", default="exact", help=f"one of {', '.join(MODES)} (penalty: Adam on output distance + lambda L2)")
     s.add_argument("--eps", type=float, default=_DEFAULT_SOLVER.eps, help="Euclidean length of each step")
+    s.add_argument("--eps-schedule", default=_DEFAULT_SOLVER.eps_schedule,
+                   help=f"one of {', '.join(EPS_SCHEDULES)}: the step length along the path (linear/cosine: 1.9 eps down to 0.1 eps, mean eps)")
     s.add_argument("--damping", type=float, default=_DEFAULT_SOLVER.damping, help="rho in mu = rho * lambda_max(G)")
     s.add_argument("--metric", default="output", help=f"one of {', '.join(METRIC_KINDS)}")
     s.add_argument("--cg-iterations", type=int, default=_DEFAULT_SOLVER.cg_iterations)
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sparsity", type=float, default=0.9, help="fraction of prunable weights to remove, in (0, 1)")
     sp.add_argument("--tolerance", type=float, default=0.02, help="end when |masked weights| falls to this fraction")
     sp.add_argument("--eval-every", type=int, default=10)
+    sp.add_argument("--mask-every", type=int, default=0,
+                    help="choose the mask again every K steps, as the smallest |w| now (0: the start's mask, fixed)")
     cl = sub.add_parser("continual", help="learn a second task along a path that keeps the first")
     _add_common(cl, default_steps=150)
     from geoviz.applications.continual import DEFAULT_SOLVER as continual_solver
@@ -149,6 +153,7 @@ def solver_from(args) -> SolverConfig:
     solver = SolverConfig(
         mode=args.mode,
         eps=args.eps,
+        eps_schedule=args.eps_schedule,
         damping=args.damping,
         metric=args.metric,
         cg_iterations=args.cg_iterations,
@@ -171,7 +176,8 @@ def application_configs(args) -> tuple[object, SolverConfig]:
     if args.command == "sparsify":
         from geoviz.applications.sparsify import SparsifyConfig
 
-        config = SparsifyConfig(sparsity=args.sparsity, tolerance=args.tolerance, steps=args.steps, eval_every=args.eval_every)
+        config = SparsifyConfig(sparsity=args.sparsity, tolerance=args.tolerance, steps=args.steps,
+                                eval_every=args.eval_every, mask_every=args.mask_every)
     elif args.command == "continual":
         from geoviz.applications.continual import ContinualConfig
 

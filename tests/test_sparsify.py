@@ -90,6 +90,49 @@ def test_distillation_baseline_uses_no_labels_and_keeps_the_mask():
     assert first > task.one_shot_accuracy
 
 
+def test_revised_mask_follows_the_magnitudes_and_keeps_the_sparsity():
+    """mask_every K: before steps K + 1, 2K + 1, ... the mask is the smallest |w| now; it changes
+    where the magnitudes reorder, never touches a non-prunable entry, always prunes exactly the
+    target count, and the remaining distance does not grow at a revision."""
+    import torch
+
+    from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
+
+    w0 = torch.tensor([5.0, 0.1, 0.2, 3.0, 0.3, 4.0, 9.0])
+    prunable = torch.tensor([1.0, 1, 1, 1, 1, 1, 0])  # the last entry is a bias
+    mask = magnitude_mask(w0, prunable, 0.5)  # 3 of 6 pruned: 0.1, 0.2, 0.3
+    assert mask.tolist() == [1, 0, 0, 1, 0, 1, 1]
+    objective = SparsifyObjective(mask, w0, 0.02, revise_every=3, prunable=prunable, sparsity=0.5)
+    w = torch.tensor([0.05, 0.1, 0.2, 3.0, 0.3, 4.0, 0.0])  # entry 0 shrank below the pulled ones
+    for step in (1, 2, 3):  # not due yet
+        objective.begin_step(step, w)
+        assert torch.equal(objective.mask, mask)
+    before = float(objective.distance(w))
+    objective.begin_step(4, w)
+    assert objective.mask.tolist() == [0, 0, 0, 1, 1, 1, 1] and objective.revisions == 1
+    assert float(objective.distance(w)) <= before
+    assert objective.value_and_grad(w)[1].tolist() == pytest.approx([0.05, 0.1, 0.2, 0, 0, 0, 0])
+    objective.begin_step(7, w)  # due, but the order is unchanged
+    assert objective.revisions == 1
+
+    # along a real path: every revision is the magnitude mask of the point it was made at
+    problem = load_problem(SetupConfig())
+    task = SparsifyTask(problem, SparsifyConfig(sparsity=0.9, steps=60, mask_every=10), SolverConfig(eps=0.1))
+    path = task.path()
+    target = int(round(0.9 * task.prunable.sum().item()))
+    w_before, masks = path.w.clone(), [task.path_mask.clone()]
+    for record in path:
+        if record.step > 1 and (record.step - 1) % 10 == 0:  # revised before this step, at w_before
+            assert torch.equal(task.path_mask, magnitude_mask(w_before, task.prunable, 0.9))
+            masks.append(task.path_mask.clone())
+        assert ((1 - task.path_mask) * task.prunable).sum().item() == target
+        assert bool((task.path_mask[task.prunable == 0] == 1).all())
+        w_before = path.w.clone()
+    assert len(masks) == 6 and task.objective.revisions >= 1, "the path never reordered its magnitudes"
+    assert any(not torch.equal(m, masks[0]) for m in masks[1:])
+    assert torch.equal(task.mask, magnitude_mask(problem.w0, task.prunable, 0.9))  # the baselines' mask stays
+
+
 @pytest.mark.slow
 def test_digits_claims_over_seeds():
     """Seeds 0, 1, 2 at the defaults (90% sparsity): the geodesic keeps accuracy where one-shot

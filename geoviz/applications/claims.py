@@ -89,7 +89,7 @@ def sparsify_rows(
     budget = s["gradient_evaluations"]
 
     def pruned(w) -> float:
-        return problem.evaluate(w * task.mask, problem.x_test, problem.y_test)[1]
+        return problem.evaluate(w * task.path_mask, problem.x_test, problem.y_test)[1]
 
     rows = {
         "dense": {"accuracy": s["dense_accuracy"], "data_used": "-"},
@@ -161,7 +161,7 @@ def sparsify_path_row(problem, config: SparsifyConfig, solver: SolverConfig) -> 
     task = SparsifyTask(problem, config, solver)
     path = task.path()
     _finish(path)
-    accuracy = problem.evaluate(path.w * task.mask, problem.x_test, problem.y_test)[1]
+    accuracy = problem.evaluate(path.w * task.path_mask, problem.x_test, problem.y_test)[1]
     return {"accuracy": accuracy, "data_used": SPARSIFY_DATA_USED["geodesic"],
             "gradient_evaluations": path.gradient_evaluations, "reached": path.end_reason != "step budget reached"}
 
