@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--scenario", default="class-incremental", help="class-incremental, task-incremental or permuted")
     cl.add_argument("--split", default="0-4/5-9", help="classes of task 1 / task 2 (split scenarios)")
     cl.add_argument("--memory", type=int, default=100, help="task-1 examples kept: the metric batch (inputs), the replay buffer")
+    cl.add_argument("--memory-seed", type=int, default=None, help="seed of the memory's draw alone (default --path-seed)")
     cl.add_argument("--ewc-lambda", type=float, default=100.0, help="strength of the EWC baseline")
     cl.add_argument("--eval-every", type=int, default=10)
     co = sub.add_parser("connect", help="connect two optima: geodesic vs straight line vs Bezier curve")
@@ -182,7 +183,7 @@ def application_configs(args) -> tuple[object, SolverConfig]:
         from geoviz.applications.continual import ContinualConfig
 
         config = ContinualConfig(
-            scenario=args.scenario, split=args.split, memory=args.memory, steps=args.steps,
+            scenario=args.scenario, split=args.split, memory=args.memory, memory_seed=args.memory_seed, steps=args.steps,
             eval_every=args.eval_every, ewc_lambda=args.ewc_lambda,
         )
         config.validate()
@@ -293,7 +294,8 @@ def _cmd_sparsify(args) -> int:
 
     config, solver = application_configs(args)
     _output_first(args)
-    options = {"tolerance": config.tolerance, "steps": config.steps, "eval_every": config.eval_every}
+    options = {"tolerance": config.tolerance, "steps": config.steps, "eval_every": config.eval_every,
+               "mask_every": config.mask_every}
     progress = Progress(args.steps, args.quiet, "sparsify")
     problem = load_problem(setup_from(args), progress=progress.training)
 
@@ -331,7 +333,7 @@ def _cmd_continual(args) -> int:
     config, solver = application_configs(args)
     _output_first(args)
     options = {"scenario": config.scenario, "split": config.split, "steps": config.steps, "eval_every": config.eval_every,
-               "ewc_lambda": config.ewc_lambda}
+               "ewc_lambda": config.ewc_lambda, "memory_seed": config.memory_seed}
     progress = Progress(args.steps, args.quiet, "continual")
     problem, sequence = load_continual(setup_from(args), config, progress=progress.training)
 

@@ -78,6 +78,7 @@ LIMITS: dict[str, Range] = {
     # setup
     "seed": Range(0, SEED_MAX, integer=True),
     "seed_b": Range(0, SEED_MAX, integer=True),
+    "memory_seed": Range(0, SEED_MAX, integer=True),
     "threads": Range(1, 1024, integer=True),
     "hidden": Range(1, 2**31 - 1, integer=True),  # each width; the whole network: check_network_size
     # solver

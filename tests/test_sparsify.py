@@ -133,6 +133,18 @@ def test_revised_mask_follows_the_magnitudes_and_keeps_the_sparsity():
     assert torch.equal(task.mask, magnitude_mask(problem.w0, task.prunable, 0.9))  # the baselines' mask stays
 
 
+def test_cli_mask_every_reaches_the_path(tmp_path):
+    proc = _cli("sparsify", "--mask-every", "5", "--eps-schedule", "cosine", "--steps", "12", "--no-baselines",
+                "--json", "--quiet", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    from geoviz.runs import read_run
+
+    run = read_run(json.loads(proc.stdout.strip().splitlines()[-1])["run_dir"])
+    assert run.config["sparsify"]["mask_every"] == 5 and run.config["solver"]["eps_schedule"] == "cosine"
+    lengths = run.table["eps_length"].tolist()
+    assert lengths[0] > 1.8 * 0.05 and all(a > b for a, b in zip(lengths, lengths[1:]))  # the schedule ran
+
+
 @pytest.mark.slow
 def test_digits_claims_over_seeds():
     """Seeds 0, 1, 2 at the defaults (90% sparsity): the geodesic keeps accuracy where one-shot

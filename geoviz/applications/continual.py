@@ -65,6 +65,10 @@ class ContinualConfig:
     # task-1 training examples kept: their inputs are the metric batch of the path
     # (and, with labels, the replay buffer). 100 is the prototype's calibration.
     memory: int = 100
+    # seed of the memory's draw from task 1 alone (None: the path seed, which also seeds
+    # the task-2 minibatches): vary the memory while the start network and the minibatch
+    # stream stay the same
+    memory_seed: int | None = None
     # 150 exact steps of eps 0.1 take task 2 from 0 to ~0.98 on digits (see DEFAULT_SOLVER)
     steps: int = 150
     eval_every: int = 10
@@ -141,7 +145,7 @@ class ContinualTask:
         n1 = self.t1.x_train.shape[0]
         if config.memory > n1:
             raise ConfigError(f"The memory ({config.memory}) cannot exceed task 1's {n1} training examples.")
-        gen = torch.Generator().manual_seed(problem.path_seed)
+        gen = torch.Generator().manual_seed(problem.path_seed if config.memory_seed is None else config.memory_seed)
         index = torch.randperm(n1, generator=gen)[: config.memory].to(device)
         self.memory_x = self.t1.x_train[index]  # (M, C, H, W): the metric batch
         self.memory_y = self.t1.y_train[index]  # labels: replay only
