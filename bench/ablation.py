@@ -60,6 +60,7 @@ VARIANTS = {
     # a sparsity mask chosen again every K steps (sparsify only)
     "mask every 10": ({}, {"mask_every": 10}),
     "mask every 50": ({}, {"mask_every": 50}),
+    "fisher mask every 10": ({"metric": "fisher"}, {"mask_every": 10}),
     "penalty": ({"mode": "penalty"}, {}),
     "penalty lr 3e-3 ramp 20": ({"mode": "penalty", "penalty_lr": 3e-3, "penalty_ramp": 20}, {}),
     "penalty lr 1e-2": ({"mode": "penalty", "penalty_lr": 1e-2}, {}),
@@ -68,7 +69,8 @@ VARIANTS = {
     "penalty cosine": ({"mode": "penalty", "eps_schedule": "cosine"}, {}),  # Adam's rate on the schedule
 }
 # variants that only mean something for some applications
-ONLY = {"memory 50": "continual", "memory 200": "continual", "mask every 10": "sparsify", "mask every 50": "sparsify"}
+ONLY = {"memory 50": "continual", "memory 200": "continual", "mask every 10": "sparsify", "mask every 50": "sparsify",
+        "fisher mask every 10": "sparsify"}
 MULTIPLIERS = ("damping", "eps")
 
 

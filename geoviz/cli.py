@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from geoviz.applications.sparsify import SparsifyConfig
 from geoviz.core.engine import EPS_SCHEDULES, MODES, SolverConfig, denormals_flushed
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.core.metric import METRIC_KINDS
@@ -26,6 +27,7 @@ from geoviz.validation import check_output_dir, check_runs_folder, check_value, 
 __all__ = ["main", "build_parser"]
 
 _DEFAULT_SOLVER = SolverConfig()
+_DEFAULT_SPARSIFY = SparsifyConfig()
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -93,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sparsity", type=float, default=0.9, help="fraction of prunable weights to remove, in (0, 1)")
     sp.add_argument("--tolerance", type=float, default=0.02, help="end when |masked weights| falls to this fraction")
     sp.add_argument("--eval-every", type=int, default=10)
-    sp.add_argument("--mask-every", type=int, default=0,
+    sp.add_argument("--mask-every", type=int, default=_DEFAULT_SPARSIFY.mask_every,
                     help="choose the mask again every K steps, as the smallest |w| now (0: the start's mask, fixed)")
     cl = sub.add_parser("continual", help="learn a second task along a path that keeps the first")
     _add_common(cl, default_steps=150)

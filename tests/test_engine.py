@@ -207,6 +207,7 @@ def test_unknown_schedule_is_one_sentence():
 
 
 def test_cli_takes_the_schedule_and_the_mask_revision():
+    from geoviz.applications.sparsify import SparsifyConfig
     from geoviz.cli import application_configs, build_parser
 
     args = build_parser().parse_args(["sparsify", "--eps-schedule", "cosine", "--mask-every", "25"])
@@ -214,4 +215,6 @@ def test_cli_takes_the_schedule_and_the_mask_revision():
     assert solver.eps_schedule == "cosine" and config.mask_every == 25
     args = build_parser().parse_args(["sparsify"])
     config, solver = application_configs(args)
-    assert solver.eps_schedule == "constant" and config.mask_every == 0
+    assert solver.eps_schedule == "constant" and config == SparsifyConfig()  # the CLI's defaults are the config's
+    args = build_parser().parse_args(["sparsify", "--mask-every", "0"])
+    assert application_configs(args)[0].mask_every == 0  # off
