@@ -148,7 +148,7 @@ def test_cli_mask_every_reaches_the_path(tmp_path):
 @pytest.mark.slow
 def test_digits_claims_over_seeds():
     """Seeds 0, 1, 2 at the defaults (90% sparsity): the geodesic keeps accuracy where one-shot
-    pruning loses it, though not as well as distillation on the same inputs at the same budget;
+    pruning loses it, as well as distillation on the same inputs at the same budget;
     every method's mean ± sd is printed (pytest -s) beside the data it used."""
     from geoviz.applications import claims
 
@@ -158,9 +158,11 @@ def test_digits_claims_over_seeds():
     mean = {name: r["accuracy_mean"] for name, r in table.items()}
     assert all(r["n"] == 3 for r in table.values())
     assert all(rows["geodesic"]["reached"] for rows in per_seed)
-    # measured (bench/claims.py): dense 0.974 ± 0.002, geodesic 0.944 ± 0.041 (seed 2 ends at
-    # 0.897), prune + distil 0.973 ± 0.002: within 3 points only on average, so 5 are asked
-    assert mean["geodesic"] >= mean["dense"] - 0.05, mean
+    # measured (bench/ablation.py, bench/claims.py): dense 0.974 ± 0.002; the geodesic with its
+    # mask fixed at the start 0.944 ± 0.041 (seed 2 ended at 0.897), revised every 10 steps (the
+    # default) 0.974 ± 0.002; prune + distil 0.973 ± 0.002
+    assert mean["geodesic"] >= mean["dense"] - 0.02, mean
+    assert mean["geodesic"] >= mean["distill"] - 0.01, mean  # it ties the label-free baseline now
     assert mean["geodesic"] >= mean["one_shot"] + 0.2, mean
     assert mean["penalty"] >= mean["dense"] - 0.05, mean
     # the baselines at the geodesic's budget are real: both repair what one-shot pruning lost

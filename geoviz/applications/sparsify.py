@@ -42,7 +42,11 @@ class SparsifyConfig:
     monitor_size: int = 2000
     # choose the mask again every this many steps, as the smallest |w| at the current
     # point (0: the mask of the start, fixed). The baselines prune by the start's mask.
-    mask_every: int = 0
+    # bench/ablation.py, 90%, seeds 0-2, hard-pruned test accuracy at equal gradient
+    # evaluations: digits 0.974 ± 0.002 at 10 (0.972 ± 0.005 at 50) against 0.944 ±
+    # 0.041 fixed (seed 2: 0.897 -> 0.972; the Fisher metric gave 0.968 ± 0.004);
+    # Fashion-MNIST MLP 0.863 ± 0.007 against 0.861 ± 0.005 (a tie)
+    mask_every: int = 10
 
     def validate(self) -> None:
         if not 0.0 < self.sparsity < 1.0:
