@@ -178,7 +178,9 @@ def test_digits_claims_over_seeds():
     assert geo["average"] > finetune["average"] + 0.3 and geo["average"] > ewc["average"], mean
     assert mean["penalty"]["task1"] >= finetune["task1"] + 0.6 and mean["penalty"]["task2"] >= 0.7, mean
     assert table["penalty"]["gradient_evaluations_mean"] == table["geodesic"]["gradient_evaluations_mean"]
-    # the memory draws: one start network, its task 1 kept whichever 100 inputs are remembered
+    # the memory draws: one start network, its task 1 kept whichever 100 inputs are remembered.
+    # Measured at eps 0.05: start seeds 0-2 geodesic 0.963 ± 0.003 / 0.946 ± 0.012 (replay 0.909 /
+    # 0.963); memory seeds 0-2 geodesic 0.963 ± 0.008 / 0.950 ± 0.017 (replay 0.930 / 0.967)
     memory_geo = {f: memory_table["geodesic"][f"{f}_mean"] for f in figures}
     assert memory_table["geodesic"]["n"] == memory_table["replay"]["n"] == 3
     assert memory_geo["task1"] >= 0.85 and memory_geo["task2"] >= 0.85, memory_table
