@@ -52,9 +52,25 @@ VARIANTS = {
     "memory 50": ({}, {"memory": 50}),
     "memory 200": ({}, {"memory": 200}),
     "metric batch 64": ({"metric_batch": 64}, {}),
+    # step-length schedules (1.9 eps down to 0.1 eps, mean eps; geoviz.core.engine.schedule_factor)
+    "eps linear": ({"eps_schedule": "linear"}, {}),
+    "eps cosine": ({"eps_schedule": "cosine"}, {}),
+    "fisher cosine": ({"metric": "fisher", "eps_schedule": "cosine"}, {}),
+    "fisher eps/2": ({"metric": "fisher", "eps": 0.5}, {}),
+    # a sparsity mask chosen again every K steps (sparsify only)
+    "mask every 10": ({}, {"mask_every": 10}),
+    "mask every 50": ({}, {"mask_every": 50}),
+    "fisher mask every 10": ({"metric": "fisher"}, {"mask_every": 10}),
     "penalty": ({"mode": "penalty"}, {}),
     "penalty lr 3e-3 ramp 20": ({"mode": "penalty", "penalty_lr": 3e-3, "penalty_ramp": 20}, {}),
+    "penalty lr 1e-2": ({"mode": "penalty", "penalty_lr": 1e-2}, {}),
+    "penalty weight 10": ({"mode": "penalty", "penalty_weight": 10.0}, {}),
+    "penalty fisher": ({"mode": "penalty", "metric": "fisher"}, {}),
+    "penalty cosine": ({"mode": "penalty", "eps_schedule": "cosine"}, {}),  # Adam's rate on the schedule
 }
+# variants that only mean something for some applications
+ONLY = {"memory 50": "continual", "memory 200": "continual", "mask every 10": "sparsify", "mask every 50": "sparsify",
+        "fisher mask every 10": "sparsify"}
 MULTIPLIERS = ("damping", "eps")
 
 
@@ -93,9 +109,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     results = {}
     for app in args.apps.split(","):
-        names = args.variants.split(",") if args.variants else [
-            n for n in VARIANTS if not (n.startswith("memory") and app != "continual")]
-        bad = [n for n in names if n not in VARIANTS]
+        names = args.variants.split(",") if args.variants else [n for n in VARIANTS if ONLY.get(n, app) == app]
+        bad = [n for n in names if n not in VARIANTS or ONLY.get(n, app) != app]
         if bad or app not in FIGURES:
             print(f"error: unknown variant or application {bad or app!r}.", file=sys.stderr)
             return 2

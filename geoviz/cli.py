@@ -17,7 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from geoviz.core.engine import MODES, SolverConfig, denormals_flushed
+from geoviz.applications.sparsify import SparsifyConfig
+from geoviz.core.engine import EPS_SCHEDULES, MODES, SolverConfig, denormals_flushed
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.core.metric import METRIC_KINDS
 from geoviz.problem import SetupConfig
@@ -27,6 +28,7 @@ from geoviz.validation import check_output_dir, check_runs_folder, check_value, 
 __all__ = ["main", "build_parser"]
 
 _DEFAULT_SOLVER = SolverConfig()
+_DEFAULT_SPARSIFY = SparsifyConfig()
 
 
 def _hidden(text: str) -> tuple[int, ...]:
@@ -61,6 +63,8 @@ def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
     s = parser.add_argument_group("path")
     s.add_argument("--mode", default="exact", help=f"one of {', '.join(MODES)} (penalty: Adam on output distance + lambda L2)")
     s.add_argument("--eps", type=float, default=_DEFAULT_SOLVER.eps, help="Euclidean length of each step")
+    s.add_argument("--eps-schedule", default=_DEFAULT_SOLVER.eps_schedule,
+                   help=f"one of {', '.join(EPS_SCHEDULES)}: the step length along the path (linear/cosine: 1.9 eps down to 0.1 eps, mean eps)")
     s.add_argument("--damping", type=float, default=_DEFAULT_SOLVER.damping, help="rho in mu = rho * lambda_max(G)")
     s.add_argument("--metric", default="output", help=f"one of {', '.join(METRIC_KINDS)}")
     s.add_argument("--cg-iterations", type=int, default=_DEFAULT_SOLVER.cg_iterations)
@@ -95,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sparsity", type=float, default=0.9, help="fraction of prunable weights to remove, in (0, 1)")
     sp.add_argument("--tolerance", type=float, default=0.02, help="end when |masked weights| falls to this fraction")
     sp.add_argument("--eval-every", type=int, default=10)
+    sp.add_argument("--mask-every", type=int, default=_DEFAULT_SPARSIFY.mask_every,
+                    help="choose the mask again every K steps, as the smallest |w| now (0: the start's mask, fixed)")
     cl = sub.add_parser("continual", help="learn a second task along a path that keeps the first")
     _add_common(cl, default_steps=150)
     from geoviz.applications.continual import DEFAULT_SOLVER as continual_solver
@@ -106,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--scenario", default="class-incremental", help="class-incremental, task-incremental or permuted")
     cl.add_argument("--split", default="0-4/5-9", help="classes of task 1 / task 2 (split scenarios)")
     cl.add_argument("--memory", type=int, default=100, help="task-1 examples kept: the metric batch (inputs), the replay buffer")
+    cl.add_argument("--memory-seed", type=int, default=None, help="seed of the memory's draw alone (default --path-seed)")
     cl.add_argument("--ewc-lambda", type=float, default=100.0, help="strength of the EWC baseline")
     cl.add_argument("--eval-every", type=int, default=10)
     co = sub.add_parser("connect", help="connect two optima: geodesic vs straight line vs Bezier curve")
@@ -153,6 +160,7 @@ def solver_from(args) -> SolverConfig:
     solver = SolverConfig(
         mode=args.mode,
         eps=args.eps,
+        eps_schedule=args.eps_schedule,
         damping=args.damping,
         metric=args.metric,
         cg_iterations=args.cg_iterations,
@@ -175,12 +183,13 @@ def application_configs(args) -> tuple[object, SolverConfig]:
     if args.command == "sparsify":
         from geoviz.applications.sparsify import SparsifyConfig
 
-        config = SparsifyConfig(sparsity=args.sparsity, tolerance=args.tolerance, steps=args.steps, eval_every=args.eval_every)
+        config = SparsifyConfig(sparsity=args.sparsity, tolerance=args.tolerance, steps=args.steps,
+                                eval_every=args.eval_every, mask_every=args.mask_every)
     elif args.command == "continual":
         from geoviz.applications.continual import ContinualConfig
 
         config = ContinualConfig(
-            scenario=args.scenario, split=args.split, memory=args.memory, steps=args.steps,
+            scenario=args.scenario, split=args.split, memory=args.memory, memory_seed=args.memory_seed, steps=args.steps,
             eval_every=args.eval_every, ewc_lambda=args.ewc_lambda,
         )
         config.validate()
@@ -301,7 +310,8 @@ def _cmd_sparsify(args) -> int:
 
     config, solver = application_configs(args)
     _output_first(args)
-    options = {"tolerance": config.tolerance, "steps": config.steps, "eval_every": config.eval_every}
+    options = {"tolerance": config.tolerance, "steps": config.steps, "eval_every": config.eval_every,
+               "mask_every": config.mask_every}
     progress = Progress(args.steps, args.quiet, "sparsify")
     problem = load_problem(setup_from(args), progress=progress.training)
 
@@ -339,7 +349,7 @@ def _cmd_continual(args) -> int:
     config, solver = application_configs(args)
     _output_first(args)
     options = {"scenario": config.scenario, "split": config.split, "steps": config.steps, "eval_every": config.eval_every,
-               "ewc_lambda": config.ewc_lambda}
+               "ewc_lambda": config.ewc_lambda, "memory_seed": config.memory_seed}
     progress = Progress(args.steps, args.quiet, "continual")
     problem, sequence = load_continual(setup_from(args), config, progress=progress.training)
 

@@ -78,6 +78,7 @@ LIMITS: dict[str, Range] = {
     # setup
     "seed": Range(0, SEED_MAX, integer=True),
     "seed_b": Range(0, SEED_MAX, integer=True),
+    "memory_seed": Range(0, SEED_MAX, integer=True),
     "threads": Range(1, 1024, integer=True),
     "hidden": Range(1, 2**31 - 1, integer=True),  # each width; the whole network: check_network_size
     # solver
@@ -100,6 +101,7 @@ LIMITS: dict[str, Range] = {
     "eval_every": Range(1, _WHOLE, integer=True),
     "tolerance": Range(0, 1e6, low_open=True),
     "monitor_size": Range(1, _WHOLE, integer=True),
+    "mask_every": Range(0, _WHOLE, integer=True),  # 0: the start's mask, fixed
     "finetune_lr": Range(0, 10, low_open=True),
     "finetune_batch": Range(1, 100_000, integer=True),
     "memory": Range(1, 100_000, integer=True),  # the metric batch of a continual path; at most task 1's size

@@ -23,6 +23,7 @@ CONTROLS = (
     Control("eps", "Step length ε", _SOLVER.eps, "Euclidean length |θ| of each step. Smaller steps follow the curved path more closely but need more of them.", step=0.01, format="%.3f"),
     Control("damping", "Damping ρ", _SOLVER.damping, "μ = ρ·λmax(G). Small ρ: move only where the outputs barely change (closer to a geodesic). Large ρ: plain gradient descent on the masked weights. The paper's equivalent β is shown in the status line.", step=1e-4, format="%.1e"),
     Control("metric", "Metric", "output", "How a change of function is measured: output (squared change of the logits, the paper's choice) or fisher (KL divergence of the predictions).", METRIC_KINDS),
+    Control("mask_every", "Revise the mask every", _SPARSIFY.mask_every, "Every this many steps the mask is chosen again: the smallest |w| at the current point, at the same sparsity, so a weight the path has shrunk can take the place of one it was pulling. 0: the start's mask, fixed. The baselines prune by the start's mask.", step=10),
     Control("mode", "Mode", "exact", "exact: the constrained step of the paper (damped CG on G). penalty: Adam on output distance + λ·L2, the authors' later practical variant.", MODES),
     Control("steps", "Step budget", _SPARSIFY.steps, "The most steps the path may take; it usually ends sooner, when the masked weights are near zero.", step=50),
     Control("eval_every", "Evaluate every", _SPARSIFY.eval_every, "Test accuracy is measured every this many steps (and at the first and last).", step=1),
@@ -36,7 +37,8 @@ def configs(values: dict) -> tuple[SetupConfig, SparsifyConfig, SolverConfig]:
     setup = SetupConfig(dataset=values["dataset"], model=values["model"], seed=int(values["seed"]), device=values["device"],
                         data_dir=_live.data_dir_for(values["dataset"]),
                         weights=values.get("weights"))
-    config = SparsifyConfig(sparsity=float(values["sparsity"]), steps=int(values["steps"]), eval_every=int(values["eval_every"]))
+    config = SparsifyConfig(sparsity=float(values["sparsity"]), steps=int(values["steps"]), eval_every=int(values["eval_every"]),
+                            mask_every=int(values.get("mask_every", _SPARSIFY.mask_every)))
     solver = SolverConfig(mode=values["mode"], eps=float(values["eps"]), damping=float(values["damping"]), metric=values["metric"])
     config.validate()
     solver.validate()

@@ -90,10 +90,65 @@ def test_distillation_baseline_uses_no_labels_and_keeps_the_mask():
     assert first > task.one_shot_accuracy
 
 
+def test_revised_mask_follows_the_magnitudes_and_keeps_the_sparsity():
+    """mask_every K: before steps K + 1, 2K + 1, ... the mask is the smallest |w| now; it changes
+    where the magnitudes reorder, never touches a non-prunable entry, always prunes exactly the
+    target count, and the remaining distance does not grow at a revision."""
+    import torch
+
+    from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
+
+    w0 = torch.tensor([5.0, 0.1, 0.2, 3.0, 0.3, 4.0, 9.0])
+    prunable = torch.tensor([1.0, 1, 1, 1, 1, 1, 0])  # the last entry is a bias
+    mask = magnitude_mask(w0, prunable, 0.5)  # 3 of 6 pruned: 0.1, 0.2, 0.3
+    assert mask.tolist() == [1, 0, 0, 1, 0, 1, 1]
+    objective = SparsifyObjective(mask, w0, 0.02, revise_every=3, prunable=prunable, sparsity=0.5)
+    w = torch.tensor([0.05, 0.1, 0.2, 3.0, 0.3, 4.0, 0.0])  # entry 0 shrank below the pulled ones
+    for step in (1, 2, 3):  # not due yet
+        objective.begin_step(step, w)
+        assert torch.equal(objective.mask, mask)
+    before = float(objective.distance(w))
+    objective.begin_step(4, w)
+    assert objective.mask.tolist() == [0, 0, 0, 1, 1, 1, 1] and objective.revisions == 1
+    assert float(objective.distance(w)) <= before
+    assert objective.value_and_grad(w)[1].tolist() == pytest.approx([0.05, 0.1, 0.2, 0, 0, 0, 0])
+    objective.begin_step(7, w)  # due, but the order is unchanged
+    assert objective.revisions == 1
+
+    # along a real path: every revision is the magnitude mask of the point it was made at
+    problem = load_problem(SetupConfig())
+    task = SparsifyTask(problem, SparsifyConfig(sparsity=0.9, steps=60, mask_every=10), SolverConfig(eps=0.1))
+    path = task.path()
+    target = int(round(0.9 * task.prunable.sum().item()))
+    w_before, masks = path.w.clone(), [task.path_mask.clone()]
+    for record in path:
+        if record.step > 1 and (record.step - 1) % 10 == 0:  # revised before this step, at w_before
+            assert torch.equal(task.path_mask, magnitude_mask(w_before, task.prunable, 0.9))
+            masks.append(task.path_mask.clone())
+        assert ((1 - task.path_mask) * task.prunable).sum().item() == target
+        assert bool((task.path_mask[task.prunable == 0] == 1).all())
+        w_before = path.w.clone()
+    assert len(masks) == 6 and task.objective.revisions >= 1, "the path never reordered its magnitudes"
+    assert any(not torch.equal(m, masks[0]) for m in masks[1:])
+    assert torch.equal(task.mask, magnitude_mask(problem.w0, task.prunable, 0.9))  # the baselines' mask stays
+
+
+def test_cli_mask_every_reaches_the_path(tmp_path):
+    proc = _cli("sparsify", "--mask-every", "5", "--eps-schedule", "cosine", "--steps", "12", "--no-baselines",
+                "--json", "--quiet", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    from geoviz.runs import read_run
+
+    run = read_run(json.loads(proc.stdout.strip().splitlines()[-1])["run_dir"])
+    assert run.config["sparsify"]["mask_every"] == 5 and run.config["solver"]["eps_schedule"] == "cosine"
+    lengths = run.table["eps_length"].tolist()
+    assert lengths[0] > 1.8 * 0.05 and all(a > b for a, b in zip(lengths, lengths[1:]))  # the schedule ran
+
+
 @pytest.mark.slow
 def test_digits_claims_over_seeds():
     """Seeds 0, 1, 2 at the defaults (90% sparsity): the geodesic keeps accuracy where one-shot
-    pruning loses it, though not as well as distillation on the same inputs at the same budget;
+    pruning loses it, as well as distillation on the same inputs at the same budget;
     every method's mean ± sd is printed (pytest -s) beside the data it used."""
     from geoviz.applications import claims
 
@@ -103,9 +158,11 @@ def test_digits_claims_over_seeds():
     mean = {name: r["accuracy_mean"] for name, r in table.items()}
     assert all(r["n"] == 3 for r in table.values())
     assert all(rows["geodesic"]["reached"] for rows in per_seed)
-    # measured (bench/claims.py): dense 0.974 ± 0.002, geodesic 0.944 ± 0.041 (seed 2 ends at
-    # 0.897), prune + distil 0.973 ± 0.002: within 3 points only on average, so 5 are asked
-    assert mean["geodesic"] >= mean["dense"] - 0.05, mean
+    # measured (bench/ablation.py, bench/claims.py): dense 0.974 ± 0.002; the geodesic with its
+    # mask fixed at the start 0.944 ± 0.041 (seed 2 ended at 0.897), revised every 10 steps (the
+    # default) 0.974 ± 0.002; prune + distil 0.973 ± 0.002
+    assert mean["geodesic"] >= mean["dense"] - 0.02, mean
+    assert mean["geodesic"] >= mean["distill"] - 0.01, mean  # it ties the label-free baseline now
     assert mean["geodesic"] >= mean["one_shot"] + 0.2, mean
     assert mean["penalty"] >= mean["dense"] - 0.05, mean
     # the baselines at the geodesic's budget are real: both repair what one-shot pruning lost

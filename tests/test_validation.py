@@ -68,6 +68,7 @@ def test_python_api_configs_share_the_ranges():
         SolverConfig(penalty_lr=math.inf), SolverConfig(metric_batch=10**14), SolverConfig(eps=math.nan),
         SparsifyConfig(steps=10**20), ContinualConfig(ewc_lambda=math.nan), ConnectConfig(seed_b=2**70),
         ConnectConfig(grid=10**6), TrainConfig(lr=math.inf), SetupConfig(seed=10**20), SetupConfig(hidden=(10**9,)),
+        SparsifyConfig(mask_every=-1), ContinualConfig(memory_seed=2**40),
     ]
     for config in bad:
         with pytest.raises(ConfigError):

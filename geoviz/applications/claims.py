@@ -27,7 +27,7 @@ from geoviz.applications.connect import DATA_USED as CONNECT_DATA_USED
 from geoviz.applications.connect import SOLVER_DEFAULTS as CONNECT_SOLVER
 from geoviz.applications.connect import ConnectConfig, ConnectTask, connect_runner, path_summary
 from geoviz.applications.continual import DEFAULT_SOLVER as CONTINUAL_SOLVER
-from geoviz.applications.continual import ContinualConfig, ContinualTask, continual_runner, load_continual
+from geoviz.applications.continual import BASELINES, ContinualConfig, ContinualTask, continual_runner, load_continual
 from geoviz.core.engine import SolverConfig
 from geoviz.problem import SetupConfig, load_problem
 from geoviz.applications.sparsify import DATA_USED as SPARSIFY_DATA_USED
@@ -89,7 +89,7 @@ def sparsify_rows(
     budget = s["gradient_evaluations"]
 
     def pruned(w) -> float:
-        return problem.evaluate(w * task.mask, problem.x_test, problem.y_test)[1]
+        return problem.evaluate(w * task.path_mask, problem.x_test, problem.y_test)[1]
 
     rows = {
         "dense": {"accuracy": s["dense_accuracy"], "data_used": "-"},
@@ -109,11 +109,13 @@ def continual_rows(
     config: ContinualConfig = CONTINUAL,
     solver: SolverConfig = CONTINUAL_SOLVER,
     penalty: SolverConfig | None = PENALTY,
+    baselines: Sequence[str] = BASELINES,
 ) -> Rows:
-    """Task-1, task-2 and average test accuracy of every method, for one seed (and memory draw)."""
+    """Task-1, task-2 and average test accuracy of every method, for one seed (and memory draw:
+    ``config.memory_seed``, or the setup's path seed)."""
     problem, sequence = load_continual(setup, config)
     with tempfile.TemporaryDirectory() as runs:
-        runner = continual_runner(problem, sequence, config, solver, runs)
+        runner = continual_runner(problem, sequence, config, solver, runs, baselines=tuple(baselines))
         runner.run()
     s = runner.summary
     keys = ("task1", "task2", "average")
@@ -161,7 +163,7 @@ def sparsify_path_row(problem, config: SparsifyConfig, solver: SolverConfig) -> 
     task = SparsifyTask(problem, config, solver)
     path = task.path()
     _finish(path)
-    accuracy = problem.evaluate(path.w * task.mask, problem.x_test, problem.y_test)[1]
+    accuracy = problem.evaluate(path.w * task.path_mask, problem.x_test, problem.y_test)[1]
     return {"accuracy": accuracy, "data_used": SPARSIFY_DATA_USED["geodesic"],
             "gradient_evaluations": path.gradient_evaluations, "reached": path.end_reason != "step budget reached"}
 

@@ -94,14 +94,45 @@ class SparsifyObjective:
 
     The path ends when |(1 - m) w| <= tolerance * |(1 - m) w0|; then the mask is
     applied exactly.
+
+    With ``revise_every`` K > 0 (and the ``prunable`` entries and ``sparsity`` the
+    mask was made with) the mask is chosen again every K steps, before steps
+    K + 1, 2K + 1, ...: the smallest |w| at the current point, at the same sparsity.
+    A weight the path has shrunk below a pulled one swaps places with it. The new
+    pruned set has the smallest norm of any set of its size, so the remaining
+    distance never grows at a revision; it is measured against the same start norm.
     """
 
-    def __init__(self, mask: torch.Tensor, w0: torch.Tensor, tolerance: float = 0.02):
+    def __init__(
+        self,
+        mask: torch.Tensor,
+        w0: torch.Tensor,
+        tolerance: float = 0.02,
+        revise_every: int = 0,
+        prunable: torch.Tensor | None = None,
+        sparsity: float | None = None,
+    ):
+        if revise_every and (prunable is None or sparsity is None):
+            raise ValueError("a revised mask needs the prunable entries and the sparsity")
+        self.tolerance = tolerance
+        self.revise_every = revise_every
+        self.prunable, self.sparsity = prunable, sparsity
+        self.revisions = 0  # revisions that changed the mask
+        self._set_mask(mask)
+        self.start_norm = float((self.pruned * w0).norm())
+
+    def _set_mask(self, mask: torch.Tensor) -> None:
         self.mask = mask
         self.pruned = 1.0 - mask
-        self.start_norm = float((self.pruned * w0).norm())
-        self.tolerance = tolerance
         self._memo = _Memo(lambda w: self.pruned * w)
+
+    def begin_step(self, step: int, w: torch.Tensor) -> None:
+        """Called by the path before each step (1, 2, ...): revise the mask when due."""
+        if self.revise_every > 0 and step > 1 and (step - 1) % self.revise_every == 0:
+            mask = magnitude_mask(w, self.prunable, self.sparsity)
+            if not torch.equal(mask, self.mask):
+                self.revisions += 1
+                self._set_mask(mask)
 
     def value_and_grad(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         masked, norm = self._memo(w)

@@ -40,6 +40,13 @@ class SparsifyConfig:
     # figures along the path use this many test examples (the first ones); the
     # summary at the end uses the whole test set
     monitor_size: int = 2000
+    # choose the mask again every this many steps, as the smallest |w| at the current
+    # point (0: the mask of the start, fixed). The baselines prune by the start's mask.
+    # bench/ablation.py, 90%, seeds 0-2, hard-pruned test accuracy at equal gradient
+    # evaluations: digits 0.974 ± 0.002 at 10 (0.972 ± 0.005 at 50) against 0.944 ±
+    # 0.041 fixed (seed 2: 0.897 -> 0.972; the Fisher metric gave 0.968 ± 0.004);
+    # Fashion-MNIST MLP 0.863 ± 0.007 against 0.861 ± 0.005 (a tie)
+    mask_every: int = 10
 
     def validate(self) -> None:
         if not 0.0 < self.sparsity < 1.0:
@@ -63,12 +70,20 @@ class SparsifyTask:
         solver.validate()
         self.problem, self.config, self.solver = problem, config, solver
         self.prunable = problem.layout.mask(prunable_names(problem.model), problem.w0)
+        # the start's magnitude mask: one-shot pruning and the baselines' mask
         self.mask = magnitude_mask(problem.w0, self.prunable, config.sparsity)
-        self.objective = SparsifyObjective(self.mask, problem.w0, config.tolerance)
+        self.objective = SparsifyObjective(
+            self.mask, problem.w0, config.tolerance, config.mask_every, self.prunable, config.sparsity
+        )
         self.dense_loss, self.dense_accuracy = problem.evaluate(problem.w0, problem.x_test, problem.y_test)
         self.one_shot_loss, self.one_shot_accuracy = problem.evaluate(
             problem.w0 * self.mask, problem.x_test, problem.y_test
         )
+
+    @property
+    def path_mask(self) -> torch.Tensor:
+        """The path's mask now: the start's, or its latest revision (``mask_every``)."""
+        return self.objective.mask
 
     def sparsity_of(self, w: torch.Tensor, zero: float = 0.0) -> float:
         """Fraction of prunable weights with |w| <= zero."""
@@ -79,7 +94,7 @@ class SparsifyTask:
         p = self.problem
         x, y = p.x_test[: self.config.monitor_size], p.y_test[: self.config.monitor_size]
         loss, acc = p.evaluate(w, x, y)
-        pruned_loss, pruned_acc = p.evaluate(w * self.mask, x, y)
+        pruned_loss, pruned_acc = p.evaluate(w * self.path_mask, x, y)
         return {
             "test_loss": loss,
             "test_accuracy": acc,

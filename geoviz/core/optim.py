@@ -57,6 +57,13 @@ class Adam:
             self._leaves = [p.detach().requires_grad_(True) for p in self.params]
             self._optimizer = torch.optim.Adam(self._leaves, lr=lr, betas=betas, eps=eps)
 
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next steps (a schedule); the moments are kept."""
+        self.lr = lr
+        if not self.fused:
+            for group in self._optimizer.param_groups:
+                group["lr"] = lr
+
     def step(self, grads: list[torch.Tensor]) -> None:
         """One Adam update of the parameters with these gradients (one per parameter)."""
         if self.fused:
