@@ -47,6 +47,14 @@ def present_fonts(fig, present: bool):
     return fig
 
 
+def settings_digest(*settings) -> str:
+    """A short digest of the settings a lesson's numbers are made with (their reprs), for
+    its file name: a changed default makes a new file rather than reusing stale numbers."""
+    import hashlib
+
+    return hashlib.sha256(repr(settings).encode()).hexdigest()[:10]
+
+
 def stored(name: str, make: Callable[[], T], kind: type[T], use_disk: bool = True) -> T:
     """A lesson's measured numbers (a dataclass of plain values): read back from the
     disk cache beside the cached networks, or made by ``make()`` and written there.

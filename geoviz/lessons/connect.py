@@ -21,7 +21,7 @@ import torch
 from geoviz.applications.connect import SOLVER_DEFAULTS, ConnectConfig, ConnectTask, path_summary
 from geoviz.applications.curves import PolylineCurve
 from geoviz.core.engine import SolverConfig
-from geoviz.lessons import stored
+from geoviz.lessons import settings_digest, stored
 from geoviz.problem import SetupConfig, load_problem
 
 __all__ = ["ConnectResult", "connect_experiment"]
@@ -45,7 +45,9 @@ def connect_experiment(seed_a: int = 0, seed_b: int = 1, grid: int = 31, points:
                        use_disk: bool = True) -> ConnectResult:
     """The straight line and the geodesic between two digits MLPs, and the landscape
     around them (a few seconds on a CPU; cached in memory and on disk)."""
-    name = f"connect-v1-{seed_a}-{seed_b}-{grid}-{points}"
+    key = settings_digest(ConnectConfig(seed_b=seed_b, steps=1000, eval_every=5, points=points, third="midpoint"),
+                          SolverConfig(**SOLVER_DEFAULTS))
+    name = f"connect-{key}-{seed_a}-{seed_b}-{grid}-{points}"
     return stored(name, lambda: _experiment(seed_a, seed_b, grid, points), ConnectResult, use_disk)
 
 

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from geoviz.applications.continual import DEFAULT_SOLVER, ContinualConfig, ContinualTask, load_continual
-from geoviz.lessons import stored
+from geoviz.lessons import settings_digest, stored
 from geoviz.problem import SetupConfig
 
 __all__ = ["ContinualResult", "continual_experiment", "METHODS"]
@@ -41,7 +41,8 @@ class ContinualResult:
 def continual_experiment(seed: int = 0, memory: int = 100, use_disk: bool = True) -> ContinualResult:
     """The geodesic and the three baselines on class-incremental digits (~15 s on a
     busy CPU; cached in memory and on disk)."""
-    return stored(f"continual-v1-{seed}-{memory}", lambda: _experiment(seed, memory), ContinualResult, use_disk)
+    key = settings_digest(ContinualConfig(memory=memory, eval_every=5), DEFAULT_SOLVER)
+    return stored(f"continual-{key}-{seed}-{memory}", lambda: _experiment(seed, memory), ContinualResult, use_disk)
 
 
 def _experiment(seed: int, memory: int) -> ContinualResult:

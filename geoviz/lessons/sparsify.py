@@ -20,7 +20,7 @@ import torch
 
 from geoviz.applications.sparsify import SparsifyConfig, SparsifyTask
 from geoviz.core.engine import SolverConfig
-from geoviz.lessons import stored
+from geoviz.lessons import settings_digest, stored
 from geoviz.problem import SetupConfig, load_problem
 
 __all__ = ["SparsifyResult", "sparsify_experiment"]
@@ -44,12 +44,17 @@ class SparsifyResult:
 def sparsify_experiment(seed: int = 0, target: float = 0.9, use_disk: bool = True) -> SparsifyResult:
     """One-shot pruning, the geodesic and the distilled repair on the digits MLP (~12 s on
     an idle CPU core; cached in memory and on disk)."""
-    return stored(f"sparsify-v1-{seed}-{target:g}", lambda: _experiment(seed, target), SparsifyResult, use_disk)
+    key = settings_digest(*_settings(target))
+    return stored(f"sparsify-{key}-{seed}-{target:g}", lambda: _experiment(seed, target), SparsifyResult, use_disk)
+
+
+def _settings(target: float) -> tuple[SparsifyConfig, SolverConfig]:
+    return SparsifyConfig(sparsity=target, eval_every=10), SolverConfig()  # the app's defaults
 
 
 def _experiment(seed: int, target: float) -> SparsifyResult:
     problem = load_problem(SetupConfig(dataset="digits", model="mlp", seed=seed))
-    task = SparsifyTask(problem, SparsifyConfig(sparsity=target, eval_every=10), SolverConfig())  # the app's defaults
+    task = SparsifyTask(problem, *_settings(target))
     started = time.perf_counter()
     path = task.path()
     rows = [r for r in (record.row() for record in path) if "test_accuracy" in r]
