@@ -147,6 +147,9 @@ def test_sparsify_page_draws_a_projected_trajectory(runs_dir, monkeypatch):
     monkeypatch.setenv("GEOVIZ_RUNS", str(runs_dir))
     monkeypatch.setattr(runner_module, "sketch_for_budget", lambda parameters, budget: SparseSignSketch(parameters, 64))
     monkeypatch.setattr(runner_module, "SnapshotBudget", functools.partial(runner_module.SnapshotBudget, max_count=8))
+    # an ended run reads its trajectory back from disk, where the last step is kept: hold the in-memory
+    # one (as during a run, or for a runner without a folder), where it is not
+    monkeypatch.setattr(runner_module.PathRunner, "_release_trajectory", lambda self: None)
     at = _app("pages/sparsify.py")
     _set(at, SHORT | {"steps": 31})
     _click(at, "Run")
