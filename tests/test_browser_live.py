@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from appserver import FIRST_CHART_POINTS
 # one server and one browser for this module (module-scoped fixtures), and the helpers
@@ -283,7 +284,9 @@ def test_settings_are_checked_before_run(server, context):
     steps.fill("300")
     steps.press("Enter")
     page.wait_for_function("() => location.search.includes('steps=300')", timeout=10_000)
-    assert not _button(page, "Run").is_disabled()
+    # the address is written before the buttons are drawn again: wait for Run to come back (a fresh CI
+    # server drew it after the address, and an immediate check failed)
+    expect(_button(page, "Run")).to_be_enabled(timeout=30_000)
     # equal seeds of w_A and w_B on /connect: said before Run
     page.goto(f"{server.url}/connect?seed=2&seed_b=2")
     page.get_by_text("The two networks need different seeds; both are 2.").wait_for(timeout=60_000)
