@@ -11,7 +11,7 @@ import streamlit as st
 
 from geoviz.lessons import present_fonts
 
-__all__ = ["CSS", "active", "apply", "toggle_ui", "title_ui", "chart"]
+__all__ = ["CSS", "active", "apply", "toggle_ui", "header", "chart"]
 
 HEIGHT = 360  # px of a chart in presentation mode
 # a legend under the plot starts this far below it (a fraction of the plot's height): at
@@ -60,13 +60,16 @@ def toggle_ui() -> None:
               help="For a projector: no sidebar, bigger chart text, the main chart above the fold. Settings stay as the URL has them.")
 
 
-def title_ui(title: str) -> None:
-    """The page's title with the presentation toggle on its right: one row, so the charts
-    and their legends stay above the fold at 1280x720."""
-    row = st.container(horizontal=True, vertical_alignment="center", horizontal_alignment="distribute")
-    with row:
+def header(title: str, caption: str) -> None:
+    """An application page's top: the projector's style when asked, the title with the
+    presentation toggle on its right (one row, so the charts and their legends stay above
+    the fold at 1280x720), and the page's caption (hidden on a projector)."""
+    apply(app_page=True)
+    with st.container(horizontal=True, vertical_alignment="center", horizontal_alignment="distribute"):
         st.title(title, width="content")
         toggle_ui()
+    with st.container(key="present-hide-caption"):
+        st.caption(caption)
 
 
 def chart(container, figure, **options) -> None:

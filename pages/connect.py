@@ -196,14 +196,12 @@ def replay_record(record, key: str = "replay", at: int | None = None) -> None:
 
 
 def page() -> None:
-    _present.apply(app_page=True)
-    _present.title_ui("Connect two networks")
-    with st.container(key="present-hide-caption"):  # hidden on a projector
-        st.caption(
-            "Two networks trained from different seeds. The geodesic walks from w_A to w_B moving only where the "
-            "outputs on training inputs barely change (no labels); compare with the straight line, and with a "
-            "quadratic Bezier curve whose bend is trained with labels for as many gradient evaluations."
-        )
+    _present.header(
+        "Connect two networks",
+        "Two networks trained from different seeds. The geodesic walks from w_A to w_B moving only where the "
+        "outputs on training inputs barely change (no labels); compare with the straight line, and with a "
+        "quadratic Bezier curve whose bend is trained with labels for as many gradient evaluations."
+    )
     values = {**_live.controls_ui("connect", CONTROLS), "weights": _live.weights_ui("connect"),
               "weights_b": _live.weights_ui("connect", "weights_b", "weights of w_B")}
     built = _live.checked_configs("connect", configs, values)  # None: what is wrong is said on the page

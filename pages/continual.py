@@ -80,14 +80,12 @@ def placeholder() -> None:
 
 
 def page() -> None:
-    _present.apply(app_page=True)
-    _present.title_ui("Continual learning along a geodesic")
-    with st.container(key="present-hide-caption"):  # hidden on a projector
-        st.caption(
-            "Start from a network trained on task 1 and learn task 2 while moving only in directions that barely change "
-            "its outputs on a small memory of task-1 inputs. Compare with fine-tuning (forgets), EWC and replay, each "
-            "given as many gradient evaluations as the path used."
-        )
+    _present.header(
+        "Continual learning along a geodesic",
+        "Start from a network trained on task 1 and learn task 2 while moving only in directions that barely change "
+        "its outputs on a small memory of task-1 inputs. Compare with fine-tuning (forgets), EWC and replay, each "
+        "given as many gradient evaluations as the path used."
+    )
     values = {**_live.controls_ui("continual", CONTROLS), "weights": _live.weights_ui("continual")}
     with st.container(key="present-hide-memory"):  # hidden on a projector
         memory_ui(int(values["memory"]), values["scenario"])

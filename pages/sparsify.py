@@ -73,14 +73,12 @@ def placeholder() -> None:
 
 
 def page() -> None:
-    _present.apply(app_page=True)
-    _present.title_ui("Sparsify along a geodesic")
-    with st.container(key="present-hide-caption"):  # hidden on a projector
-        st.caption(
-            "The path pulls the smallest weights to zero while moving only in directions that barely change "
-            "the network's outputs on training inputs (no labels). Compare with pruning at once, and with pruning "
-            "plus fine-tuning, which uses labels."
-        )
+    _present.header(
+        "Sparsify along a geodesic",
+        "The path pulls the smallest weights to zero while moving only in directions that barely change "
+        "the network's outputs on training inputs (no labels). Compare with pruning at once, and with pruning "
+        "plus fine-tuning, which uses labels."
+    )
     values = {**_live.controls_ui("sparsify", CONTROLS), "weights": _live.weights_ui("sparsify")}
     built = _live.checked_configs("sparsify", configs, values)  # None: what is wrong is said on the page
     make_runner = None
