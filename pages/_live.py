@@ -10,6 +10,7 @@ itself (pages are listed by ``st.navigation`` in app.py).
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import hashlib
 import logging
@@ -254,17 +255,29 @@ INPUT_SHAPES = {"digits": (1, 8, 8), "fashion-mnist": (1, 28, 28), "mnist": (1, 
 
 def check_model_suits(values: dict) -> None:
     """Raise ConfigError (one sentence) before Run when the chosen model cannot take the
-    chosen dataset's images (vgg16 on 8x8 digits): the network is built on the meta
-    device, which allocates nothing."""
+    chosen dataset's images (vgg16 on 8x8 digits)."""
+    refusal = _model_refusal(values.get("model"), values.get("dataset"))
+    if refusal is not None:
+        raise ConfigError(refusal)
+
+
+@functools.lru_cache(maxsize=64)
+def _model_refusal(model: str | None, dataset: str | None) -> str | None:
+    """Why ``model`` cannot take ``dataset``'s images, or None; once per pair (every page
+    run asks): the network is built on the meta device, which allocates nothing."""
     import torch
 
     from geoviz.models import build_model
 
-    shape = INPUT_SHAPES.get(values.get("dataset"))
-    if shape is None or not values.get("model"):
-        return
-    with torch.device("meta"):
-        build_model(values["model"], shape, 10, dataset=values["dataset"])
+    shape = INPUT_SHAPES.get(dataset)
+    if shape is None or not model:
+        return None
+    try:
+        with torch.device("meta"):
+            build_model(model, shape, 10, dataset=dataset)
+    except ConfigError as err:
+        return str(err)
+    return None
 
 
 # -- live runs of the server: a reload or a second tab finds them here --------------
