@@ -164,16 +164,60 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 # Loaders
 
 
-def _load_digits() -> Dataset:
+def _digits_split() -> dict[str, np.ndarray]:
+    """scikit-learn's digits, split 80/20 stratified (random_state 0), scaled to [0, 1]."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     bunch = load_digits()
     x = bunch.data.astype(np.float32) / 16.0  # (1797, 64) in [0, 1]
     y = bunch.target.astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=0.2, random_state=0, stratify=y
-    )
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    return {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
+
+
+def _digits_cache_file() -> Path | None:
+    """Where the split is kept, keyed by scikit-learn's version (None: no version known)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        sklearn_version = version("scikit-learn")
+    except PackageNotFoundError:
+        return None
+    root = os.environ.get("GEOVIZ_CACHE") or Path.home() / ".cache" / "geoviz"
+    return Path(root).expanduser() / "datasets" / f"digits-split-sklearn-{sklearn_version}.npz"
+
+
+def _cached_digits_split() -> dict[str, np.ndarray]:
+    """The split, read from the cache when a process made it before.
+
+    Importing scikit-learn's datasets module costs 1-2 s of every fresh process (the
+    CLI, each sweep worker, each test subprocess) for 115 KB of data: the split is
+    made once per scikit-learn version and kept beside the start networks. A cache
+    that cannot be written or read is skipped.
+    """
+    path = _digits_cache_file()
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return {k: arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+        except (OSError, ValueError, KeyError):
+            pass  # torn or foreign: made again below
+    split = _digits_split()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, **split)
+            os.replace(tmp, path)
+        except OSError:
+            pass
+    return split
+
+
+def _load_digits() -> Dataset:
+    split = _cached_digits_split()
+    x_tr, x_te = split["x_train"], split["x_test"]
     # One scalar mean/std from the train set, as for the grey-scale image sets.
     mean, std = float(x_tr.mean()), float(x_tr.std())
 
@@ -183,9 +227,9 @@ def _load_digits() -> Dataset:
     return Dataset(
         name="digits",
         x_train=to_tensor(x_tr),
-        y_train=torch.from_numpy(y_tr),
+        y_train=torch.from_numpy(split["y_train"]),
         x_test=to_tensor(x_te),
-        y_test=torch.from_numpy(y_te),
+        y_test=torch.from_numpy(split["y_test"]),
         num_classes=10,
         input_shape=(1, 8, 8),
     )

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +49,32 @@ def test_digits_shapes_and_stratified_split():
     # Standardised by train statistics.
     assert abs(ds.x_train.mean().item()) < 1e-4 and abs(ds.x_train.std().item() - 1) < 1e-3
     assert load_dataset("digits") is ds  # cached in-process
+
+
+def test_digits_split_cache_equals_scikit_learn_and_spares_its_import(tmp_path, monkeypatch):
+    monkeypatch.setenv("GEOVIZ_CACHE", str(tmp_path))
+    made = data._cached_digits_split()  # made by scikit-learn, then written
+    path = data._digits_cache_file()
+    assert path is not None and path.is_file() and path.parent == tmp_path / "datasets"
+    direct = data._digits_split()
+    for key, array in direct.items():
+        assert made[key].dtype == array.dtype and np.array_equal(made[key], array), key
+    # a fresh process reads the file: the same arrays, and scikit-learn's datasets never imported
+    code = (
+        "import sys, numpy as np; from geoviz import data; s = data._cached_digits_split(); "
+        "np.savez(sys.argv[1], **s); print('sklearn.datasets' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "read.npz")], capture_output=True, text=True,
+                         env={**os.environ, "GEOVIZ_CACHE": str(tmp_path)}, cwd=str(Path(data.__file__).parents[1]))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    with np.load(tmp_path / "read.npz") as read:
+        for key, array in direct.items():
+            assert np.array_equal(read[key], array), key
+    # a torn file is made again, not trusted
+    path.write_bytes(b"not an npz")
+    again = data._cached_digits_split()
+    assert all(np.array_equal(again[k], direct[k]) for k in direct)
 
 
 def _fake_fashion(folder, gz: bool, n_train=12, n_test=5, seed=0):
