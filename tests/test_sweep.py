@@ -83,6 +83,10 @@ def test_four_trial_sweep_records_every_trial(local_ray, runs_dir, capsys):
     assert f"{np.mean(by_damping[best]):.4f} ± {np.std(by_damping[best], ddof=1):.4f} (2)" in best_line
     record = read_sweep(payload["sweep_dir"])
     assert record.state == "finished" and list(record.table["status"]) == ["finished"] * 4
+    # each trial's set-up and its wait on Tune's reports are parts of its wall time
+    times = record.table[["wall_seconds", "setup_seconds", "report_seconds"]]
+    assert (times["setup_seconds"] > 0).all() and (times["report_seconds"] >= 0).all()
+    assert (times["setup_seconds"] + times["report_seconds"] < times["wall_seconds"]).all()
 
 
 def test_a_diverging_trial_is_marked_and_the_others_finish(local_ray, runs_dir):

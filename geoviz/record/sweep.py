@@ -67,16 +67,21 @@ __all__ = [
 
 
 
+# a finished trial's own time beside its wall time: its set-up (imports in a new worker,
+# data, start network) and the time its reports waited on Tune
+TIMES = ("setup_seconds", "report_seconds")
+
+
 # -- one trial, in a Ray worker ----------------------------------------------------------
 def _trial(config: dict, plan: dict) -> None:
     """Walk one path with the CLI's runner; report live figures to Tune, then the final ones."""
+    t0 = time.time()  # a new worker's imports are the trial's set-up too
     import torch
     from ray import tune
 
     from geoviz.cli import application_configs, application_runner
     from geoviz.core.engine import flush_denormals
 
-    t0 = time.time()
     spec = plan["spec"]
     application = spec["application"]
     if "trial" in config:
@@ -104,13 +109,19 @@ def _trial(config: dict, plan: dict) -> None:
         {"sweep_dir": plan["sweep_dir"], "settings": settings, "seed": seed}))
 
     running: dict[str, float] = {}
+    setup_seconds, reporting = time.time() - t0, [0.0]
+
+    def report(values: dict) -> None:  # timed: a function trainable's report waits for the driver
+        r0 = time.time()
+        tune.report(values)
+        reporting[0] += time.time() - r0
 
     def progress(row: dict) -> None:
         figures = {name: row[col] for name, col in live.items() if col in row and row[col] == row[col]}
         for name in RUNNING_MIN & figures.keys():
             figures[name] = running[name] = min(figures[name], running.get(name, figures[name]))
         if figures:
-            tune.report({**head, "step": row["step"], **figures})
+            report({**head, "step": row["step"], **figures})
 
     state = runner.run(progress)
     figures = {}
@@ -121,6 +132,7 @@ def _trial(config: dict, plan: dict) -> None:
     tune.report({
         **head, **figures, "final": True, "status": state, "message": "" if state == "finished" else runner.message, "step": runner.path.step, "steps_taken": runner.path.step,
         "gradient_evaluations": runner.path.gradient_evaluations, "wall_seconds": time.time() - t0,
+        "setup_seconds": setup_seconds, "report_seconds": reporting[0],
     })
 
 
@@ -153,6 +165,7 @@ def _ray_session(address: str | None, workers: int | None):
         yield int(ray.cluster_resources().get("CPU", 1))
         return
     quiet = {"log_to_driver": False, "logging_level": "ERROR", "include_dashboard": False}
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine (and no collector thread)
     if address:
         # the nodes import geoviz from where this process does, and share its network cache
         env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
@@ -215,7 +228,7 @@ def _recorder(book: SweepBook, plan: dict, progress: Callable[[SweepBook], None]
             values = {"run_dir": result.get("run_dir"), "last_step": result.get("step", 0)}
             if result.get("final"):
                 values.update(
-                    {k: result[k] for k in ("status", "message", "steps_taken", "gradient_evaluations", "wall_seconds") if k in result},
+                    {k: result[k] for k in ("status", "message", "steps_taken", "gradient_evaluations", "wall_seconds", *TIMES) if k in result},
                     **{f: result[f] for f in figures if f in result},
                 )
             elif objective in result:
@@ -279,6 +292,7 @@ def _stop_on_signals():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    before = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
     previous = {sig: signal.signal(sig, lambda *_: _STOPPING.update(now=True)) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -286,6 +300,10 @@ def _stop_on_signals():
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if before is None:
+            os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+        else:
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = before
 
 
 def _search_space(plan: dict, seeds: int, seed: int):
@@ -334,6 +352,9 @@ def run_sweep(
         # a trial reports its live figures while it walks, its final ones at the end
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no tables on the console
+        # the sweep keeps its own table: Tune's JSON/CSV/TensorBoard copies of every report are
+        # driver work on the cores the trials use
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
         import ray
 
         workers = spec.workers or cpus

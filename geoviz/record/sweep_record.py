@@ -56,7 +56,8 @@ class SweepBook:
 
     def _row(self, index: int, settings: dict, seed: int) -> dict:
         return {"trial": index, **settings, "seed": seed, "status": "pending", "message": "", "run_dir": None,
-                "last_step": 0, "steps_taken": 0, "gradient_evaluations": 0, "wall_seconds": float("nan")}
+                "last_step": 0, "steps_taken": 0, "gradient_evaluations": 0, "wall_seconds": float("nan"),
+                "setup_seconds": float("nan"), "report_seconds": float("nan")}
 
     def add(self, settings: dict, seed: int) -> int:
         """A trial not planned up front (Optuna): its index."""
