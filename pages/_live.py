@@ -3,7 +3,8 @@ that draws a path while it grows, the cached start network, and error sentences.
 
 A page describes its settings as :class:`Control`s, turns their values into config
 objects, and hands :func:`run_panel` two functions: one that builds a
-:class:`~geoviz.runner.PathRunner` and one that draws a runner's figures. Not a page
+:class:`~geoviz.runner.PathRunner` (through ``geoviz.applications.api.prepare_<application>``,
+the function the CLI and the Python API use) and one that draws a runner's figures. Not a page
 itself (pages are listed by ``st.navigation`` in app.py).
 """
 
