@@ -40,7 +40,7 @@ from pages import _safe
 
 __all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options",
            "dataset_options", "dataset_help", "data_dir_for", "server_data_dir", "live_runs", "run_id", "weights_ui",
-           "snapshot_control", "snapshot_mb"]
+           "snapshot_control", "snapshot_mb", "shown_on_page"]
 
 # seconds between redraws while a path runs: live, yet cheap. A redraw costs the browser
 # far more than the server (~0.15 s of CPU per plotly chart against ~0.05 s in all on
@@ -249,6 +249,11 @@ def checked_configs(page: str, configs: Callable[[dict], tuple], values: dict) -
     except GeovizError as err:
         _safe.error(err)
         return None
+
+
+def shown_on_page(text: str) -> None:
+    """The ``warn`` of a page's ``prepare_<application>``: the runner keeps the sentence
+    (``runner.warnings``) and the status line shows it until the cost line, which repeats it."""
 
 
 def snapshot_mb(values: dict) -> float:

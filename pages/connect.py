@@ -222,7 +222,7 @@ def page() -> None:
                 _live.admit_network(replace(setup, seed=config.seed_b), problem.data)  # w_B is a start network too
             return api.prepare_connect(problem, model_b, None, None, solver, out=str(default_runs_dir()),
                                        snapshot_mb=_live.snapshot_mb(values), abandon_after=_live.ABANDON_AFTER,
-                                       **asdict(chosen))
+                                       warn=_live.shown_on_page, **asdict(chosen))
 
     runner = _live.run_panel("connect", make_runner, draw, int(values["steps"]), placeholder)
     with st.container(key="present-hide-sweep"):

@@ -106,7 +106,7 @@ def page() -> None:
             return api.prepare_continual(problem, sequence.first, sequence.second, solver=solver, setup=problem.setup,
                                          sequence_name=sequence.name, out=str(default_runs_dir()),
                                          snapshot_mb=_live.snapshot_mb(values), abandon_after=_live.ABANDON_AFTER,
-                                         **asdict(config))
+                                         warn=_live.shown_on_page, **asdict(config))
 
     _live.run_panel("continual", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
     with st.container(key="present-hide-sweep"):

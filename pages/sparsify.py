@@ -94,7 +94,7 @@ def page() -> None:
             problem = _live.cached_problem(setup)
             return api.prepare_sparsify(problem, None, None, solver=solver, out=str(default_runs_dir()),
                                         snapshot_mb=_live.snapshot_mb(values), abandon_after=_live.ABANDON_AFTER,
-                                        **asdict(config))
+                                        warn=_live.shown_on_page, **asdict(config))
 
     _live.run_panel("sparsify", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
     with st.container(key="present-hide-sweep"):

@@ -85,6 +85,8 @@ def test_a_budget_below_one_mb_is_one_sentence_and_nothing_runs(runs_dir, monkey
 @pytest.mark.parametrize("page, prepare", [("continual", "prepare_continual"), ("connect", "prepare_connect")])
 def test_the_other_pages_run_through_the_api_with_their_budget(page, prepare, runs_dir, monkeypatch):
     calls = _spy(monkeypatch, prepare)
+    big = "The network has 11.2 M weights; on a CPU each exact step costs about 20 forward-backward passes."
+    monkeypatch.setattr(api, "size_warning", lambda parameters, device: big)  # as if the network were big
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
     at.switch_page(f"pages/{page}.py")
@@ -102,6 +104,7 @@ def test_the_other_pages_run_through_the_api_with_their_budget(page, prepare, ru
     at.run()  # the ended run unlocks the sidebar
     assert len(calls) == 1 and calls[0]["snapshot_mb"] == 4.0 and calls[0]["steps"] == 3
     assert _config(runner.writer.dir)["snapshot_mb"] == 4.0
+    assert runner.warnings == [big], "the API's size warning is said for a page run too (shown until the cost line)"
     # out of range: the same sentence on this page, Run disabled
     at.number_input(key=f"{page}:snapshot_mb").set_value(0.5)
     at.run()
