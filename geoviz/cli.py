@@ -22,7 +22,7 @@ from geoviz.core.engine import EPS_SCHEDULES, MODES, SolverConfig, denormals_flu
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.core.metric import METRIC_KINDS
 from geoviz.problem import SetupConfig
-from geoviz.record.sketch import check_budget_mb
+from geoviz.record.sketch import DEFAULT_BUDGET_MB, check_budget_mb
 from geoviz.validation import check_output_dir, check_runs_folder, check_value, check_writable_dir
 
 __all__ = ["main", "build_parser"]
@@ -79,7 +79,7 @@ def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
     o.add_argument("--out", default=None, help="folder for run folders (default ./runs or $GEOVIZ_RUNS)")
     o.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     o.add_argument("--quiet", action="store_true", help="no progress bar")
-    o.add_argument("--snapshot-mb", type=float, default=64.0,
+    o.add_argument("--snapshot-mb", type=float, default=DEFAULT_BUDGET_MB,
                    help="budget of the run's weight snapshots in MB (the live trajectory gets half); a network too big for "
                         "32 full snapshots keeps fixed random projections of them instead, for the trajectory's PCA")
 
@@ -208,32 +208,54 @@ def application_configs(args) -> tuple[object, SolverConfig]:
     return config, solver_from(args)
 
 
-def application_runner(args, config, solver: SolverConfig, training_progress: Callable[[float], None] | None = None):
-    """Load the data and start network of parsed arguments; the application's PathRunner."""
+def _options(config, *positional: str) -> dict:
+    """A config's fields as keyword arguments of its ``prepare_<application>`` (less the positional ones)."""
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(config).items() if k not in positional}
+
+
+def _load(args, config, training_progress: Callable[[float], None] | None = None) -> dict:
+    """The data and start network of parsed arguments (trained unless cached or brought):
+    the ``prepare_<application>`` arguments they make."""
     if args.command == "continual":
-        from geoviz.applications.continual import continual_runner, load_continual
+        from geoviz.applications.continual import load_continual
 
         problem, sequence = load_continual(setup_from(args), config, progress=training_progress)
-        return continual_runner(problem, sequence, config, solver, args.out, snapshot_budget_mb=args.snapshot_mb,
-                                **({"baselines": ()} if args.no_baselines else {}))
+        return {"problem": problem, "sequence": sequence}
     from geoviz.problem import load_problem
 
     problem = load_problem(setup_from(args), progress=training_progress)
+    loaded = {"problem": problem, "model_b": None, "options": _options(config)}
+    if args.command == "connect" and args.weights_b:  # else w_B is trained from --seed-b
+        from geoviz.problem import network_from_file
+
+        loaded["model_b"], _, _, sha = network_from_file(problem.setup, problem.data, problem.device, args.weights_b)
+        loaded["options"].update(weights_b=args.weights_b, weights_b_sha256=sha)
+    return loaded
+
+
+def _prepare(args, config, solver: SolverConfig, loaded: dict, warn: Callable[[str], None] | None = None):
+    """The application's runner from ``geoviz.applications.api.prepare_<application>``, the
+    function the Python API and the pages call: every check and the run record are theirs."""
+    from geoviz.applications import api
+
+    common = {"baselines": not args.no_baselines, "out": args.out, "snapshot_mb": args.snapshot_mb, "warn": warn}
+    problem = loaded["problem"]
     if args.command == "sparsify":
-        from geoviz.applications.sparsify import sparsify_runner
+        return api.prepare_sparsify(problem, None, None, solver=solver, **common, **_options(config))
+    if args.command == "continual":
+        sequence = loaded["sequence"]
+        return api.prepare_continual(problem, sequence.first, sequence.second, solver=solver, setup=problem.setup,
+                                     sequence_name=sequence.name, **common, **_options(config))
+    return api.prepare_connect(problem, loaded["model_b"], None, None, solver, **common, **loaded["options"])
 
-        return sparsify_runner(problem, config, solver, args.out, snapshot_budget_mb=args.snapshot_mb,
-                               baselines=not args.no_baselines)
-    from geoviz.applications.connect import connect_runner
-    from geoviz.setups.own import module_weights
-    from geoviz.problem import network_from_file
 
-    w_b = None  # trained from --seed-b unless a file is given
-    if args.weights_b:
-        model_b, _, _, _ = network_from_file(problem.setup, problem.data, problem.device, args.weights_b)
-        w_b = module_weights(model_b)[1].to(problem.device)
-    return connect_runner(problem, config, solver, args.out, snapshot_budget_mb=args.snapshot_mb, w_b=w_b,
-                          baselines=not args.no_baselines)
+def application_runner(args, config, solver: SolverConfig, training_progress: Callable[[float], None] | None = None,
+                       warn: Callable[[str], None] | None = None):
+    """Load the data and start network of parsed arguments; the application's PathRunner, not
+    started (``geoviz.applications.api.prepare_<application>``, as the CLI's commands use it)."""
+    return _prepare(args, config, solver, _load(args, config, training_progress), warn)
 
 
 class Progress:
@@ -277,7 +299,7 @@ class Progress:
 
 
 def walk_and_report(start: Callable[[], object], args, report: Callable[[object], tuple[list[str], dict]]) -> int:
-    """Call an application (``geoviz.applications.api``) and print its summary; the exit status."""
+    """Walk an application (``geoviz.applications.api``: prepare, then walk) and print its summary; the exit status."""
     t0 = time.time()
     run = start()  # SIGTERM is a KeyboardInterrupt here (main): the runner keeps the finished steps
     wall = time.time() - t0
@@ -304,16 +326,18 @@ def walk_and_report(start: Callable[[], object], args, report: Callable[[object]
     return 0
 
 
-def _cmd_sparsify(args) -> int:
-    from geoviz.applications.api import sparsify
-    from geoviz.problem import load_problem
+def _walk(args, config, solver: SolverConfig, loaded: dict, progress: Progress):
+    """What each command's start is: prepare the runner (the API's function), walk it here."""
+    from geoviz.applications.api import walk
 
+    return walk(_prepare(args, config, solver, loaded, progress.warn), args.command, config.steps, progress)
+
+
+def _cmd_sparsify(args) -> int:
     config, solver = application_configs(args)
     _output_first(args)
-    options = {"tolerance": config.tolerance, "steps": config.steps, "eval_every": config.eval_every,
-               "mask_every": config.mask_every}
     progress = Progress(args.steps, args.quiet, "sparsify")
-    problem = load_problem(setup_from(args), progress=progress.training)
+    loaded = _load(args, config, progress.training)
 
     def report(runner):
         s = runner.summary
@@ -335,23 +359,15 @@ def _cmd_sparsify(args) -> int:
         }
         return lines, payload
 
-    return walk_and_report(
-        lambda: sparsify(problem, None, None, args.sparsity, solver, baselines=not args.no_baselines, out=args.out,
-                         progress=progress, snapshot_mb=args.snapshot_mb, **options),
-        args, report,
-    )
+    return walk_and_report(lambda: _walk(args, config, solver, loaded, progress), args, report)
 
 
 def _cmd_continual(args) -> int:
-    from geoviz.applications.api import continual
-    from geoviz.applications.continual import load_continual
-
     config, solver = application_configs(args)
     _output_first(args)
-    options = {"scenario": config.scenario, "split": config.split, "steps": config.steps, "eval_every": config.eval_every,
-               "ewc_lambda": config.ewc_lambda, "memory_seed": config.memory_seed}
     progress = Progress(args.steps, args.quiet, "continual")
-    problem, sequence = load_continual(setup_from(args), config, progress=progress.training)
+    loaded = _load(args, config, progress.training)
+    sequence = loaded["sequence"]
 
     def report(runner):
         s = runner.summary
@@ -371,31 +387,19 @@ def _cmd_continual(args) -> int:
         }
         return lines, payload
 
-    return walk_and_report(
-        lambda: continual(problem, sequence.first, sequence.second, config.memory, solver, baselines=not args.no_baselines,
-                          out=args.out, progress=progress, setup=problem.setup, sequence_name=sequence.name,
-                          snapshot_mb=args.snapshot_mb, **options),
-        args, report,
-    )
+    return walk_and_report(lambda: _walk(args, config, solver, loaded, progress), args, report)
 
 
 def _cmd_connect(args) -> int:
-    from geoviz.applications.api import connect
     from geoviz.applications.connect import run_landscape
-    from geoviz.problem import load_problem, network_from_file
 
     config, solver = application_configs(args)
     if args.weights_b and not os.path.isfile(args.weights_b):  # before w_A is trained
         raise ConfigError(f"No weights file at {args.weights_b}.")
     _output_first(args)
-    options = {"seed_b": config.seed_b, "align": config.align, "tolerance": config.tolerance, "steps": config.steps,
-               "eval_every": config.eval_every, "third": config.third, "grid": config.grid}
     progress = Progress(args.steps, args.quiet, "connect")
-    problem = load_problem(setup_from(args), progress=progress.training)
-    model_b = None  # trained from --seed-b unless a file is given
-    if args.weights_b:
-        model_b, _, _, sha = network_from_file(problem.setup, problem.data, problem.device, args.weights_b)
-        options.update(weights_b=args.weights_b, weights_b_sha256=sha)
+    loaded = _load(args, config, progress.training)  # w_B trained from --seed-b unless a file is given
+    problem = loaded["problem"]
 
     def report(runner):
         s = runner.summary
@@ -433,11 +437,7 @@ def _cmd_connect(args) -> int:
         }
         return lines, payload
 
-    return walk_and_report(
-        lambda: connect(problem, model_b, None, None, solver, baselines=not args.no_baselines, out=args.out,
-                        progress=progress, snapshot_mb=args.snapshot_mb, **options),
-        args, report,
-    )
+    return walk_and_report(lambda: _walk(args, config, solver, loaded, progress), args, report)
 
 
 def _cmd_runs(args) -> int:

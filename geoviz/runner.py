@@ -78,6 +78,8 @@ class PathRunner:
         self.first_step_at: float | None = None
         # the cost estimate (geoviz.applications.cost.Cost) once the first steps are measured
         self.cost = None
+        # sentences said before the path started (a big network on a CPU), for a page to show
+        self.warnings: list[str] = []
         self._keep(0, path.w)
 
     # -- reading (any thread) ---------------------------------------------------

@@ -196,7 +196,7 @@ class RunWriter:
         root: folder that holds run folders.
         application: ``sparsify``, ``continual`` or ``connect``.
         config: every setting, JSON-serialisable (dataclasses as dicts).
-        snapshot_budget_mb: memory budget of the weight snapshots.
+        snapshot_budget_mb: memory budget of the weight snapshots (recorded in the config as ``snapshot_mb``).
         name: folder name; a time stamp plus random suffix by default.
     """
 
@@ -215,7 +215,8 @@ class RunWriter:
         (self.dir / "weights").mkdir()
         self.application = application
         self.started = time.time()
-        self.config = {"application": application, **config, "versions": versions()}
+        # the snapshot budget is a setting of the run (CLI --snapshot-mb, snapshot_mb=, the pages')
+        self.config = {"application": application, **config, "snapshot_mb": snapshot_budget_mb, "versions": versions()}
         _atomic_write_text(self.dir / "config.json", json.dumps(self.config, indent=2, default=_json_default))
         self._steps = open(self.dir / "steps.jsonl", "a", buffering=1)
         self._rows: list[dict] = []

@@ -3,7 +3,8 @@ that draws a path while it grows, the cached start network, and error sentences.
 
 A page describes its settings as :class:`Control`s, turns their values into config
 objects, and hands :func:`run_panel` two functions: one that builds a
-:class:`~geoviz.runner.PathRunner` and one that draws a runner's figures. Not a page
+:class:`~geoviz.runner.PathRunner` (through ``geoviz.applications.api.prepare_<application>``,
+the function the CLI and the Python API use) and one that draws a runner's figures. Not a page
 itself (pages are listed by ``st.navigation`` in app.py).
 """
 
@@ -33,11 +34,13 @@ from geoviz.validation import check_value, cut
 from geoviz.runner import PathRunner
 from geoviz.applications.connect import LandscapeJob
 from geoviz.applications.cost import runner_cost
+from geoviz.record.sketch import DEFAULT_BUDGET_MB, MIN_BUDGET_MB, check_budget_mb
 from geoviz.setups.weights import PAGE_MAX_BYTES
 from pages import _safe
 
 __all__ = ["through_app", "Control", "controls_ui", "cached_problem", "run_panel", "keep_alive", "ABANDON_AFTER", "device_options",
-           "dataset_options", "dataset_help", "data_dir_for", "server_data_dir", "live_runs", "run_id", "weights_ui"]
+           "dataset_options", "dataset_help", "data_dir_for", "server_data_dir", "live_runs", "run_id", "weights_ui",
+           "snapshot_control", "snapshot_mb", "shown_on_page"]
 
 # seconds between redraws while a path runs: live, yet cheap. A redraw costs the browser
 # far more than the server (~0.15 s of CPU per plotly chart against ~0.05 s in all on
@@ -248,6 +251,16 @@ def checked_configs(page: str, configs: Callable[[dict], tuple], values: dict) -
         return None
 
 
+def shown_on_page(text: str) -> None:
+    """The ``warn`` of a page's ``prepare_<application>``: the runner keeps the sentence
+    (``runner.warnings``) and the status line shows it until the cost line, which repeats it."""
+
+
+def snapshot_mb(values: dict) -> float:
+    """The page's snapshot budget in MB, checked as the CLI checks --snapshot-mb (ConfigError, one sentence)."""
+    return check_budget_mb(float(values.get("snapshot_mb", DEFAULT_BUDGET_MB)))
+
+
 # the shape of one image of each dataset, known without reading its files
 INPUT_SHAPES = {"digits": (1, 8, 8), "fashion-mnist": (1, 28, 28), "mnist": (1, 28, 28),
                 "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
@@ -375,6 +388,16 @@ def dataset_help() -> str:
             "unpickler that builds arrays only). Nothing is downloaded by the page.")
 
 
+def snapshot_control() -> Control:
+    """The snapshot budget, a setting of every live page as of the CLI (--snapshot-mb) and the API (snapshot_mb=)."""
+    return Control(
+        "snapshot_mb", "Snapshot budget (MB)", DEFAULT_BUDGET_MB,
+        "Memory for the run's weight snapshots (the trajectory's PCA; the live view keeps half). When fewer than 32 "
+        f"full snapshots fit, each is kept as a fixed random projection instead. At least {MIN_BUDGET_MB:g} MB; "
+        "the same setting as the CLI's --snapshot-mb.", step=16.0, format="%.1f",
+    )
+
+
 def device_options() -> tuple[str, ...]:
     """auto, cpu, and cuda when a GPU is present."""
     import torch
@@ -479,6 +502,8 @@ def _status_ui(runner: PathRunner, total: int) -> None:
     cost = runner_cost(runner)  # measured on the path's first steps
     if cost is not None:
         st.caption(cost.sentence())
+    elif getattr(runner, "warnings", None):  # said before the path started (a big network on a CPU); the cost line repeats it
+        st.caption(" ".join(runner.warnings))
     if runner.alive and runner.path.done:
         _baselines_progress_ui(runner)
     elif runner.skipped:

@@ -3,14 +3,15 @@ it with the straight line and a trained Bezier curve; then draw the landscape be
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pandas as pd
 import streamlit as st
 import torch
 
 from geoviz import plots_connect
-from geoviz.applications.connect import SOLVER_DEFAULTS, THIRD_POINTS, ConnectConfig, LandscapeJob, connect_runner
+from geoviz.applications import api
+from geoviz.applications.connect import SOLVER_DEFAULTS, THIRD_POINTS, ConnectConfig, LandscapeJob
 from geoviz.applications.curves import arc_length_parameters, curve_points
 from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError, GeovizError
@@ -32,6 +33,7 @@ CONTROLS = (
     Control("third", "Plane's third point", "bezier", "The landscape is drawn on the plane through w_A, w_B and this point: the Bezier curve's control point, or the geodesic's midpoint.", THIRD_POINTS),
     Control("grid", "Landscape grid n", 25, "The landscape is an n × n grid: n² network evaluations on the training and test rows.", step=1),
     Control("device", "Device", "auto", "auto uses CUDA when a GPU is present.", _live.device_options()),
+    _live.snapshot_control(),
 )
 
 
@@ -46,6 +48,7 @@ def configs(values: dict) -> tuple[SetupConfig, ConnectConfig, SolverConfig]:
     solver = SolverConfig(eps=float(values["eps"]), damping=float(values["damping"]))
     config.validate()
     solver.validate()
+    _live.snapshot_mb(values)
     # both trained from one seed would be one network: caught before Run (the engine says it too,
     # but only once Run is pressed); a network from a file has no seed to clash
     if config.seed_b == setup.seed and not setup.weights and not config.weights_b:
@@ -209,14 +212,17 @@ def page() -> None:
     if built is not None:
         setup, config, solver = built
 
-        def make_runner():
+        def make_runner():  # the Python API's and the CLI's function: the same checks and record
             problem = _live.cached_problem(setup)
+            model_b, chosen = None, config
             if config.weights_b:  # the user's own w_B: the same loader and checks as w_A's file
-                _, _, w_b, sha = network_from_file(setup, problem.data, problem.device, config.weights_b)
-                return connect_runner(problem, replace(config, seed_b=None, weights_b_sha256=sha), solver, str(default_runs_dir()),
-                                      abandon_after=_live.ABANDON_AFTER, w_b=w_b)
-            _live.admit_network(replace(setup, seed=config.seed_b), problem.data)  # w_B is a start network too
-            return connect_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
+                model_b, _, _, sha = network_from_file(setup, problem.data, problem.device, config.weights_b)
+                chosen = replace(config, seed_b=None, weights_b_sha256=sha)
+            else:
+                _live.admit_network(replace(setup, seed=config.seed_b), problem.data)  # w_B is a start network too
+            return api.prepare_connect(problem, model_b, None, None, solver, out=str(default_runs_dir()),
+                                       snapshot_mb=_live.snapshot_mb(values), abandon_after=_live.ABANDON_AFTER,
+                                       warn=_live.shown_on_page, **asdict(chosen))
 
     runner = _live.run_panel("connect", make_runner, draw, int(values["steps"]), placeholder)
     with st.container(key="present-hide-sweep"):

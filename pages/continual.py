@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import streamlit as st
 
-from geoviz.applications.continual import DEFAULT_SOLVER, ContinualConfig, ContinualTask, continual_runner
+from geoviz.applications import api
+from geoviz.applications.continual import DEFAULT_SOLVER, ContinualConfig, ContinualTask
 from geoviz.core.engine import MODES, SolverConfig
 from geoviz.core.metric import METRIC_KINDS
 from geoviz.models import MODEL_NAMES
@@ -29,6 +32,7 @@ CONTROLS = (
     Control("ewc_lambda", "EWC λ", _CONFIG.ewc_lambda, "Strength of the EWC baseline's quadratic pull towards the start, weighted by task 1's Fisher.", step=10.0, format="%.1f"),
     Control("seed", "Seed", 0, "Seeds the start network, the memory and the minibatches: the same seed gives the same path.", step=1),
     Control("device", "Device", "auto", "auto uses CUDA when a GPU is present.", _live.device_options()),
+    _live.snapshot_control(),
 )
 
 
@@ -47,6 +51,7 @@ def configs(values: dict) -> tuple[SetupConfig, ContinualConfig, SolverConfig]:
     )
     config.validate()
     solver.validate()
+    _live.snapshot_mb(values)
     return setup, config, solver
 
 
@@ -97,7 +102,11 @@ def page() -> None:
         def make_runner():
             sequence = load_task_sequence(setup.dataset, config.scenario, config.split, setup.seed, setup.data_dir)
             problem = _live.cached_problem(setup, sequence.start_classes)
-            return continual_runner(problem, sequence, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
+            # the Python API's and the CLI's function: the same checks and record
+            return api.prepare_continual(problem, sequence.first, sequence.second, solver=solver, setup=problem.setup,
+                                         sequence_name=sequence.name, out=str(default_runs_dir()),
+                                         snapshot_mb=_live.snapshot_mb(values), abandon_after=_live.ABANDON_AFTER,
+                                         warn=_live.shown_on_page, **asdict(config))
 
     _live.run_panel("continual", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
     with st.container(key="present-hide-sweep"):

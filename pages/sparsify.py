@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import streamlit as st
 import torch
 
@@ -11,7 +13,8 @@ from geoviz.core.metric import METRIC_KINDS
 from geoviz.models import MODEL_NAMES
 from geoviz.problem import SetupConfig
 from geoviz.runs import default_runs_dir
-from geoviz.applications.sparsify import SparsifyConfig, sparsify_runner
+from geoviz.applications import api
+from geoviz.applications.sparsify import SparsifyConfig
 from pages import _charts, _live, _present, _sweep
 from pages._live import Control
 
@@ -29,6 +32,7 @@ CONTROLS = (
     Control("eval_every", "Evaluate every", _SPARSIFY.eval_every, "Test accuracy is measured every this many steps (and at the first and last).", step=1),
     Control("seed", "Seed", 0, "Seeds the start network's training and the metric batches: the same seed gives the same path.", step=1),
     Control("device", "Device", "auto", "auto uses CUDA when a GPU is present.", _live.device_options()),
+    _live.snapshot_control(),
 )
 
 
@@ -42,6 +46,7 @@ def configs(values: dict) -> tuple[SetupConfig, SparsifyConfig, SolverConfig]:
     solver = SolverConfig(mode=values["mode"], eps=float(values["eps"]), damping=float(values["damping"]), metric=values["metric"])
     config.validate()
     solver.validate()
+    _live.snapshot_mb(values)
     return setup, config, solver
 
 
@@ -85,9 +90,11 @@ def page() -> None:
     if built is not None:
         setup, config, solver = built
 
-        def make_runner():
+        def make_runner():  # the Python API's and the CLI's function: the same checks and record
             problem = _live.cached_problem(setup)
-            return sparsify_runner(problem, config, solver, str(default_runs_dir()), abandon_after=_live.ABANDON_AFTER)
+            return api.prepare_sparsify(problem, None, None, solver=solver, out=str(default_runs_dir()),
+                                        snapshot_mb=_live.snapshot_mb(values), abandon_after=_live.ABANDON_AFTER,
+                                        warn=_live.shown_on_page, **asdict(config))
 
     _live.run_panel("sparsify", make_runner, draw, int(values["steps"]), placeholder, draw_pictures)
     with st.container(key="present-hide-sweep"):

@@ -158,3 +158,19 @@ def test_path_seed_moves_the_path_not_the_start_network(runs_dir, capsys):
     assert base.table["objective"].tolist() == same.table["objective"].tolist()
     assert base.table["functional_sq"].tolist() != other.table["functional_sq"].tolist()  # other metric batches
     assert base.summary["baselines"]["finetune"] is None
+
+
+def test_prepare_then_walk_is_the_one_call(digits, runs_dir):
+    """geoviz.prepare_sparsify checks everything and returns the runner, not started (what the
+    pages drive in their thread); geoviz.walk runs it here: the same path as geoviz.sparsify."""
+    model, data = _trained_mlp(digits), {"train": digits.x_train, "test": (digits.x_test, digits.y_test)}
+    with pytest.raises(ConfigError, match="snapshot budget must be a number of MB of at least 1, got 0.5"):
+        geoviz.prepare_sparsify(model, **data, snapshot_mb=0.5, out=str(runs_dir / "refused"))
+    assert not (runs_dir / "refused").exists(), "refused before any work"
+    runner = geoviz.prepare_sparsify(model, **data, sparsity=0.5, steps=5, out=str(runs_dir), device="cpu", snapshot_mb=2)
+    assert runner.state == "ready" and not runner.rows() and runner.warnings == []
+    assert runner.writer.config["snapshot_mb"] == 2
+    run = geoviz.walk(runner, progress=False)
+    one = geoviz.sparsify(model, **data, sparsity=0.5, steps=5, out=str(runs_dir), device="cpu", snapshot_mb=2, progress=False)
+    assert run.state == one.state == "finished" and run.runner is runner
+    assert run.table["objective"].tolist() == one.table["objective"].tolist()

@@ -1,8 +1,15 @@
-"""One call per application, for notebooks, scripts and the CLI (which calls these same functions).
+"""One call per application, for notebooks, scripts, the CLI and the pages (one code path).
 
 Each takes a user's ``nn.Module`` as it is now (its weights are the start w0) and
 their data, walks the path, writes the run folder the CLI writes, and returns a
 :class:`Run`: the table as a DataFrame, the summary, the figures.
+
+Each is two steps, both public: ``prepare_<application>`` checks every setting (the
+config, the solver, the snapshot budget, the second network's shapes), says the
+big-network warning, and returns the :class:`~geoviz.runner.PathRunner`, not yet
+started; :func:`walk` runs it to its end in the calling thread. The CLI and the
+sweeps' trials call these same functions; the live pages call ``prepare_<application>``
+and drive the runner in a background thread (Pause, Step, Stop).
 
     import geoviz
     run = geoviz.sparsify(model, train=(x, y), test=(x_test, y_test), sparsity=0.9)
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path as FsPath
 
@@ -26,11 +34,12 @@ from geoviz.applications.cost import Cost, runner_cost, size_warning
 from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError
 from geoviz.problem import Problem, SetupConfig
-from geoviz.record.sketch import check_budget_mb
+from geoviz.record.sketch import DEFAULT_BUDGET_MB, check_budget_mb
+from geoviz.runner import PathRunner
 from geoviz.runs import RunRecord, read_run
 from geoviz.setups.own import labelled, module_weights, problem_from_module, task_from
 
-__all__ = ["Run", "sparsify", "continual", "connect"]
+__all__ = ["Run", "sparsify", "continual", "connect", "prepare_sparsify", "prepare_continual", "prepare_connect", "walk"]
 
 
 @dataclass
@@ -163,25 +172,26 @@ def _progress(progress, total: int, label: str):
     return progress
 
 
-def _warn(progress, text: str) -> None:
-    """A warning before the path starts: the progress object's ``warn``, else a Python warning."""
+def _warner(progress) -> Callable[[str], None]:
+    """Where a warning before the path starts goes: the progress object's ``warn``, else a Python warning."""
     if hasattr(progress, "warn"):
-        progress.warn(text)
-    else:
-        warnings.warn(text, stacklevel=3)
+        return progress.warn
+    return lambda text: warnings.warn(text, stacklevel=4)
 
 
-def walk(runner, application: str, budget: int, progress=True) -> Run:
+def walk(runner, application: str | None = None, budget: int | None = None, progress=True) -> Run:
     """Run a runner to its end in this thread, with a progress bar and a cost estimate.
 
     Args:
-        runner: a :class:`~geoviz.runner.PathRunner` from an application's runner factory.
-        application: its name.
-        budget: its step budget (the bar's length).
+        runner: a :class:`~geoviz.runner.PathRunner` from ``prepare_<application>``.
+        application: its name (default: its run record's).
+        budget: its step budget, the bar's length (default: its path's).
         progress: ``True`` (tqdm.auto if installed), ``False``, or an object called
             with each step's row; its ``estimate(cost)`` and ``close()`` are called
             when it has them.
     """
+    application = application or (runner.writer.application if runner.writer is not None else "path")
+    budget = budget if budget is not None else runner.path.max_steps
     bar = _progress(progress, budget, application)
     rows: list[dict] = []
     cost: Cost | None = None
@@ -215,20 +225,74 @@ def _solver(solver: SolverConfig | None, default: SolverConfig | None = None) ->
     return solver
 
 
-def _problem(model, train, test, seed, device, setup, train_labels, progress) -> Problem:
-    if isinstance(model, Problem):  # already prepared (the CLI's registry networks)
-        problem = model
-    else:
-        problem = problem_from_module(model, train, test, seed=seed, device=device, setup=setup, train_labels=train_labels)
-    _warn_if_big(problem, progress)
-    return problem
+def _problem(model, train, test, seed, device, setup, train_labels) -> Problem:
+    if isinstance(model, Problem):  # already prepared (the CLI's and the pages' registry networks)
+        return model
+    return problem_from_module(model, train, test, seed=seed, device=device, setup=setup, train_labels=train_labels)
 
 
-def _warn_if_big(problem: Problem, progress) -> None:
-    """Before the path's set-up work (evaluations, BatchNorm statistics): a big network on a CPU is said."""
+def _warn_if_big(problem: Problem, warn: Callable[[str], None] | None) -> list[str]:
+    """Before the path's set-up work (evaluations, BatchNorm statistics): a big network on a CPU is
+    said, through ``warn`` (default: a Python warning); the sentences said."""
     warning = size_warning(problem.layout.size, problem.device)
-    if warning:
-        _warn(progress, warning)
+    if not warning:
+        return []
+    (warn or _warner(None))(warning)
+    return [warning]
+
+
+def _said(runner, warnings_said: list[str]):
+    """The runner, holding the warnings said before it was built (a page shows them)."""
+    runner.warnings = list(warnings_said)
+    return runner
+
+
+def prepare_sparsify(
+    model: nn.Module,
+    train,
+    test,
+    sparsity: float = 0.9,
+    solver: SolverConfig | None = None,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    baselines: bool = True,
+    out: str | None = None,
+    setup: SetupConfig | None = None,
+    snapshot_mb: float = DEFAULT_BUDGET_MB,
+    abandon_after: float | None = None,
+    warn: Callable[[str], None] | None = None,
+    **options,
+) -> PathRunner:
+    """Everything :func:`sparsify` does before the walk: its runner, not started.
+
+    The arguments are :func:`sparsify`'s, less ``progress``, plus:
+
+    Args:
+        model: as for :func:`sparsify`, or a prepared :class:`~geoviz.problem.Problem`
+            (a registry network, as the CLI and the pages load it; ``train``, ``test``,
+            ``seed`` and ``device`` are then unused).
+        abandon_after: seconds without a ``runner.touch()`` after which a background run
+            stops itself (the pages: a closed tab); None never.
+        warn: called with each warning said before the path starts (default: a Python
+            warning); the runner keeps them in ``runner.warnings``.
+
+    Returns:
+        The :class:`~geoviz.runner.PathRunner`: ``walk(runner)`` (this thread) or
+        ``runner.start()`` (a background thread, with ``pause``/``step``/``stop``).
+    """
+    from geoviz.applications.sparsify import SparsifyConfig, sparsify_runner
+
+    config = SparsifyConfig(sparsity=sparsity, **options)
+    config.validate()
+    check_budget_mb(snapshot_mb)
+    solver = _solver(solver)
+    problem = _problem(model, train, test, seed, device, setup, False)
+    said = _warn_if_big(problem, warn)
+    baselines = baselines and labelled(problem.y_train)
+    runner = sparsify_runner(problem, config, solver, out, abandon_after=abandon_after, baselines=baselines,
+                             snapshot_budget_mb=snapshot_mb)
+    return _said(runner, said)
 
 
 def sparsify(
@@ -244,10 +308,12 @@ def sparsify(
     out: str | None = None,
     progress=True,
     setup: SetupConfig | None = None,
-    snapshot_mb: float = 64.0,
+    snapshot_mb: float = DEFAULT_BUDGET_MB,
     **options,
 ) -> Run:
     """Walk from ``model``'s weights to a network with ``sparsity`` of its Linear/Conv weights at zero.
+
+    :func:`prepare_sparsify`, then :func:`walk`.
 
     Args:
         model: any ``nn.Module`` mapping inputs to logits; its current weights are the start.
@@ -264,9 +330,9 @@ def sparsify(
         progress: ``True`` for a progress bar (tqdm.auto when installed), ``False`` for none.
         setup: what the record names as dataset and model (the CLI passes its own).
         snapshot_mb: the record's budget for weight snapshots in MB (the live trajectory gets
-            half); when fewer than 32 full snapshots fit, each is kept as a fixed random
-            projection (:mod:`geoviz.record.sketch`), so the trajectory's PCA still gets
-            every kept step.
+            half; recorded in the run's config); when fewer than 32 full snapshots fit, each
+            is kept as a fixed random projection (:mod:`geoviz.record.sketch`), so the
+            trajectory's PCA still gets every kept step.
         **options: further :class:`~geoviz.applications.sparsify.SparsifyConfig` fields
             (``steps``, ``tolerance``, ``eval_every``, ...).
 
@@ -274,16 +340,65 @@ def sparsify(
         The :class:`Run`; ``run.summary`` holds ``dense_accuracy``, ``accuracy``,
         ``sparsity`` and ``baselines``.
     """
-    from geoviz.applications.sparsify import SparsifyConfig, sparsify_runner
+    runner = prepare_sparsify(model, train, test, sparsity, solver, seed=seed, device=device, baselines=baselines, out=out,
+                              setup=setup, snapshot_mb=snapshot_mb, warn=_warner(progress), **options)
+    return walk(runner, "sparsify", runner.path.max_steps, progress)
 
-    config = SparsifyConfig(sparsity=sparsity, **options)
+
+def prepare_continual(
+    model: nn.Module,
+    task1,
+    task2,
+    memory: int = 100,
+    solver: SolverConfig | None = None,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    baselines: bool = True,
+    out: str | None = None,
+    setup: SetupConfig | None = None,
+    snapshot_mb: float = DEFAULT_BUDGET_MB,
+    sequence_name: str = "own tasks",
+    abandon_after: float | None = None,
+    warn: Callable[[str], None] | None = None,
+    **options,
+) -> PathRunner:
+    """Everything :func:`continual` does before the walk: its runner, not started.
+
+    The arguments are :func:`continual`'s, less ``progress``, plus ``abandon_after`` and
+    ``warn`` as for :func:`prepare_sparsify`; ``model`` may be a prepared
+    :class:`~geoviz.problem.Problem` (with :class:`~geoviz.tasks.Task` s as the tasks).
+    """
+    from geoviz.applications.continual import BASELINES, DEFAULT_SOLVER, ContinualConfig, continual_runner
+    from geoviz.tasks import Task, TaskSequence
+
+    config = ContinualConfig(memory=memory, **options)
     config.validate()
     check_budget_mb(snapshot_mb)
-    solver = _solver(solver)
-    problem = _problem(model, train, test, seed, device, setup, False, progress)
-    baselines = baselines and labelled(problem.y_train)
-    runner = sparsify_runner(problem, config, solver, out, baselines=baselines, snapshot_budget_mb=snapshot_mb)
-    return walk(runner, "sparsify", config.steps, progress)
+    solver = _solver(solver, DEFAULT_SOLVER)
+    problem = model  # already prepared (the CLI's, the pages'), or the user's module:
+    if not isinstance(model, Problem):
+        if isinstance(task1, Task):
+            train1, test1 = (task1.x_train, task1.y_train), (task1.x_test, task1.y_test)
+        else:
+            train1, test1 = _pair(task1, "task1")
+        problem = problem_from_module(model, train1, test1, seed=seed, device=device, setup=setup, train_labels=False)
+    said = _warn_if_big(problem, warn)
+    tasks = []
+    for name, task in (("task1", task1), ("task2", task2)):
+        if not isinstance(task, Task):
+            train, test = _pair(task, name)
+            task = task_from(name, train, test, problem.data.num_classes, problem.device, problem.w0.dtype,
+                             labels=name == "task2")
+        tasks.append(task)
+    scenario = "own" if setup is None else options.get("scenario", config.scenario)
+    sequence = TaskSequence(sequence_name, problem.data.name, scenario, config.split, problem.setup.seed, tuple(tasks))
+    chosen = BASELINES if baselines else ()
+    if not labelled(tasks[0].y_train):
+        chosen = tuple(b for b in chosen if b != "replay")
+    runner = continual_runner(problem, sequence, config, solver, out, abandon_after=abandon_after, baselines=chosen,
+                              snapshot_budget_mb=snapshot_mb)
+    return _said(runner, said)
 
 
 def continual(
@@ -299,11 +414,13 @@ def continual(
     out: str | None = None,
     progress=True,
     setup: SetupConfig | None = None,
-    snapshot_mb: float = 64.0,
+    snapshot_mb: float = DEFAULT_BUDGET_MB,
     sequence_name: str = "own tasks",
     **options,
 ) -> Run:
     """Learn task 2 along a path that keeps ``model``'s function on a memory of task-1 inputs.
+
+    :func:`prepare_continual`, then :func:`walk`.
 
     Args:
         model: any ``nn.Module``, trained on task 1 (its current weights are the start).
@@ -323,35 +440,10 @@ def continual(
         The :class:`Run`; ``run.summary`` holds the start, geodesic and baseline
         accuracies per task.
     """
-    from geoviz.applications.continual import BASELINES, DEFAULT_SOLVER, ContinualConfig, continual_runner
-    from geoviz.tasks import Task, TaskSequence
-
-    config = ContinualConfig(memory=memory, **options)
-    config.validate()
-    check_budget_mb(snapshot_mb)
-    solver = _solver(solver, DEFAULT_SOLVER)
-    problem = model  # already prepared (the CLI's), or the user's module:
-    if not isinstance(model, Problem):
-        if isinstance(task1, Task):
-            train1, test1 = (task1.x_train, task1.y_train), (task1.x_test, task1.y_test)
-        else:
-            train1, test1 = _pair(task1, "task1")
-        problem = problem_from_module(model, train1, test1, seed=seed, device=device, setup=setup, train_labels=False)
-    _warn_if_big(problem, progress)
-    tasks = []
-    for name, task in (("task1", task1), ("task2", task2)):
-        if not isinstance(task, Task):
-            train, test = _pair(task, name)
-            task = task_from(name, train, test, problem.data.num_classes, problem.device, problem.w0.dtype,
-                             labels=name == "task2")
-        tasks.append(task)
-    scenario = "own" if setup is None else options.get("scenario", config.scenario)
-    sequence = TaskSequence(sequence_name, problem.data.name, scenario, config.split, problem.setup.seed, tuple(tasks))
-    chosen = BASELINES if baselines else ()
-    if not labelled(tasks[0].y_train):
-        chosen = tuple(b for b in chosen if b != "replay")
-    runner = continual_runner(problem, sequence, config, solver, out, baselines=chosen, snapshot_budget_mb=snapshot_mb)
-    return walk(runner, "continual", config.steps, progress)
+    runner = prepare_continual(model, task1, task2, memory, solver, seed=seed, device=device, baselines=baselines, out=out,
+                               setup=setup, snapshot_mb=snapshot_mb, sequence_name=sequence_name, warn=_warner(progress),
+                               **options)
+    return walk(runner, "continual", runner.path.max_steps, progress)
 
 
 def _pair(task, name: str):
@@ -362,6 +454,55 @@ def _pair(task, name: str):
     if isinstance(task, (tuple, list)) and len(task) == 2 and not isinstance(task[0], torch.Tensor):
         return task[0], task[1]
     raise ConfigError(f"{name} must be (train, test) or {{'train': ..., 'test': ...}}, each data as for sparsify.")
+
+
+def prepare_connect(
+    model_a: nn.Module,
+    model_b: nn.Module | None,
+    train,
+    test,
+    solver: SolverConfig | None = None,
+    *,
+    seed: int = 0,
+    device: str = "auto",
+    baselines: bool = True,
+    out: str | None = None,
+    setup: SetupConfig | None = None,
+    snapshot_mb: float = DEFAULT_BUDGET_MB,
+    abandon_after: float | None = None,
+    warn: Callable[[str], None] | None = None,
+    **options,
+) -> PathRunner:
+    """Everything :func:`connect` does before the walk: its runner, not started.
+
+    The arguments are :func:`connect`'s, less ``progress``, plus ``abandon_after`` and
+    ``warn`` as for :func:`prepare_sparsify`; ``model_a`` may be a prepared
+    :class:`~geoviz.problem.Problem`, and then ``model_b`` None trains w_B from ``seed_b``.
+    """
+    from geoviz.applications.connect import SOLVER_DEFAULTS, ConnectConfig, connect_runner
+
+    config = ConnectConfig(**options)
+    config.validate()
+    check_budget_mb(snapshot_mb)
+    if not baselines and config.grid and config.third == "bezier":
+        raise ConfigError("Without baselines no Bezier control point is trained to span the landscape's plane; use third='midpoint'.")
+    solver = _solver(solver, SolverConfig(**SOLVER_DEFAULTS))
+    if model_b is None and not isinstance(model_a, Problem):
+        raise ConfigError("connect needs the second network: pass model_b.")
+    problem = _problem(model_a, train, test, seed, device, setup, True)
+    said = _warn_if_big(problem, warn)
+    w_b = None  # a prepared problem trains w_B from config.seed_b
+    if model_b is not None:
+        layout_b, w_b, _ = module_weights(model_b)
+        if layout_b.names != problem.layout.names or layout_b.shapes != problem.layout.shapes:
+            raise ConfigError(
+                "model_b must have model_a's parameters (names and shapes); "
+                f"they differ ({layout_b.size} weights against {problem.layout.size})."
+            )
+        w_b = w_b.to(problem.device)
+    runner = connect_runner(problem, config, solver, out, abandon_after=abandon_after, w_b=w_b, baselines=baselines,
+                            snapshot_budget_mb=snapshot_mb)
+    return _said(runner, said)
 
 
 def connect(
@@ -377,10 +518,12 @@ def connect(
     out: str | None = None,
     progress=True,
     setup: SetupConfig | None = None,
-    snapshot_mb: float = 64.0,
+    snapshot_mb: float = DEFAULT_BUDGET_MB,
     **options,
 ) -> Run:
     """The geodesic from ``model_a``'s weights to ``model_b``'s, against the line and a trained Bezier curve.
+
+    :func:`prepare_connect`, then :func:`walk`.
 
     Args:
         model_a, model_b: two networks of one architecture (same parameter names and shapes).
@@ -398,25 +541,6 @@ def connect(
         The :class:`Run`; ``run.summary`` holds the barrier, minimum accuracy and
         lengths of the geodesic, the line and the Bezier curve.
     """
-    from geoviz.applications.connect import SOLVER_DEFAULTS, ConnectConfig, connect_runner
-
-    config = ConnectConfig(**options)
-    config.validate()
-    check_budget_mb(snapshot_mb)
-    if not baselines and config.grid and config.third == "bezier":
-        raise ConfigError("Without baselines no Bezier control point is trained to span the landscape's plane; use third='midpoint'.")
-    solver = _solver(solver, SolverConfig(**SOLVER_DEFAULTS))
-    problem = _problem(model_a, train, test, seed, device, setup, True, progress)
-    w_b = None  # a prepared problem trains w_B from config.seed_b
-    if model_b is not None:
-        layout_b, w_b, _ = module_weights(model_b)
-        if layout_b.names != problem.layout.names or layout_b.shapes != problem.layout.shapes:
-            raise ConfigError(
-                "model_b must have model_a's parameters (names and shapes); "
-                f"they differ ({layout_b.size} weights against {problem.layout.size})."
-            )
-        w_b = w_b.to(problem.device)
-    elif not isinstance(model_a, Problem):
-        raise ConfigError("connect needs the second network: pass model_b.")
-    runner = connect_runner(problem, config, solver, out, w_b=w_b, baselines=baselines, snapshot_budget_mb=snapshot_mb)
-    return walk(runner, "connect", config.steps, progress)
+    runner = prepare_connect(model_a, model_b, train, test, solver, seed=seed, device=device, baselines=baselines, out=out,
+                             setup=setup, snapshot_mb=snapshot_mb, warn=_warner(progress), **options)
+    return walk(runner, "connect", runner.path.max_steps, progress)

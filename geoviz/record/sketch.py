@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SparseSignSketch", "sketch_for_budget", "check_budget_mb", "SKETCH_DIM", "MIN_FULL_SNAPSHOTS", "MIN_BUDGET_MB"]
+__all__ = ["SparseSignSketch", "sketch_for_budget", "check_budget_mb", "SKETCH_DIM", "MIN_FULL_SNAPSHOTS", "MIN_BUDGET_MB", "DEFAULT_BUDGET_MB"]
 
 # k = 4096: |Sx| within about 2.2% (one standard deviation) of |x|; 200 snapshots
 # of it are 3.2 MB, against 8.8 GB of full resnet18 snapshots
@@ -35,6 +35,8 @@ _CHUNK = 1 << 20
 # the smallest snapshot budget accepted: its half (the live trajectory's) holds 200
 # projections of 655 numbers, |Sx| within about 6% of |x|
 MIN_BUDGET_MB = 1.0
+# the snapshot budget when none is chosen (CLI --snapshot-mb, snapshot_mb=, the pages' setting)
+DEFAULT_BUDGET_MB = 64.0
 
 
 @dataclass(frozen=True)
