@@ -96,10 +96,9 @@ def test_sigterm_cli_run_says_interrupted(runs_dir):
     cmd = [sys.executable, "-m", "geoviz", "sparsify", "--steps", "100000", "--tolerance", "1e-6",
            "--out", str(runs_dir), "--quiet"]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(runs_dir.glob("*/steps.jsonl")):
+    deadline = time.time() + 240  # a step on disk first: the file is made before the first step
+    while time.time() < deadline and not any(f.stat().st_size for f in runs_dir.glob("*/steps.jsonl")):
         time.sleep(0.3)
-    time.sleep(2.0)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1
