@@ -196,3 +196,28 @@ def test_connect_streamed_equals_the_tensor_run(digits, runs_dir):
     # (the barrier is a difference of losses: float32 chunk sums agree to ~1e-8 absolute)
     assert _numbers(streamed.summary) == pytest.approx(_numbers(tensors.summary), rel=1e-6, abs=1e-7)
     assert 0 < rows.largest <= 300 < len(rows)
+
+
+@pytest.mark.parametrize("mode", ["exact", "penalty"])
+@pytest.mark.parametrize("resample", [True, False])
+def test_the_path_draws_the_same_batches_from_a_stream(digits, mode, resample):
+    """geoviz.Path itself: a Stream pool (penalty mode's reference outputs chunked) walks the tensor pool's path."""
+    from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
+    from geoviz.core.metric import FlatParams
+    from geoviz.models import prunable_names
+
+    model = _trained(digits, steps=20)
+    layout = FlatParams.of(model)
+    w0 = layout.flatten(dict(model.named_parameters())).detach()
+    mask = magnitude_mask(w0, layout.mask(prunable_names(model), w0), 0.5)
+    rows = Counting(digits.x_train)
+    walks = []
+    for pool in (digits.x_train, stream_data(DataLoader(rows, batch_size=500), "pool", "cpu", None)[0]):
+        path = geoviz.Path(model, {}, w0, SparsifyObjective(mask, w0), pool, geoviz.SolverConfig(mode=mode),
+                           evaluate=lambda w: {}, max_steps=5, seed=3, resample=resample)
+        walks.append(([r.row() for r in path], path.w))
+    (tensor_rows, tensor_w), (stream_rows, stream_w) = walks
+    assert torch.allclose(stream_w, tensor_w, rtol=1e-5, atol=1e-7)
+    for a, b in zip(tensor_rows, stream_rows):
+        assert b["functional_sq"] == pytest.approx(a["functional_sq"], rel=1e-5, abs=1e-12)
+    assert rows.largest <= 500 < len(rows)

@@ -14,9 +14,16 @@ tensor ``x`` of shape ``(N, ...)``, and answers the few things they ask of it:
 - :meth:`Stream.to`: the same rows delivered on another device or dtype.
 
 So only the batch or chunk being used is ever on the device; the dataset stays
-where the user keeps it (a folder, a memory map, CPU tensors). Labels are not
-streamed: they are read once, in one pass over the dataset, and kept as one
-int64 vector (8 bytes a row); see :func:`stream_data`.
+where the user keeps it (a folder, a memory map, CPU tensors). What is still kept
+whole, by choice (each small next to the inputs, or needed at every step):
+
+- the labels: read once, in one pass over the dataset, and kept as one int64
+  vector (8 bytes a row; :func:`stream_data`);
+- continual's memory (``memory`` task-1 inputs, the metric batch of every step)
+  and EWC's ``ewc_samples`` task-1 inputs; a fixed metric batch
+  (``Path(..., resample=False)``);
+- outputs, not inputs, where a method needs them on every row: penalty mode's
+  f(pool; w0) and connect's label-free Bezier targets (softmax of both endpoints).
 
 A map-style dataset is needed (``__getitem__`` and ``__len__``): the metric
 batches are drawn at random rows with the path's seed, so a stream gives the
