@@ -41,7 +41,7 @@ import torch
 
 from geoviz.errors import ConfigError
 
-__all__ = ["Stream", "stream_data", "subset", "is_stream"]
+__all__ = ["Stream", "stream_data", "subset", "rows_of", "accepted_stream"]
 
 # rows read at a time when the labels are gathered (a DataLoader's batch size when it has one)
 LABEL_PASS_BATCH = 512
@@ -110,7 +110,7 @@ class Stream:
         # a TensorDataset is read by indexing its tensors: no per-item Python
         self._tensors = _tensors_of(dataset)
         if _item_shape is None:
-            probe, _ = self._collated([0] if rows is None else [int(rows[0])], dataset_rows=True)
+            probe, _ = self._collated([0] if rows is None else [int(rows[0])])
             _item_shape, _item_dtype = tuple(probe.shape[1:]), probe.dtype
         self._item_shape, self._item_dtype = _item_shape, _item_dtype
         self.dtype = dtype or _item_dtype
@@ -144,7 +144,8 @@ class Stream:
                       self.chunk, self._item_shape, self._item_dtype)
 
     def to(self, *args, device=None, dtype=None, **kwargs) -> Stream:
-        """The same rows delivered on another device and/or dtype (nothing is fetched)."""
+        """The same rows delivered on another device and/or dtype (nothing is fetched; other
+        keywords of ``Tensor.to``, such as ``non_blocking``, are accepted and ignored)."""
         for arg in args:
             if isinstance(arg, torch.dtype):
                 dtype = arg
@@ -156,8 +157,8 @@ class Stream:
         if isinstance(key, slice):
             positions = torch.arange(len(self))[key]
             return self._view(positions if self.rows is None else self.rows[positions])
-        if isinstance(key, int):
-            return self.take([key])[0]
+        if isinstance(key, (int, np.integer)) or (isinstance(key, torch.Tensor) and key.ndim == 0):
+            return self.take([int(key)])[0]  # one row, as a tensor's x[i]
         return self.take(key)
 
     # -- fetching ------------------------------------------------------------------
@@ -173,7 +174,7 @@ class Stream:
         index = index % n if n else index
         return (index if self.rows is None else self.rows[index]).tolist()
 
-    def _collated(self, ids: list[int], dataset_rows: bool = False):
+    def _collated(self, ids: list[int]):
         """(inputs, labels or None) of dataset rows ``ids``, on the CPU as the dataset gives them."""
         if self._tensors is not None:
             t = torch.as_tensor(ids, dtype=torch.long)
@@ -185,7 +186,7 @@ class Stream:
     def take(self, index) -> torch.Tensor:
         """Rows at positions ``index`` (an integer tensor or list) as one tensor on the device."""
         x, _ = self._collated(self._dataset_rows(index))
-        return x.to(self.device, self.dtype, non_blocking=True)
+        return x.to(self.device, self.dtype)
 
     def subset(self, index) -> Stream:
         """A view of the rows at positions ``index`` (nothing is fetched)."""
@@ -202,10 +203,6 @@ class Stream:
         size = min(size, self.chunk or size)
         for start in range(0, n, size):
             yield self.take(torch.arange(start, min(start + size, n)))
-
-
-def is_stream(x) -> bool:
-    return isinstance(x, Stream)
 
 
 def subset(x, index: torch.Tensor):
