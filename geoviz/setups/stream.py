@@ -162,23 +162,29 @@ class Stream:
         return self.take(key)
 
     # -- fetching ------------------------------------------------------------------
-    def _dataset_rows(self, index) -> list[int]:
-        """Dataset indices of positions ``index`` of this view."""
+    def _dataset_rows(self, index) -> torch.Tensor:
+        """Dataset indices of positions ``index`` of this view, (B,) int64 on the CPU."""
         if isinstance(index, torch.Tensor):
             index = index.detach().to("cpu", torch.long).reshape(-1)
         else:
             index = torch.as_tensor(np.asarray(index), dtype=torch.long).reshape(-1)
         n = len(self)
-        if index.numel() and (int(index.min()) < -n or int(index.max()) >= n):
-            raise IndexError(f"{self.what}: row index out of range for {n} rows.")
-        index = index % n if n else index
-        return (index if self.rows is None else self.rows[index]).tolist()
+        if index.numel():
+            low, high = torch.aminmax(index)
+            if int(low) < 0:
+                if int(low) < -n:
+                    raise IndexError(f"{self.what}: row index out of range for {n} rows.")
+                index = index % n
+            if int(high) >= n:
+                raise IndexError(f"{self.what}: row index out of range for {n} rows.")
+        return index if self.rows is None else self.rows[index]
 
-    def _collated(self, ids: list[int]):
+    def _collated(self, ids: torch.Tensor | list[int]):
         """(inputs, labels or None) of dataset rows ``ids``, on the CPU as the dataset gives them."""
         if self._tensors is not None:
             t = torch.as_tensor(ids, dtype=torch.long)
             return self._tensors[0][t], (self._tensors[1][t] if len(self._tensors) > 1 else None)
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
         getitems = getattr(self.dataset, "__getitems__", None)
         items = getitems(ids) if getitems is not None else [self.dataset[i] for i in ids]
         return _inputs_of(_collate(list(items), self.collate_fn), self.what)
@@ -190,8 +196,7 @@ class Stream:
 
     def subset(self, index) -> Stream:
         """A view of the rows at positions ``index`` (nothing is fetched)."""
-        ids = torch.as_tensor(self._dataset_rows(index), dtype=torch.long)
-        return self._view(ids)
+        return self._view(self._dataset_rows(index))
 
     def split(self, size: int) -> Iterator[torch.Tensor]:
         """The rows in order, ``size`` at a time, each chunk on the device (as ``torch.split``).
