@@ -111,6 +111,9 @@ def test_a_stream_answers_as_the_tensor_does(digits):
     loader = DataLoader(TensorDataset(x, y), batch_size=100, shuffle=True)
     stream, labels = stream_data(loader, "train", "cpu", None)
     assert torch.equal(labels, y) and [len(c) for c in stream.split(2048)][:2] == [100, 100]
+    # a DataLoader's worker processes read the labels, in the dataset's order
+    _, read = stream_data(DataLoader(OneByOne(x, y), batch_size=400, shuffle=True, num_workers=1), "train", "cpu", None)
+    assert torch.equal(read, y)
     inputs_only, none = stream_data(DataLoader(x, batch_size=64), "train", "cpu", None)
     assert none is None and torch.equal(inputs_only[torch.arange(3)], x[:3])
 

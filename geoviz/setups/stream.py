@@ -221,7 +221,7 @@ def _map_style(data, what: str):
     """(dataset, collate_fn, batch size) of a Dataset or DataLoader; ConfigError for what cannot stream."""
     from torch.utils.data import DataLoader, IterableDataset, RandomSampler, SequentialSampler
 
-    collate_fn, batch, chunk = None, LABEL_PASS_BATCH, None
+    collate_fn, batch, chunk, workers = None, LABEL_PASS_BATCH, None, 0
     if isinstance(data, DataLoader):
         if isinstance(data.dataset, IterableDataset):
             data = data.dataset  # refused below, in the same words
@@ -241,6 +241,7 @@ def _map_style(data, what: str):
             batch = data.batch_size or LABEL_PASS_BATCH
             # its batch size caps the rows on the device at once; PyTorch's default, 1, is no choice
             chunk = data.batch_size if data.batch_size and data.batch_size > 1 else None
+            workers = data.num_workers
             data = data.dataset
     if isinstance(data, IterableDataset):
         raise ConfigError(
@@ -255,14 +256,14 @@ def _map_style(data, what: str):
 
     if collate_fn is default_collate:
         collate_fn = None
-    return data, collate_fn, batch, chunk
+    return data, collate_fn, batch, chunk, workers
 
 
 def stream_data(data, what: str, device: str | torch.device, dtype: torch.dtype | None) -> tuple[Stream, torch.Tensor | None]:
     """(inputs as a :class:`Stream`, labels or None) of a map-style Dataset or a DataLoader over one.
 
     The labels are read in one pass over the dataset (a DataLoader's batch size at
-    a time, its collate_fn; its sampler's order is ignored, geoviz draws its own
+    a time, its collate_fn, its worker processes when it has ``num_workers``; its sampler's order is ignored, geoviz draws its own
     rows; a batch size above 1 caps the evaluation chunks, :meth:`Stream.split`) and kept as one int64 vector on the CPU; the inputs are checked on the
     way (floating point, one shape) and dropped. A TensorDataset's labels are its
     second tensor, read without a pass.
@@ -272,7 +273,7 @@ def stream_data(data, what: str, device: str | torch.device, dtype: torch.dtype 
             inputs that are not floating point, labels that are not integers or
             that some rows lack.
     """
-    dataset, collate_fn, batch, chunk = _map_style(data, what)
+    dataset, collate_fn, batch, chunk, workers = _map_style(data, what)
     stream = Stream(dataset, device, None, None, collate_fn, what, chunk)
     if not stream._item_dtype.is_floating_point:
         raise ConfigError(f"{what}: inputs must be floating point, got {stream._item_dtype}.")
@@ -285,8 +286,15 @@ def stream_data(data, what: str, device: str | torch.device, dtype: torch.dtype 
         labels: list[torch.Tensor] = []
         unlabelled = 0
         n = len(stream)
-        for start in range(0, n, batch):
-            x, y = stream._collated(list(range(start, min(start + batch, n))))
+        if workers:  # the DataLoader's worker processes read the rows, in order
+            from torch.utils.data import DataLoader
+
+            loader = DataLoader(dataset, batch_size=batch, shuffle=False, num_workers=workers,
+                                collate_fn=stream.collate_fn)
+            batches = (_inputs_of(b, what) for b in loader)
+        else:
+            batches = (stream._collated(list(range(a, min(a + batch, n)))) for a in range(0, n, batch))
+        for x, y in batches:
             if tuple(x.shape[1:]) != stream._item_shape:
                 raise ConfigError(f"{what}: rows differ in shape ({tuple(x.shape[1:])} and {stream._item_shape}).")
             if y is None:
