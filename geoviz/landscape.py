@@ -202,14 +202,20 @@ class BatchedEvaluator:
     def __init__(self, problem, data: EvalData, chunk: int | None = None, block_rows: int | None = None):
         self.problem = problem
         self.data = data
-        self.x = torch.cat([data.x_train, data.x_test]).to(problem.device)  # (N, ...)
-        self.y = torch.cat([data.y_train, data.y_test]).to(problem.device)
+        # streamed rows (geoviz.setups.stream) are never gathered: one network at a time, chunked
+        self.streamed = not isinstance(data.x_train, torch.Tensor) or not isinstance(data.x_test, torch.Tensor)
         self.n_train = data.x_train.shape[0]
-        self._onehot = torch.nn.functional.one_hot(self.y, problem.data.num_classes).T.to(problem.w0.dtype)  # (K, N)
-        self.layers = _mlp_layers(problem.model)
+        n = self.n_train + data.x_test.shape[0]
+        if self.streamed:
+            self.x = self.y = self._onehot = None
+            self.layers = None
+        else:
+            self.x = torch.cat([data.x_train, data.x_test]).to(problem.device)  # (N, ...)
+            self.y = torch.cat([data.y_train, data.y_test]).to(problem.device)
+            self._onehot = torch.nn.functional.one_hot(self.y, problem.data.num_classes).T.to(problem.w0.dtype)  # (K, N)
+            self.layers = _mlp_layers(problem.model)
         width = max(problem.model.hidden) if self.layers else 256
-        gpu = self.x.device.type == "cuda"
-        n = self.x.shape[0]
+        gpu = (self.x.device if self.x is not None else torch.device(problem.device)).type == "cuda"
         self.chunk = max(1, chunk or (128 if gpu else 8))
         self.block_rows = block_rows or (n if gpu else max(32, 2**20 // (4 * self.chunk * width)))
         # blocks never straddle the train/test boundary
@@ -227,6 +233,8 @@ class BatchedEvaluator:
     def method(self) -> str:
         if self.problem.batchnorm:
             return "one at a time (BatchNorm recomputed)"
+        if self.streamed:
+            return "one at a time (streamed data)"
         return "batched MLP" if self.layers else "torch.func.vmap"
 
     def _param(self, w: torch.Tensor, name: str) -> torch.Tensor:
@@ -278,7 +286,7 @@ class BatchedEvaluator:
 
     def _stack_chunk(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.problem
-        if p.batchnorm:
+        if p.batchnorm or self.streamed:
             rows = []
             for wi in w:
                 buffers = p.buffers_at(wi)

@@ -43,7 +43,12 @@ class SetupConfig:
 
 @dataclass
 class Problem:
-    """Data and one trained start network on a device, with flat-weight helpers."""
+    """Data and one trained start network on a device, with flat-weight helpers.
+
+    ``x_train`` and ``x_test`` are tensors on the device, or (a user's Dataset or
+    DataLoader) :class:`~geoviz.setups.stream.Stream` s that fetch rows onto it
+    when indexed; the labels are always tensors on the device.
+    """
 
     setup: SetupConfig
     data: Dataset

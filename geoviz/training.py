@@ -35,6 +35,7 @@ from geoviz.data import Dataset
 from geoviz.errors import ConfigError
 from geoviz.validation import check_fields, check_writable_dir
 from geoviz.models import build_model, has_batchnorm
+from geoviz.setups.stream import subset
 
 __all__ = [
     "CODE_VERSION",
@@ -177,7 +178,8 @@ def evaluate(
         model: The module whose structure is used.
         params: Parameter tensors by name.
         buffers: Buffer tensors by name (may be empty).
-        x: Inputs ``(N, ...)`` on any device.
+        x: Inputs ``(N, ...)`` on any device, or a :class:`~geoviz.setups.stream.Stream`
+            (read one chunk at a time).
         y: Int64 labels ``(N,)``.
         batch_size: Rows per forward pass.
 
@@ -199,9 +201,11 @@ def evaluate(
     try:
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        for start in range(0, n, batch_size):
-            xb = x[start : start + batch_size].to(device=device, dtype=dtype)
-            yb = y[start : start + batch_size].to(device)
+        start = 0
+        for xb in x.split(batch_size):  # views of a tensor; chunks fetched from a stream
+            yb = y[start : start + xb.shape[0]].to(device)
+            start += xb.shape[0]
+            xb = xb.to(device=device, dtype=dtype)
             logits = functional_call(model, (dict(params), dict(buffers)), (xb,))  # (B, K)
             loss_sum += F.cross_entropy(logits, yb, reduction="sum").double()
             correct += (logits.argmax(dim=1) == yb).sum()
@@ -231,8 +235,9 @@ def recompute_batchnorm(
         model: The module whose structure is used.
         params: Parameter tensors by name.
         buffers: Current buffers by name.
-        x: Inputs; when it holds more than ``batch_size * max_batches`` rows, a
-            seeded random subset is used.
+        x: Inputs (a tensor or a :class:`~geoviz.setups.stream.Stream`); when it
+            holds more than ``batch_size * max_batches`` rows, a seeded random
+            subset is used (a stream's is fetched one batch at a time).
         batch_size: Rows per batch.
         max_batches: Most batches used.
         seed: Seed of the subset choice.
@@ -246,7 +251,7 @@ def recompute_batchnorm(
     need = batch_size * max_batches
     if x.shape[0] > need:
         generator = torch.Generator().manual_seed(seed)
-        x = x[torch.randperm(x.shape[0], generator=generator)[:need].to(x.device)]
+        x = subset(x, torch.randperm(x.shape[0], generator=generator)[:need])
     # Fresh copies of every buffer so in-place BatchNorm updates touch nothing shared.
     new_buffers = {
         name: buffers.get(name, own).detach().clone().to(device)
@@ -268,8 +273,7 @@ def recompute_batchnorm(
         for _, m in bn_modules:
             m.momentum = None  # cumulative average over the batches seen
         model.train()
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size]
+        for xb in x.split(batch_size):
             if xb.shape[0] < 2:  # batch statistics need two rows
                 break
             functional_call(model, (dict(params), new_buffers), (xb.to(device, dtype),))

@@ -72,3 +72,30 @@ def test_cuda_landscape_equals_direct_evaluation():
         i, j = ys.tolist().index(y), xs.tolist().index(x)
         loss, _ = problem.evaluate(w, task.data.x_train, task.data.y_train)
         assert float(grid.values["train_loss"][i, j]) == pytest.approx(loss, rel=1e-3, abs=1e-5)
+
+
+def test_cuda_streamed_dataset_walks_the_tensor_path(tmp_path):
+    """A CPU Dataset streamed to CUDA: the same figures as its tensors moved whole, and the rows stay on the CPU.
+
+    (Written without a lent GPU to run it on; the CPU twin is tests/test_stream.py.)
+    """
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import geoviz
+    from geoviz.data import load_dataset
+    from geoviz.setups.stream import Stream
+
+    d = load_dataset("digits")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    kw = dict(sparsity=0.5, steps=6, eval_every=3, out=str(tmp_path), device="cuda", progress=False)
+    tensors = geoviz.sparsify(model, train=(d.x_train, d.y_train), test=(d.x_test, d.y_test), **kw)
+    streamed = geoviz.sparsify(model, train=DataLoader(TensorDataset(d.x_train, d.y_train), batch_size=256),
+                               test=TensorDataset(d.x_test, d.y_test), **kw)
+    pool = streamed.runner.task.problem.x_train
+    assert isinstance(pool, Stream) and pool.device.type == "cuda" and pool.dataset.tensors[0].device.type == "cpu"
+    assert pool[torch.tensor([0, 1], device="cuda")].device.type == "cuda"
+    for column in ("objective", "functional_sq", "test_accuracy"):
+        assert streamed.table[column].tolist() == pytest.approx(tensors.table[column].tolist(), rel=1e-4, nan_ok=True)
+    assert streamed.summary["accuracy"] == pytest.approx(tensors.summary["accuracy"], abs=1e-9)

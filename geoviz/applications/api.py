@@ -16,6 +16,12 @@ and drive the runner in a background thread (Pause, Step, Stop).
     run.table.tail()                 # one row per step
     run.summary["accuracy"]          # the sparse network's test accuracy
     run.figures()["accuracy"].show()
+
+Data are tensors (moved to the device whole) or a map-style Dataset or DataLoader,
+streamed: only the metric batch, a minibatch or an evaluation chunk is on the
+device at once, and the path draws the same rows as from tensors
+(:mod:`geoviz.setups.stream` says what is still kept whole: labels, continual's
+memory).
 """
 
 from __future__ import annotations
@@ -319,7 +325,9 @@ def sparsify(
         model: any ``nn.Module`` mapping inputs to logits; its current weights are the start.
         train: training inputs, labelled or not (the metric's pool; the prune + fine-tune
             baseline needs labels and is skipped without them): a tensor,
-            ``(inputs, labels)``, a Dataset or a DataLoader.
+            ``(inputs, labels)`` (moved to the device whole), or a map-style Dataset or
+            a DataLoader over one (streamed: only the batch or evaluation chunk in
+            use is on the device; labels read once, see :mod:`geoviz.setups.stream`).
         test: labelled test data, in the same forms.
         sparsity: fraction of prunable weights to remove, in (0, 1).
         solver: the step's settings (:class:`~geoviz.SolverConfig`).
@@ -424,7 +432,9 @@ def continual(
 
     Args:
         model: any ``nn.Module``, trained on task 1 (its current weights are the start).
-        task1: ``(train, test)`` or ``{"train": ..., "test": ...}``; train may be inputs
+        task1: ``(train, test)`` or ``{"train": ..., "test": ...}``, each data as for
+            :func:`sparsify` (a Dataset or DataLoader is streamed; the memory's
+            ``memory`` inputs are fetched once and kept); train may be inputs
             only (the memory is inputs; the replay baseline needs labels and is
             skipped without them); test needs labels. Or a :class:`~geoviz.tasks.Task`.
         task2: the same for the task to learn (its train data need labels).
@@ -527,7 +537,8 @@ def connect(
 
     Args:
         model_a, model_b: two networks of one architecture (same parameter names and shapes).
-        train: labelled training data (the metric's pool; losses along the paths).
+        train: labelled training data (the metric's pool; losses along the paths), in
+            the forms of :func:`sparsify` (a Dataset or DataLoader is streamed).
         test: labelled test data.
         solver: the step's settings (default: eps 0.1, damping 1e-3, calibrated on digits).
         seed, device, out, progress, setup, snapshot_mb: as for :func:`sparsify`.

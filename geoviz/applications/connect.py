@@ -35,6 +35,7 @@ from geoviz.landscape import BatchedEvaluator, EvalData, Landscape, Plane, grid_
 from geoviz.core.metric import functional_distance
 from geoviz.applications.objectives import TowardPointObjective
 from geoviz.problem import Problem, start_network
+from geoviz.setups.stream import subset
 
 __all__ = ["DATA_USED", "THIRD_POINTS", "SOLVER_DEFAULTS", "ConnectConfig", "ConnectTask", "path_summary", "connect_runner", "run_landscape", "save_landscape", "load_landscape", "LandscapeJob"]
 
@@ -146,7 +147,7 @@ class ConnectTask:
         if config.eval_subset and n > config.eval_subset:
             gen = torch.Generator().manual_seed(p.path_seed)
             index = torch.randperm(n, generator=gen)[: config.eval_subset].to(p.device)
-            x_train, y_train = p.x_train[index], p.y_train[index]
+            x_train, y_train = subset(p.x_train, index), p.y_train[index]  # a stream's: a view
         else:
             x_train, y_train = p.x_train, p.y_train
         self.data = EvalData(x_train, y_train, p.x_test, p.y_test)
@@ -249,7 +250,7 @@ class ConnectTask:
             with torch.no_grad():
                 for w in (self.w_a, self.w_b):
                     state = {**p.params(w), **p.buffers_at(w)}  # BatchNorm statistics of that network
-                    parts = [functional_call(p.model, (state,), (x,)) for x in torch.split(p.x_train, 4096)]
+                    parts = [functional_call(p.model, (state,), (x,)) for x in p.x_train.split(4096)]
                     outs.append(torch.softmax(torch.cat(parts).reshape(p.x_train.shape[0], -1), -1))
             self._ends = torch.stack(outs)
         return self._ends

@@ -165,7 +165,10 @@ class ContinualTask:
         """(test loss, test accuracy) of one task at flat weights w, read from its head."""
         loss_sum = torch.zeros((), dtype=torch.float64, device=w.device)
         correct = torch.zeros((), dtype=torch.int64, device=w.device)
-        for x, y in zip(torch.split(task.x_test, 4096), torch.split(task.y_test, 4096)):
+        start = 0
+        for x in task.x_test.split(4096):  # a tensor's views, or a stream's chunks
+            y = task.y_test[start : start + x.shape[0]]
+            start += x.shape[0]
             logits = task.restrict(self._logits(w, x, buffers))  # (B, |head|)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
             correct += (logits.argmax(1) == y).sum()

@@ -353,7 +353,10 @@ class Path:
         w0: start weights, flat (P,).
         objective: the second goal L2 (see ``geoviz.applications.objectives``).
         metric_pool: inputs the metric batches are drawn from, (N, ...); for
-            continual learning this is the memory of task-1 inputs.
+            continual learning this is the memory of task-1 inputs. A tensor, or
+            anything indexed like one (a :class:`~geoviz.setups.stream.Stream`:
+            ``pool[index]`` fetches the batch onto the device, ``pool.split(n)``
+            walks it in chunks); a fixed batch (``resample`` off) is fetched once.
         config: the solver settings.
         evaluate: flat weights -> application figures (loss/accuracy per task, ...).
         max_steps: the path stops here at the latest.
@@ -388,6 +391,8 @@ class Path:
         self.objective = objective
         self.metric_pool = metric_pool
         self.resample = resample and metric_pool.shape[0] > config.metric_batch
+        if not self.resample and not isinstance(metric_pool, torch.Tensor):  # a stream: the fixed batch, once
+            self.metric_pool = metric_pool[torch.arange(min(metric_pool.shape[0], config.metric_batch))]
         self._batch_gen = torch.Generator(device="cpu").manual_seed(seed)
         self._reference: torch.Tensor | None = None
         self.config = config
@@ -646,6 +651,6 @@ class Path:
         if self._reference is None:
             with torch.no_grad():
                 self._reference = torch.cat(
-                    [self._outputs(self.w0, chunk) for chunk in torch.split(self.metric_pool, 2048)]
+                    [self._outputs(self.w0, chunk) for chunk in self.metric_pool.split(2048)]
                 )
         return self._reference

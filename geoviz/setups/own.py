@@ -1,10 +1,12 @@
 """A user's own network and data as a :class:`~geoviz.problem.Problem`.
 
 Data come as tensors, ``(inputs, labels)`` pairs, a ``torch.utils.data.Dataset``
-or a ``DataLoader``; they are gathered into whole tensors on the device (the
-engine draws its metric batches from an in-memory pool). Inputs alone are
-enough where a method needs no labels; a missing label that is needed is one
-sentence.
+or a ``DataLoader``. Tensors are moved to the device whole (the fastest path);
+a Dataset or DataLoader is streamed (:mod:`geoviz.setups.stream`): its inputs
+stay where the dataset keeps them and only the batch or evaluation chunk in use
+is on the device, while its labels are read in one pass and kept as one int64
+vector. Inputs alone are enough where a method needs no labels; a missing label
+that is needed is one sentence.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from geoviz.errors import ConfigError
 from geoviz.core.metric import FlatParams
 from geoviz.models import has_batchnorm
 from geoviz.problem import Problem, SetupConfig
+from geoviz.setups.stream import Stream, accepted_stream, rows_of, stream_data
 from geoviz.training import resolve_device
 
-__all__ = ["UNLABELLED", "as_tensors", "own_setup", "problem_from_module", "module_weights", "labelled", "task_from"]
+__all__ = ["UNLABELLED", "as_tensors", "on_device", "own_setup", "problem_from_module", "module_weights", "labelled", "task_from"]
 
 # the label of a row that has none (a user gave inputs only)
 UNLABELLED = -1
@@ -60,7 +63,10 @@ def _from_batches(batches, what: str) -> tuple[torch.Tensor, torch.Tensor | None
 
 
 def as_tensors(data, what: str = "the data", labels: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(inputs, labels or None)`` from any of the accepted forms, on the CPU or where they are.
+    """``(inputs, labels or None)`` from any of the accepted forms as whole tensors, on the CPU or where they are.
+
+    A Dataset or DataLoader is gathered here (every row read); the applications
+    stream those instead (:func:`on_device`).
 
     Args:
         data: a tensor of inputs; ``(inputs, labels)`` or ``(inputs,)``; a
@@ -105,6 +111,41 @@ def as_tensors(data, what: str = "the data", labels: bool = True) -> tuple[torch
     return x, y
 
 
+def on_device(
+    data, what: str, device: torch.device, dtype: torch.dtype, labels: bool = True
+) -> tuple[torch.Tensor | Stream, torch.Tensor | None]:
+    """``(inputs, labels or None)`` where the path uses them: tensors moved whole, datasets streamed.
+
+    Tensors, numpy arrays and ``(inputs, labels)`` pairs of them are moved to
+    ``device`` whole (as ``dtype``). A ``Dataset`` or ``DataLoader`` becomes a
+    :class:`~geoviz.setups.stream.Stream` delivering batches on ``device``; its
+    labels are read in one pass (:func:`~geoviz.setups.stream.stream_data`).
+    Labels come back on the CPU.
+
+    Raises:
+        ConfigError: as :func:`as_tensors`, and an ``IterableDataset`` or a
+            DataLoader with a sampler of its own (see :mod:`geoviz.setups.stream`).
+    """
+    if data is None:
+        raise ConfigError(f"{what} is missing.")
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], Stream):
+        x, y = data[0].to(device, dtype), _tensor(data[1], what).reshape(-1)
+        if y.is_floating_point() or y.shape[0] != len(x):
+            raise ConfigError(f"{what}: labels must be {len(x)} integer class indices, got {y.shape[0]} {y.dtype}.")
+        y = y.long()
+    elif accepted_stream(data):
+        if isinstance(data, Stream):
+            x, y = data.to(device, dtype), None
+        else:
+            x, y = stream_data(data, what, device, dtype)
+        if y is None and labels:
+            raise ConfigError(f"{what} needs labels: give (inputs, labels), or a DataLoader yielding them.")
+    else:
+        x, y = as_tensors(data, what, labels=labels)
+        x = x.to(device, dtype)
+    return x, y
+
+
 def own_setup(model: nn.Module, seed: int, device: str, dataset: str = "own") -> SetupConfig:
     """The setup recorded for a user's module (no registry name, no start-network training)."""
     return SetupConfig(dataset=dataset, model=type(model).__name__, hidden=(), seed=seed, device=str(device))
@@ -118,9 +159,9 @@ def module_weights(model: nn.Module) -> tuple[FlatParams, torch.Tensor, dict[str
     return layout, w, buffers
 
 
-def _num_outputs(model: nn.Module, x: torch.Tensor) -> int:
+def _num_outputs(model: nn.Module, x: torch.Tensor | Stream) -> int:
     with torch.no_grad():
-        out = model(x[:2])
+        out = model(rows_of(x, range(min(2, len(x)))))
     if out.ndim != 2:
         raise ConfigError(f"The model must map a batch to logits (B, K); it returned shape {tuple(out.shape)}.")
     return int(out.shape[1])
@@ -140,7 +181,8 @@ def problem_from_module(
 
     Args:
         model: any ``nn.Module`` mapping inputs (B, ...) to logits (B, K).
-        train: the training data (see :func:`as_tensors`): the metric's pool,
+        train: the training data (see :func:`on_device`: tensors are moved to the
+            device whole, a Dataset or DataLoader is streamed): the metric's pool,
             and BatchNorm statistics are recomputed on it.
         test: labelled data the figures are measured on.
         seed: the path's seed (metric batches, baselines' minibatches).
@@ -157,12 +199,11 @@ def problem_from_module(
     if not any(True for _ in model.parameters()):
         raise ConfigError("The model has no parameters to walk.")
     device = resolve_device(device)
-    x_train, y_train = as_tensors(train, "train", labels=train_labels)
-    x_test, y_test = as_tensors(test, "test", labels=True)
-    model = copy.deepcopy(model) if copy_model else model
     dtype = next(model.parameters()).dtype
+    x_train, y_train = on_device(train, "train", device, dtype, labels=train_labels)
+    x_test, y_test = on_device(test, "test", device, dtype, labels=True)
+    model = copy.deepcopy(model) if copy_model else model
     model = model.to(device).eval()
-    x_train, x_test = x_train.to(device, dtype), x_test.to(device, dtype)
     if y_train is None:
         y_train = torch.full((x_train.shape[0],), UNLABELLED, dtype=torch.long)
     try:
@@ -196,11 +237,11 @@ def labelled(y: torch.Tensor) -> bool:
 
 
 def task_from(name: str, train, test, num_outputs: int, device: torch.device, dtype: torch.dtype, labels: bool = True):
-    """A :class:`~geoviz.tasks.Task` from a user's data, read from the whole head."""
+    """A :class:`~geoviz.tasks.Task` from a user's data, read from the whole head (datasets streamed, see :func:`on_device`)."""
     from geoviz.tasks import Task
 
-    x_train, y_train = as_tensors(train, f"{name} train", labels=labels)
-    x_test, y_test = as_tensors(test, f"{name} test", labels=True)
+    x_train, y_train = on_device(train, f"{name} train", device, dtype, labels=labels)
+    x_test, y_test = on_device(test, f"{name} test", device, dtype, labels=True)
     if y_train is None:
         y_train = torch.full((x_train.shape[0],), UNLABELLED, dtype=torch.long)
     present = torch.cat([y_train[y_train != UNLABELLED], y_test]).unique().tolist()
@@ -209,5 +250,5 @@ def task_from(name: str, train, test, num_outputs: int, device: torch.device, dt
     everything = tuple(range(num_outputs))
     return Task(
         name, tuple(int(c) for c in present), everything,
-        x_train.to(device, dtype), y_train.to(device), x_test.to(device, dtype), y_test.to(device), num_outputs,
+        x_train, y_train.to(device), x_test, y_test.to(device), num_outputs,
     )
