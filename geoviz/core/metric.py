@@ -377,7 +377,7 @@ def top_eigenvalue(
     for _ in range(iterations):
         gv = product(v)
         value = torch.dot(v, gv)  # Rayleigh quotient, a lower bound that rises
-        v = gv / gv.norm().clamp_min(1e-30)
+        v = gv.div_(gv.norm().clamp_min(1e-30))  # in place: no third vector
     return value, v
 
 
