@@ -241,6 +241,20 @@ def test_row_space_only_where_it_pays():
     assert make_step_product(model, layout, {}, inputs, w, "output", "autograd", products=11)[1] is None
 
 
+def test_no_row_space_for_a_small_classifier_on_a_big_body():
+    """A wide classifier behind convolutions (resnet18's 512 -> 10 at a small batch)
+    saves little in row space, and working there costs passes over the whole vector
+    each step: the engine gets the plain product. The classifier alone is reduced."""
+    body = nn.Sequential(nn.Conv2d(2, 256, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 8))
+    head = nn.Sequential(nn.Linear(256, 8))
+    for model, inputs, reduced in ((body, torch.randn(16, 2, 6, 6), False), (head, torch.randn(16, 256), True)):
+        model = model.double().eval()
+        layout = FlatParams.of(model)
+        w = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+        space = make_step_product(model, layout, {}, inputs.double(), w, "output", "linear", products=11)[1]
+        assert (space is not None) == reduced
+
+
 def test_trajectory_pca_matches_sklearn():
     from sklearn.decomposition import PCA
 

@@ -315,7 +315,12 @@ def _row_space_system(product, space: RowSpace, v: torch.Tensor, mu: torch.Tenso
     start = None if x0 is None else torch.cat([x0_span, off_norm.new_zeros(1)])
 
     def apply_a(p: torch.Tensor) -> torch.Tensor:
-        return torch.cat([product(p[:n]).addcmul_(p[:n], mu), p[n:] * mu])
+        # the product writes into the result's head: no concatenation (a copy of the
+        # whole vector per product)
+        out = torch.empty_like(p)
+        product(p[:n], out[:n]).addcmul_(p[:n], mu)
+        torch.mul(p[n:], mu, out=out[n:])
+        return out
 
     def to_full(x: torch.Tensor) -> torch.Tensor:
         u = space.extend(x[:n]).add_(line * x[n])
