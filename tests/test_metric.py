@@ -241,6 +241,20 @@ def test_row_space_only_where_it_pays():
     assert make_step_product(model, layout, {}, inputs, w, "output", "autograd", products=11)[1] is None
 
 
+def test_no_row_space_for_a_small_classifier_on_a_big_body():
+    """A wide classifier behind convolutions (resnet18's 512 -> 10 at a small batch)
+    saves little in row space, and working there costs passes over the whole vector
+    each step: the engine gets the plain product. The classifier alone is reduced."""
+    body = nn.Sequential(nn.Conv2d(2, 256, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 8))
+    head = nn.Sequential(nn.Linear(256, 8))
+    for model, inputs, reduced in ((body, torch.randn(16, 2, 6, 6), False), (head, torch.randn(16, 256), True)):
+        model = model.double().eval()
+        layout = FlatParams.of(model)
+        w = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+        space = make_step_product(model, layout, {}, inputs.double(), w, "output", "linear", products=11)[1]
+        assert (space is not None) == reduced
+
+
 def test_trajectory_pca_matches_sklearn():
     from sklearn.decomposition import PCA
 
@@ -525,3 +539,50 @@ def test_row_space_path_takes_the_plain_solves_steps_along_a_real_path(rho):
 def _load(model, w):
     torch.nn.utils.vector_to_parameters(w, model.parameters())
     return model
+
+
+def _textbook_cg(a, b, x0, iterations):
+    """Conjugate gradients on a dense matrix, as in the books (no early stop)."""
+    x = torch.zeros_like(b) if x0 is None else x0.clone()
+    r = b - a @ x
+    p = r.clone()
+    for _ in range(iterations):
+        ap = a @ p
+        alpha = (r @ r) / (p @ ap)
+        x = x + alpha * p
+        r_new = r - alpha * ap
+        p = r_new + ((r_new @ r_new) / (r @ r)) * p
+        r = r_new
+    return x
+
+
+@pytest.mark.parametrize("backend", ["linear", "autograd"])
+@pytest.mark.parametrize("name,factory,shape", [CASES[1], CASES[2]])
+def test_path_steps_are_warm_started_partial_solves_of_the_dense_system(name, factory, shape, backend):
+    """Each exact step of a path is eps u / |u| with u from k textbook CG iterations on
+    the dense (G + mu I) u = -grad, started from the previous step's u: the engine
+    solves in the warm start's storage and on +grad (negated iterates), which must not
+    change a step. A chain (conv-bn) and a traced graph (an in-place skip)."""
+    from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
+    from geoviz.core.engine import Path, SolverConfig
+
+    model, inputs = _setup(factory, shape, seed=3)
+    w0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    mask = magnitude_mask(w0, torch.ones_like(w0), 0.5)
+    k, eps = 3, 0.05
+    config = SolverConfig(backend=backend, cg_iterations=k, cg_tolerance=0.0, eps=eps, metric_batch=shape[0])
+    path = Path(model, dict(model.named_buffers()), w0, SparsifyObjective(mask, w0, 1e-9), inputs, config,
+                lambda w: {}, max_steps=4, resample=False)
+    points, mus = [w0], []
+    for record in path:
+        points.append(path.w.clone())
+        mus.append(record.damping_mu)
+    assert path.backend_used == backend
+    u_prev = None
+    for t, mu in enumerate(mus):
+        w = points[t]
+        g = _dense_metric(_load(model, w.clone()), inputs, "output")
+        u = _textbook_cg(g + mu * torch.eye(len(w), dtype=w.dtype), -((1 - mask) * w), u_prev, k)
+        theta = points[t + 1] - w
+        assert (theta - eps * u / u.norm()).norm() / eps < 1e-9, t
+        u_prev = u

@@ -191,8 +191,12 @@ def conjugate_gradient(
     max_iterations: int,
     tolerance: float,
     x0: torch.Tensor | None = None,
+    overwrite_x0: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, CGInfo]:
     """Solve A x = b for symmetric positive definite A, from x = 0 or a warm start x0.
+
+    With ``overwrite_x0`` the iterate is kept in x0's storage (one vector fewer; the
+    caller gives x0 up). Four vectors live through the iterations: x, r, p and A p.
 
     A warm start costs one product (its residual). We tried rescaling x0 by the
     A-norm-optimal factor (x0 . b) / (x0 . A x0): it solves each system better but
@@ -206,7 +210,7 @@ def conjugate_gradient(
         x = torch.zeros_like(b)
         r = b.clone()
     else:
-        x = x0.clone()
+        x = x0 if overwrite_x0 else x0.clone()
         r = torch.sub(b, ap := apply_a(x), out=ap)  # in place: a fresh vector costs twice a pass
     p = r.clone()
     rr = torch.dot(r, r)
@@ -228,6 +232,7 @@ def conjugate_gradient(
             break
         torch.addcmul(r, p, rr_new / rr, out=p)  # p <- r + (rr_new / rr) p
         rr = rr_new
+        del ap  # before the next product makes its own: two would be alive at once
     return x, r, CGInfo(iterations, r.norm() / b_norm)
 
 
@@ -240,8 +245,11 @@ def solve_step(
     tolerance: float,
     x0: torch.Tensor | None = None,
     space: RowSpace | None = None,
+    overwrite_x0: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One constrained step: theta = eps * u / |u| with (G + mu I) u = v.
+
+    ``overwrite_x0``: the solve may work in x0's storage (the caller gives it up).
 
     With a ``space`` (:class:`geoviz.core.linearize.RowSpace`), ``product`` acts on its
     coordinates, and conjugate gradients take the same iterates as on the full system
@@ -256,9 +264,10 @@ def solve_step(
     mu = torch.as_tensor(mu, dtype=v.dtype, device=v.device)
     if space is None:
         apply_a, b, start, to_full = (lambda p: product(p).addcmul_(p, mu)), v, x0, (lambda x: x)
-    else:
+    else:  # its start is a fresh vector: CG may always work in it
         apply_a, b, start, to_full = _row_space_system(product, space, v, mu, x0)
-    x, r, info = conjugate_gradient(apply_a, b, max_iterations, tolerance, start)
+        overwrite_x0 = True
+    x, r, info = conjugate_gradient(apply_a, b, max_iterations, tolerance, start, overwrite_x0)
     # theta^T G theta without another product: x^T G x = x^T (b - r) - mu |x|^2 (in the
     # row-space system too: G vanishes on the extra coordinate)
     ugu = torch.dot(x, b) - torch.dot(x, r) - mu * x.square().sum()
@@ -306,7 +315,12 @@ def _row_space_system(product, space: RowSpace, v: torch.Tensor, mu: torch.Tenso
     start = None if x0 is None else torch.cat([x0_span, off_norm.new_zeros(1)])
 
     def apply_a(p: torch.Tensor) -> torch.Tensor:
-        return torch.cat([product(p[:n]).addcmul_(p[:n], mu), p[n:] * mu])
+        # the product writes into the result's head: no concatenation (a copy of the
+        # whole vector per product)
+        out = torch.empty_like(p)
+        product(p[:n], out[:n]).addcmul_(p[:n], mu)
+        torch.mul(p[n:], mu, out=out[n:])
+        return out
 
     def to_full(x: torch.Tensor) -> torch.Tensor:
         u = space.extend(x[:n]).add_(line * x[n])
@@ -386,8 +400,9 @@ class Path:
         self.model = model.eval()
         self.layout = FlatParams.of(model)
         self.buffers = buffers
-        self.w = w0.detach().clone()
+        # one copy: the path never writes into self.w (each step makes a new vector)
         self.w0 = w0.detach().clone()
+        self.w = self.w0
         self.objective = objective
         self.metric_pool = metric_pool
         self.resample = resample and metric_pool.shape[0] > config.metric_batch
@@ -447,14 +462,21 @@ class Path:
             self.gradient_evaluations += iterations
             self._lambda = lam.clamp_min(1e-12)
         mu = cfg.damping * self._lambda
-        x0 = self._u if cfg.warm_start else None
+        # the solve works in the warm start's storage (one vector fewer), and on the
+        # gradient itself rather than a negated copy: (G + mu I) u = grad gives exactly
+        # the negated iterates (negation is exact in floating point), so u is kept for
+        # the next warm start as it is and the step is w - theta, bit for bit w + theta
+        # of the system in -grad
+        x0, self._u = (self._u if cfg.warm_start else None), None
         eps = cfg.eps * self.step_factor
-        theta, info = solve_step(product, -grad, mu, eps, cfg.cg_iterations, cfg.cg_tolerance, x0, space)
-        self._u = info.pop("u")
+        theta, info = solve_step(product, grad, mu, eps, cfg.cg_iterations, cfg.cg_tolerance, x0, space, overwrite_x0=True)
+        u = info.pop("u")
+        self._u = u if cfg.warm_start else None
         self.backend_used = product.backend
         info["damping_mu"] = mu
         self.gradient_evaluations += info.pop("products")
-        return self.w + theta, theta.norm(), info
+        step_norm = theta.norm()
+        return theta.neg_().add_(self.w), step_norm, info  # w - theta, in theta's storage
 
     def _penalty_step(self, inputs: torch.Tensor, reference: torch.Tensor, grad_fn) -> tuple[torch.Tensor, torch.Tensor, dict]:
         cfg = self.config

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 from torch.func import functional_call
 
-from geoviz.core.linearize import _KNOWN, Chain, _conv_padding, _extra, _Layer, _owned
+from geoviz.core.linearize import _KNOWN, Chain, _conv_padding, _extra, _Layer, _owned, _slim
 
 __all__ = ["record_graph", "Graph"]
 
@@ -55,6 +55,12 @@ class Graph(Chain):
         super().__init__(layers, params, output_shape)
         self.nodes, self.shapes, self.output = nodes, shapes, output
         self._live = _live_nodes(nodes, layers, params)
+        # after each node, the ids no later node reads: their tangents go then
+        last = {i: k for k, (_, _, inputs, _) in enumerate(nodes) for i in inputs}
+        self._done_after: list[list[int]] = [[] for _ in nodes]
+        for i, k in last.items():
+            if i != output:
+                self._done_after[k].append(i)
 
     def with_layers(self, layers: list[_Layer]) -> Graph:
         return Graph(layers, self.params, self.output_shape, self.nodes, self.shapes, self.output)
@@ -62,8 +68,10 @@ class Graph(Chain):
     def jvp(self, v: dict[str, torch.Tensor]) -> torch.Tensor:
         """J v as (B, K) for a direction given as a parameter dict."""
         tangents: dict[int, torch.Tensor | None] = {}  # the input (id 0) does not move
-        for kind, node, inputs, what in self.nodes:
+        for (kind, node, inputs, what), done in zip(self.nodes, self._done_after):
             ts = [tangents.get(i) for i in inputs]
+            for i in done:  # held in ts for this node only
+                tangents.pop(i, None)
             if kind == "layer":
                 tangents[node] = self._steps[what](ts[0], v)
             elif kind == "add":
@@ -179,6 +187,7 @@ def record_graph(
     layers: list[_Layer] = []
     nodes: list = []
     with_weights: set[str] = set()
+    readers = {node: len(node.users) for node in traced.graph.nodes}
     for node in traced.graph.nodes:
         if node.op == "output":
             result = node.args[0]
@@ -210,6 +219,7 @@ def record_graph(
             layer.extra = _extra(layer, buffers, params)
             if layer.extra is None:
                 return None, None
+            _slim(layer)
             layers.append(layer)
             kind, what, inputs_ = "layer", len(layers) - 1, [ids[node.args[0]]]
         elif node.op in ("call_function", "call_method"):
@@ -221,6 +231,11 @@ def record_graph(
         else:  # get_attr (a parameter used directly) and anything else
             return None, None
         values[node] = value
+        # a value no later node reads goes now, unless a layer's rules keep it
+        for a in node.all_input_nodes:
+            readers[a] -= 1
+            if readers[a] == 0:
+                del values[a]
         if kind != "constant":
             if not isinstance(value, torch.Tensor):
                 return None, None

@@ -404,7 +404,32 @@ def record_chain(
         previous, previous_version = a_out, v_out
     if not _follows(out, previous) or any(t._version != version for t, version in kept):
         return out, None
+    for layer in layers:
+        _slim(layer)
     return out, Chain(layers, detached, out.shape)
+
+
+# layers whose rules read their kept input's values, or their output's; every other
+# rule reads only the shapes (BatchNorm and Layer/GroupNorm keep their normalised
+# input in ``extra``, max-pooling its indices)
+_READS_INPUT = (nn.Linear, nn.Conv2d, nn.GELU, nn.SiLU, nn.LeakyReLU, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
+_READS_OUTPUT = _FROM_OUTPUT
+
+
+def _shape_only(t: torch.Tensor) -> torch.Tensor:
+    """A tensor with ``t``'s shape, dtype and device that holds one number (zero strides)."""
+    return t.new_zeros(()).expand(t.shape)
+
+
+def _slim(layer: _Layer) -> None:
+    """Let go of the recorded activations the layer's rules never read, once its
+    ``extra`` is made: only their shapes stay. A BatchNorm keeps its normalised input,
+    not the input; a convolution's output is kept by no one. On resnet18 (CIFAR stem)
+    this keeps 4 of the 9 activation-sized tensors of a block (bench/step_memory.py)."""
+    if not isinstance(layer.module, _READS_INPUT):
+        layer.a_in = _shape_only(layer.a_in)
+    if not isinstance(layer.module, _READS_OUTPUT):
+        layer.a_out = _shape_only(layer.a_out)
 
 
 def _in_place(module: nn.Module, a_in: torch.Tensor, a_out: torch.Tensor) -> bool:
@@ -439,18 +464,20 @@ class _Normalisation:
     def __init__(self, m: nn.Module, a_in: torch.Tensor, gamma: torch.Tensor | None):
         self.shape = a_in.shape
         if isinstance(m, nn.LayerNorm):
-            self.groups = a_in.reshape(-1, math.prod(m.normalized_shape))  # (rows, n)
+            groups = a_in.reshape(-1, math.prod(m.normalized_shape))  # (rows, n)
             self.affine_shape = tuple(m.normalized_shape)  # gamma's elements line up with the last dims
             self.sum_dims = [0]
             self._per_channel = lambda t: t.reshape(-1, math.prod(m.normalized_shape))
         else:
-            self.groups = a_in.reshape(a_in.shape[0] * m.num_groups, -1)
+            groups = a_in.reshape(a_in.shape[0] * m.num_groups, -1)
             self.affine_shape = (1, a_in.shape[1]) + (1,) * (a_in.ndim - 2)
             self.sum_dims = [0, 2]
             self._per_channel = lambda t: t.reshape(t.shape[0], t.shape[1], -1)
-        var, mean = torch.var_mean(self.groups, -1, correction=0, keepdim=True)
+        # only the groups' shape is kept: not the input itself (see _slim)
+        self.group_shape = groups.shape
+        var, mean = torch.var_mean(groups, -1, correction=0, keepdim=True)
         self.inv = torch.rsqrt(var + m.eps)  # (rows, 1)
-        self.xhat_groups = (self.groups - mean) * self.inv
+        self.xhat_groups = (groups - mean) * self.inv
         self.xhat = self.xhat_groups.reshape(self.shape)
         self.gamma = None if gamma is None else gamma.reshape(self.affine_shape)
 
@@ -461,7 +488,7 @@ class _Normalisation:
         return self._per_channel(t)
 
     def _project(self, t: torch.Tensor) -> torch.Tensor:
-        h = t.reshape(self.groups.shape) * self.inv
+        h = t.reshape(self.group_shape) * self.inv
         h = h - h.mean(-1, keepdim=True) - self.xhat_groups * (self.xhat_groups * h).mean(-1, keepdim=True)
         return h.reshape(self.shape)
 
@@ -561,13 +588,23 @@ class RowSpace:
         return out
 
 
+_VECTOR_PASSES, _PASS_COST = 8, 10
+
+
 def row_space(chain: Chain, layout, products: int) -> RowSpace | None:
     """The reduction worth making for about ``products`` products, or None.
 
     A Linear layer (out x d) with N < d input rows is reduced when the multiply-adds
     its products save, 2 out N (d - N) each, exceed twice what the reduction costs:
-    a QR of the inputs (2 d N^2) and three maps between the coordinates (3 out d N).
+    a QR of the inputs (2 d N^2) and three maps between the coordinates (3 out d N),
+    plus the passes over the whole vector that working in the coordinates adds to a
+    step (restricting the right-hand side and the warm start, extending the
+    solution: about 8 of them, counted at 10 multiply-adds an element, as a memory
+    pass is that much slower than a matrix product's work). Without that last term
+    resnet18's 512-input classifier was reduced at a batch of 8, saving 0.9 M
+    multiply-adds a step and costing passes over 11.2 M weights.
     """
+    passes = _VECTOR_PASSES * _PASS_COST * layout.size
     reduce = []
     for i, layer in enumerate(chain.layers):
         if not isinstance(layer.module, nn.Linear) or layer.a_in.ndim != 2:
@@ -580,6 +617,6 @@ def row_space(chain: Chain, layout, products: int) -> RowSpace | None:
             continue
         saved = products * 2 * out * rows * (d - rows)
         cost = 2 * d * rows * rows + 3 * out * d * rows
-        if saved > 2 * cost:
+        if saved > 2 * cost + passes:
             reduce.append(i)
     return RowSpace(chain, layout, reduce) if reduce else None

@@ -271,10 +271,11 @@ def _chain_product(chain: Chain, layout: FlatParams, kind: str, logits: torch.Te
     """v -> G v over a recorded chain, for vectors laid out by ``layout``."""
     uncovered = [n for n in layout.names if n not in chain.covered]
 
-    def product(v: torch.Tensor) -> torch.Tensor:
+    def product(v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """G v, written into ``out`` (a (P,) vector, e.g. a view of a longer one) if given."""
         jv = chain.jvp(layout.unflatten(v))  # the linearised forward pass: (B, K)
         hjv = _apply_output_hessian(kind, logits, jv)  # -> H J v / B
-        gv = torch.empty(layout.size, dtype=v.dtype, device=v.device)
+        gv = torch.empty(layout.size, dtype=v.dtype, device=v.device) if out is None else out
         parts = layout.unflatten(gv)
         chain.vjp(hjv, parts)  # -> J^T H J v / B, written in place
         for name in uncovered:
@@ -377,7 +378,7 @@ def top_eigenvalue(
     for _ in range(iterations):
         gv = product(v)
         value = torch.dot(v, gv)  # Rayleigh quotient, a lower bound that rises
-        v = gv / gv.norm().clamp_min(1e-30)
+        v = gv.div_(gv.norm().clamp_min(1e-30))  # in place: no third vector
     return value, v
 
 
