@@ -10,7 +10,7 @@ import time
 from appserver import AppServer, launch_chromium, rss_mb, run_in_new_tabs, run_states, wait_runs_ended
 from test_browser import _require_browser
 
-SESSIONS, STEPS = 3, 200
+SESSIONS, STEPS = 3, 100  # each run with its baselines holds its trajectory, figures and buffers
 # Streamlit keeps a closed tab's session for server.disconnectedSessionTTL (120 s) in case
 # it reconnects; here 2 s, so the closed sessions (and what they hold) go within the test
 TTL = 2
