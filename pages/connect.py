@@ -85,7 +85,7 @@ def draw(runner) -> None:
         st.caption(f"Distance to w_B: {evaluated[-1]['distance_to_b']:.2f} of {task.distance:.2f} at the start"
                    + (" (w_B aligned to w_A by weight matching; before: {:.2f})".format(task.distance_before_alignment)
                       if task.config.align else "") + ".")
-    left, right = st.columns(2)
+    left = right = _charts.row()  # wraps on a narrow window (two fixed columns cut the titles at 800 px)
     _present.chart(left, plots_connect.profiles_figure(_profiles(runner)), key="connect:profiles")
     _, snapshots = runner.trajectory()
     others = {}
@@ -113,7 +113,7 @@ def draw(runner) -> None:
 
 def placeholder() -> None:
     """The charts, empty, before the first run."""
-    left, right = st.columns(2)
+    left = right = _charts.row()  # wraps on a narrow window (two fixed columns cut the titles at 800 px)
     _present.chart(left, plots_connect.profiles_figure({}), key="connect:profiles")
     _present.chart(right, plots_connect.connect_pca_figure(torch.empty(0, 0)), key="connect:pca")
 
@@ -181,7 +181,7 @@ def replay_record(record, key: str = "replay", at: int | None = None) -> None:
     if at is not None and "path_length" in table and len(table):
         length = float(table.loc[(table["step"] - at).abs().idxmin(), "path_length"])
         current = min(range(len(steps)), key=lambda i: abs(steps[i] - at)) if steps else None
-    left, right = st.columns(2)
+    left = right = _charts.row()  # wraps on a narrow window (two fixed columns cut the titles at 800 px)
     _present.chart(left, plots_connect.profiles_figure(summary["profiles"], marker=length), key=f"{key}:profiles")
     others, sketch = {}, record.sketch()  # the other paths are projected as the snapshots were kept
     if (record.path / "weights" / "connect_points.safetensors").is_file():
