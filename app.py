@@ -68,7 +68,7 @@ def navigation():
 # fit above the fold. Streamlit's defaults spend 6rem above the title and 2.75rem on it.
 # A chart in a wrapping row (pages/_charts.row) is at least 16rem wide: three still fit
 # side by side at 1280 px, while at 800 px each takes the width (at 226 px titles and
-# legends were cut).
+# legends were cut). The upload box's line of file types wraps rather than ending "PT…".
 COMPACT_CSS = """<style>
 [data-testid="stMainBlockContainer"] {padding-top: 0.25rem; padding-bottom: 2rem;}
 [data-testid="stMainBlockContainer"] h1 {font-size: 2rem; padding: 0.25rem 0 0.25rem 0;}
@@ -78,6 +78,7 @@ COMPACT_CSS = """<style>
 .st-key-home-cards [data-testid="stColumn"] {min-width: 8.5rem;}
 .st-key-home-cards [data-testid="stPageLink"] * {white-space: normal; overflow: visible; text-overflow: clip;}
 [data-testid="stHorizontalBlock"] > [data-testid="stElementContainer"]:has(.js-plotly-plot) {flex-basis: 16rem;}
+[data-testid="stFileUploaderDropzoneInstructions"] span {white-space: normal; overflow: visible;}
 </style>"""
 
 
