@@ -189,10 +189,14 @@ def test_connect_draws_the_line_at_once_and_replays(server, context):
     _button(page, "Run").click()
     _status(page, r"^running · step", timeout=60_000)
     # the straight line needs no training: it is on the chart while the geodesic runs
-    page.wait_for_function(f"({TRACE_NAMES})('Loss and accuracy').includes('straight line: train loss')", timeout=30_000)
+    page.wait_for_function(f"({TRACE_NAMES})('Loss and accuracy').includes('straight line')", timeout=30_000)
     assert page.get_by_text(re.compile(r"^finished · step")).count() == 0
     page.screenshot(path=str(SHOTS / "live_connect_running.png"))
     _status(page, r"^finished · step 40 of 40", timeout=240_000)
+    # one legend entry per path: four rows at most (eight entries took eight rows, ~170 px)
+    legend = page.evaluate("""() => { for (const div of document.querySelectorAll('.js-plotly-plot'))
+        if (String(div.layout.title.text).includes('Loss and accuracy')) return div.querySelector('.legend').getBoundingClientRect().height; }""")
+    assert legend < 110, f"the legend is {legend:.0f} px high"
     run = _newest_run(server).name
 
     page.goto(f"{server.url}/runs?run={run}")
