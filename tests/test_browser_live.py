@@ -243,6 +243,14 @@ FIRST_ROW_BOTTOMS = """() => {
 }"""
 
 
+# JavaScript: the charts whose legend starts above the bottom of their x axis's tick labels or title
+LEGEND_OVER_AXIS = """() => [...document.querySelectorAll('.js-plotly-plot')].filter(d => {
+  const legend = d.querySelector('.legend'), axis = [...d.querySelectorAll('.xtitle, .xtick text')];
+  if (!legend || !axis.length) return false;
+  return legend.getBoundingClientRect().top < Math.max(...axis.map(e => e.getBoundingClientRect().bottom)) - 1;
+}).map(d => (d.querySelector('.gtitle') || {}).textContent)"""
+
+
 @pytest.mark.parametrize("width, height", [(800, 900), (1280, 720)])
 def test_narrow_and_projected_screens_cut_no_label(server, browser, width, height):
     context = browser.new_context(viewport={"width": width, "height": height})
@@ -256,6 +264,8 @@ def test_narrow_and_projected_screens_cut_no_label(server, browser, width, heigh
         page.screenshot(path=str(SHOTS / f"live_{width}x{height}.png"))
         cut = page.evaluate(TRUNCATED)
         assert cut == [], f"cut at {width}x{height}: {cut}"
+        over = page.evaluate(LEGEND_OVER_AXIS)  # (at 800 px the legend hid the accuracy chart's x axis)
+        assert over == [], f"legends over the x axis at {width}x{height}: {over}"
         overflow = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, f"the page scrolls sideways by {overflow} px"
         if (width, height) == (1280, 720):  # a projector: the first row of charts and its legends above the fold
