@@ -372,7 +372,8 @@ def _continual_layout(title: str, x_title: str, y_title: str, **extra) -> dict:
         "title": {"text": title, "x": 0.0, "xanchor": "left"},
         "height": _HEIGHT,
         "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
-        "legend": {"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0.0, "xanchor": "left"},
+        # at the figure's bottom edge, as in _figure (at -0.22 plot-heights it touched the x axis's title)
+        "legend": {"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.0, "x": 0.0, "xanchor": "left"},
         "uirevision": "keep",
         "font": {"size": 14},
         "xaxis": {"title": {"text": x_title}},
