@@ -34,7 +34,8 @@ def home() -> None:
         ("pages/runs.py", "Runs", "Every path this server has walked: replay its charts, download its record."),
         ("pages/learn.py", "Learn", "Short lessons, a step at a time: why most directions in weight space do not matter."),
     )
-    for column, (path, title, text) in zip(st.columns(len(cards)), cards):
+    # (the cards wrap onto a second row on a narrow window: five columns at 800 px broke words mid-letter)
+    for column, (path, title, text) in zip(st.container(key="home-cards").columns(len(cards)), cards):
         with column.container(border=True, height="stretch"):
             st.markdown(f"**{title}**")
             st.caption(text)
@@ -65,11 +66,19 @@ def navigation():
 
 # A compact page: at 1280x720 (a projector) the first row of charts and their legends
 # fit above the fold. Streamlit's defaults spend 6rem above the title and 2.75rem on it.
+# A chart in a wrapping row (pages/_charts.row) is at least 16rem wide: three still fit
+# side by side at 1280 px, while at 800 px each takes the width (at 226 px titles and
+# legends were cut). The upload box's line of file types wraps rather than ending "PT…".
 COMPACT_CSS = """<style>
 [data-testid="stMainBlockContainer"] {padding-top: 0.25rem; padding-bottom: 2rem;}
 [data-testid="stMainBlockContainer"] h1 {font-size: 2rem; padding: 0.25rem 0 0.25rem 0;}
 [data-testid="stMainBlockContainer"] [data-testid="stVerticalBlock"] {gap: 0.4rem;}
 [data-testid="stMetricValue"] {font-size: 1.75rem;}
+.st-key-home-cards [data-testid="stHorizontalBlock"] {flex-wrap: wrap;}
+.st-key-home-cards [data-testid="stColumn"] {min-width: 8.5rem;}
+.st-key-home-cards [data-testid="stPageLink"] * {white-space: normal; overflow: visible; text-overflow: clip;}
+[data-testid="stHorizontalBlock"] > [data-testid="stElementContainer"]:has(.js-plotly-plot) {flex-basis: 16rem;}
+[data-testid="stFileUploaderDropzoneInstructions"] span {white-space: normal; overflow: visible;}
 </style>"""
 
 

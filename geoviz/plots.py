@@ -69,8 +69,11 @@ def _figure(data: list[dict], shapes: list[dict], title: str, x_title: str, y_ti
                 "title": {"text": title, "x": 0.0, "xanchor": "left"},
                 "height": _HEIGHT,
                 "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
-                # below the plot, so it never covers the title or the curves
-                "legend": {"orientation": "h", "yanchor": "top", "y": -0.3, "x": 0.0, "xanchor": "left", "font": {"size": 12}},
+                # below the plot, so it never covers the title or the curves; anchored to the figure's bottom
+                # edge (the room is kept by plotly's automargin), not at a fraction of the plot's height, which
+                # at 468 px wide put it over the x axis's tick labels and title
+                "legend": {"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.0, "x": 0.0,
+                           "xanchor": "left", "font": {"size": 12}},
                 # keep the user's zoom while the path grows
                 "uirevision": "keep",
                 "font": {"size": 14},
@@ -369,7 +372,8 @@ def _continual_layout(title: str, x_title: str, y_title: str, **extra) -> dict:
         "title": {"text": title, "x": 0.0, "xanchor": "left"},
         "height": _HEIGHT,
         "margin": {"l": 10, "r": 10, "t": 40, "b": 10},
-        "legend": {"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0.0, "xanchor": "left"},
+        # at the figure's bottom edge, as in _figure (at -0.22 plot-heights it touched the x axis's title)
+        "legend": {"orientation": "h", "yref": "container", "yanchor": "bottom", "y": 0.0, "x": 0.0, "xanchor": "left"},
         "uirevision": "keep",
         "font": {"size": 14},
         "xaxis": {"title": {"text": x_title}},

@@ -40,14 +40,20 @@ def profiles_figure(profiles: Mapping[str, Mapping[str, Sequence[float]]], marke
         x = np.asarray(profile["length"], dtype=float)
         lowest = min(lowest, float(np.nanmin(np.asarray(profile["test_accuracy"], dtype=float))))
         data.append({"type": "scatter", "x": x, "y": np.asarray(profile["train_loss"], dtype=float), "mode": "lines",
-                     "name": f"{_LABELS.get(name, name)}: train loss", "line": {"color": color, "width": 2.5},
+                     # the legend entry of both curves: the path's name alone; the hover says the axis, the
+                     # axis titles say solid and dotted
+                     "name": _LABELS.get(name, name), "hovertemplate": "%{x:.2f}, train loss %{y:.4f}",
+                     "line": {"color": color, "width": 2.5},
                      "legendgroup": name})
         data.append({"type": "scatter", "x": x, "y": np.asarray(profile["test_accuracy"], dtype=float), "mode": "lines",
                      "name": f"{_LABELS.get(name, name)}: test accuracy", "yaxis": "y2",
-                     "line": {"color": color, "width": 2, "dash": "dot"}, "legendgroup": name})
+                     "line": {"color": color, "width": 2, "dash": "dot"}, "legendgroup": name,
+                     # one legend entry per path (it toggles both curves): eight entries took eight rows,
+                     # about as much height as the plot; the axis titles say which line is which
+                     "showlegend": False})
     return _figure(
-        data, shapes, "Loss and accuracy along the paths", "Euclidean length along the path  Σ|Δw|", "train loss",
-        yaxis2={"title": {"text": "test accuracy"}, "overlaying": "y", "side": "right", "range": [max(0.0, lowest - 0.05), 1.005], "showgrid": False, "tickformat": ".2f"},
+        data, shapes, "Loss and accuracy along the paths", "Euclidean length along the path  Σ|Δw|", "train loss (solid)",
+        yaxis2={"title": {"text": "test accuracy (dotted)"}, "overlaying": "y", "side": "right", "range": [max(0.0, lowest - 0.05), 1.005], "showgrid": False, "tickformat": ".2f"},
         height=420,
     )
 

@@ -10,7 +10,7 @@ from geoviz.figures import compare
 from geoviz.plots import X_AXES
 from geoviz.record.sweep_record import list_sweeps, summarize
 from geoviz.runs import default_runs_dir, list_runs, read_run
-from pages import _live
+from pages import _charts, _live
 
 
 def curves_ui(records, labels=None, key: str = "compare") -> None:
@@ -21,9 +21,9 @@ def curves_ui(records, labels=None, key: str = "compare") -> None:
         group = [i for i, r in enumerate(records) if r.config.get("application", "") == application]
         shown = [records[i] for i in group]
         names = [labels[i] for i in group] if labels else None
-        columns = st.columns(len(compare.CURVES.get(application, [])) or 1)
-        for column, (name, title) in zip(columns, compare.CURVES.get(application, [])):
-            column.plotly_chart(compare.overlay_figure(shown, name, title, x, names), key=f"{key}:{application}:{name}")
+        row = _charts.row()  # wraps: three fixed columns cut the titles and legends at 800 px
+        for name, title in compare.CURVES.get(application, []):
+            row.plotly_chart(compare.overlay_figure(shown, name, title, x, names), key=f"{key}:{application}:{name}")
 
 
 def runs_ui(root: Path) -> None:
@@ -63,7 +63,7 @@ def sweep_ui(root: Path) -> None:
                 + f" · objective **{objective}** ({'higher' if sweep.maximize else 'lower'} is better)")
     summary = summarize(table, settings, objective, sweep.maximize)
     st.dataframe(summary, hide_index=True, key="compare:summary")
-    left, right = st.columns(2)
+    left = right = _charts.row()  # wraps on a narrow window (two fixed columns cut the titles at 800 px)
     left.plotly_chart(compare.errorbar_figure(summary, settings, objective), key="compare:errorbars")
     right.plotly_chart(compare.parallel_figure(table, settings, objective, sweep.maximize), key="compare:parallel")
     cost = st.radio("Cost", list(compare.COSTS), format_func=compare.COSTS.get, horizontal=True, key="compare:cost")

@@ -85,7 +85,7 @@ def draw(runner) -> None:
         st.caption(f"Distance to w_B: {evaluated[-1]['distance_to_b']:.2f} of {task.distance:.2f} at the start"
                    + (" (w_B aligned to w_A by weight matching; before: {:.2f})".format(task.distance_before_alignment)
                       if task.config.align else "") + ".")
-    left, right = st.columns(2)
+    left = right = _charts.row()  # wraps on a narrow window (two fixed columns cut the titles at 800 px)
     _present.chart(left, plots_connect.profiles_figure(_profiles(runner)), key="connect:profiles")
     _, snapshots = runner.trajectory()
     others = {}
@@ -102,18 +102,28 @@ def draw(runner) -> None:
         st.caption(f"Endpoints: w_A train loss {ends['a']['train_loss']:.4f}, test accuracy {ends['a']['test_accuracy']:.4f}; "
                    f"w_B train loss {ends['b']['train_loss']:.4f}, test accuracy {ends['b']['test_accuracy']:.4f}. "
                    "Barrier: the highest train loss along the path minus the mean of the endpoints'. " + _charts.NOISE)
-        st.dataframe(pd.DataFrame(plots_connect.summary_rows(summary)), hide_index=True, key="connect:table", column_config={
-            "barrier (train loss)": st.column_config.NumberColumn(format="%.4f"),
-            "min test accuracy": st.column_config.NumberColumn(format="%.4f"),
-            "Euclidean length": st.column_config.NumberColumn(format="%.2f"),
-            "functional length": st.column_config.NumberColumn(format="%.2f"),
-        })
+        st.table(summary_table(summary))
         _charts.skipped_note(summary)
+
+
+# the summary's number columns and their formats
+SUMMARY_FORMATS = {"barrier (train loss)": "{:.4f}", "min test accuracy": "{:.4f}", "Euclidean length": "{:.2f}",
+                   "functional length": "{:.2f}"}
+
+
+def summary_table(summary: dict) -> pd.DataFrame:
+    """One row per path, its figures as text: a table that wraps to the page's width (a grid of
+    these seven columns was wider than the page at 1280 px and cut 'inputs + labels')."""
+    table = pd.DataFrame(plots_connect.summary_rows(summary))
+    for column, form in SUMMARY_FORMATS.items():
+        if column in table:
+            table[column] = ["—" if v is None or v != v else form.format(v) for v in table[column]]
+    return table.set_index("path")
 
 
 def placeholder() -> None:
     """The charts, empty, before the first run."""
-    left, right = st.columns(2)
+    left = right = _charts.row()  # wraps on a narrow window (two fixed columns cut the titles at 800 px)
     _present.chart(left, plots_connect.profiles_figure({}), key="connect:profiles")
     _present.chart(right, plots_connect.connect_pca_figure(torch.empty(0, 0)), key="connect:pca")
 
@@ -181,7 +191,7 @@ def replay_record(record, key: str = "replay", at: int | None = None) -> None:
     if at is not None and "path_length" in table and len(table):
         length = float(table.loc[(table["step"] - at).abs().idxmin(), "path_length"])
         current = min(range(len(steps)), key=lambda i: abs(steps[i] - at)) if steps else None
-    left, right = st.columns(2)
+    left = right = _charts.row()  # wraps on a narrow window (two fixed columns cut the titles at 800 px)
     _present.chart(left, plots_connect.profiles_figure(summary["profiles"], marker=length), key=f"{key}:profiles")
     others, sketch = {}, record.sketch()  # the other paths are projected as the snapshots were kept
     if (record.path / "weights" / "connect_points.safetensors").is_file():
@@ -192,7 +202,7 @@ def replay_record(record, key: str = "replay", at: int | None = None) -> None:
             others["bezier"] = curve_points(BezierCurve(points["w_a"], points["bezier_control"], points["w_b"]), ts, sketch)
     _present.chart(right, plots_connect.connect_pca_figure(snapshots, others, current=current, projected=sketch is not None),
                    key=f"{key}:pca")
-    st.dataframe(pd.DataFrame(plots_connect.summary_rows(summary)), hide_index=True, key=f"{key}:table")
+    st.table(summary_table(summary))
     landscape = load_landscape(record.path)
     if landscape is not None:
         _present.chart(st, plots_connect.landscape_figure(landscape, "train_loss"), key=f"{key}:contour")

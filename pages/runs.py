@@ -153,13 +153,17 @@ def page() -> None:
     name = st.selectbox("Open a run", names, index=index, key="runs:open")
     st.query_params["run"] = name
     record = next(r for r in runs if r.name == name)
-    st.markdown(f"**{_safe.md(record.state)}** · {len(record.table)} steps · {_safe.md(record.message)}")
+    line = [f"**{_safe.md(record.state)}**", f"{len(record.table)} steps"] + ([_safe.md(record.message)] if record.message else [])
+    st.markdown(" · ".join(line))  # (no dangling separator when the record has no message)
     _delete_ui(root, record)
     if record.state == "unreadable":
         return
-    left, right, _ = st.columns([1, 1, 3])
-    left.download_button("Download run (zip)", lambda: _zip_bytes(record.path), f"{name}.zip", "application/zip", key="runs:zip")
-    right.download_button("Download table (CSV)", record.table.to_csv(index=False), f"{name}.csv", "text/csv", key="runs:csv")
+    # side by side, each as wide as its label (fixed columns cut the labels to "Downl…" at 800 px)
+    with st.container(horizontal=True):
+        st.download_button("Download run (zip)", lambda: _zip_bytes(record.path), f"{name}.zip", "application/zip",
+                           key="runs:zip", width="content")
+        st.download_button("Download table (CSV)", record.table.to_csv(index=False), f"{name}.csv", "text/csv",
+                           key="runs:csv", width="content")
     with st.expander("Settings of this run"):
         st.json(record.config)
     try:

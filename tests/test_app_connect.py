@@ -48,9 +48,9 @@ def test_connect_page_runs_and_draws_everything(app):
     assert not at.exception and not at.error
     # profiles and PCA, then the summary table with the three paths
     assert len(at.get("plotly_chart")) >= 2
-    table = at.dataframe[0].value
-    assert list(table["path"]) == ["geodesic", "straight line", "Bezier curve", "Bezier curve, no labels"]
-    barrier = dict(zip(table["path"], table["barrier (train loss)"]))
+    table = at.table[0].value
+    assert list(table.index) == ["geodesic", "straight line", "Bezier curve", "Bezier curve, no labels"]
+    barrier = {path: float(v) for path, v in table["barrier (train loss)"].items()}
     assert barrier["geodesic"] < barrier["straight line"]
     # the landscape: its cost is said before it runs, then the grid fills in
     assert any("5 × 5 grid is 25 network evaluations" in c.value for c in at.caption)
@@ -109,7 +109,7 @@ def test_a_connect_run_replays_from_its_folder(runs_dir):
     charts = at.get("plotly_chart")
     assert len(charts) == 3  # profiles, PCA with line and Bezier, landscape
     assert "Bezier curve" in charts[1].proto.spec and "contour" in charts[2].proto.spec
-    assert list(at.dataframe[0].value["path"]) == ["geodesic", "straight line", "Bezier curve", "Bezier curve, no labels"]
+    assert list(at.table[0].value.index) == ["geodesic", "straight line", "Bezier curve", "Bezier curve, no labels"]
 
 
 def test_runs_page_replays_a_connect_run(runs_dir, monkeypatch):
@@ -132,7 +132,7 @@ def test_runs_page_replays_a_connect_run(runs_dir, monkeypatch):
     row = listing[listing["run"] == runner.writer.dir.name]
     assert row["application"].item() == "connect"
     assert float(row["barrier"].item()) == pytest.approx(runner.summary["geodesic"]["barrier"], abs=5e-5)  # shown to 4 places
-    assert list(at.dataframe[1].value["path"]) == ["geodesic", "straight line", "Bezier curve", "Bezier curve, no labels"]
+    assert list(at.table[0].value.index) == ["geodesic", "straight line", "Bezier curve", "Bezier curve, no labels"]
     assert len(at.get("plotly_chart")) >= 2
 
 

@@ -20,6 +20,14 @@ from geoviz.runs import list_runs
 
 SHOTS = Path(__file__).parent / "screenshots"
 TRACES = "() => document.querySelectorAll('.js-plotly-plot .trace').length"
+# JavaScript: the visible texts under `selector` that do not fit their box (cut, or spilling out of it)
+CUT_TEXTS = """(selector) => {
+  const cut = [];
+  for (const box of document.querySelectorAll(selector))
+    for (const el of [box, ...box.querySelectorAll('*')])
+      if (el.offsetParent && el.textContent.trim() && el.scrollWidth > el.clientWidth + 1) cut.push(el.textContent.trim());
+  return [...new Set(cut)];
+}"""
 
 
 def _require_browser():
@@ -82,6 +90,16 @@ def test_home_page(server, page):
     for name in ("Sparsify", "Continual", "Connect", "Runs"):
         assert page.get_by_role("link", name=f"Try it: {name}").count() == 1
     page.screenshot(path=str(SHOTS / "home.png"))
+    # a projector (1280x720) and a narrow window (800 px): no card's text or link is cut, and at
+    # 800 px the cards wrap (five columns there broke words mid-letter)
+    for width, height in ((1280, 720), (800, 900)):
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_function("(w) => window.innerWidth === w", arg=width)
+        widths = page.evaluate("() => [...document.querySelectorAll('.st-key-home-cards [data-testid=stColumn]')]"
+                               ".map(c => c.getBoundingClientRect().width)")
+        assert len(widths) == 5 and min(widths) >= 130, f"card widths at {width} px: {widths}"
+        assert page.evaluate(CUT_TEXTS, ".st-key-home-cards [data-testid=stColumn]") == [], f"cut at {width}x{height}"
+    page.screenshot(path=str(SHOTS / "home_800.png"))
 
 
 def test_sparsify_runs_to_the_end_in_the_browser(server, page):
@@ -143,4 +161,10 @@ def test_runs_page_in_the_browser(server, page):
     page.get_by_text("Download run (zip)").wait_for(timeout=60_000)
     page.wait_for_selector(".js-plotly-plot .trace", timeout=60_000)
     assert page.get_by_text(re.compile(r"^(finished|stopped) · \d+ steps")).count() == 1
+    assert page.get_by_text(re.compile(r"^(finished|stopped) · \d+ steps.*·\s*$")).count() == 0, "no dangling separator"
     page.screenshot(path=str(SHOTS / "runs.png"))
+    # a researcher's 800 px window: the download buttons keep their whole labels (they read "Downl…")
+    page.set_viewport_size({"width": 800, "height": 900})
+    page.wait_for_function("() => window.innerWidth === 800")
+    assert page.evaluate(CUT_TEXTS, '[data-testid="stDownloadButton"]') == []
+    page.screenshot(path=str(SHOTS / "runs_800.png"))

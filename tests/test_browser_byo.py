@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from geoviz.data import load_dataset
 from geoviz.models import build_model
-from test_browser import SHOTS, _button, _status, browser, page, server  # noqa: F401
+from test_browser import CUT_TEXTS, SHOTS, _button, _status, browser, page, server  # noqa: F401
 from payloads import Payload
 
 
@@ -29,6 +29,14 @@ def test_upload_weights_and_run_from_them(server, page, tmp_path):  # noqa: F811
 
     page.goto(f"{server.url}/sparsify?steps=20&sparsity=0.5&eval_every=5")
     _button(page, "Run").wait_for(timeout=90_000)
+    # the sidebar in an 800 px window: every label whole, the snapshot budget included, and the upload
+    # box's file types whole (they ended "PT…")
+    page.get_by_test_id("stSidebar").get_by_role("spinbutton", name="Snapshot budget (MB)").wait_for(timeout=30_000)
+    page.set_viewport_size({"width": 800, "height": 900})
+    page.wait_for_function("() => window.innerWidth === 800")
+    sidebar = '[data-testid="stSidebar"] [data-testid="stWidgetLabel"], [data-testid="stFileUploaderDropzoneInstructions"]'
+    assert page.evaluate(CUT_TEXTS, sidebar) == []
+    page.set_viewport_size({"width": 1400, "height": 2400})
     _upload(page, evil)
     page.get_by_text("Start weights in use: evil.pt", exact=False).wait_for(timeout=60_000)
     _button(page, "Run").click()

@@ -12,6 +12,12 @@ from geoviz.runs import list_runs
 from test_browser import SHOTS, TRACES, browser, server  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
+# JavaScript: [top, width] of each plotly chart, in px
+CHART_BOXES = "() => [...document.querySelectorAll('.js-plotly-plot')].map(d => [Math.round(d.getBoundingClientRect().top), d.getBoundingClientRect().width])"
+# JavaScript: every chart's title ends inside its chart
+TITLES_FIT = """() => [...document.querySelectorAll('.js-plotly-plot')].every(d => {
+  const title = d.querySelector('.gtitle');
+  return !title || title.getBoundingClientRect().right <= d.getBoundingClientRect().right + 1; })"""
 # background colour of each cell in the row of the settings table headed ``name``
 ROW_COLORS = """(name) => {
   for (const row of document.querySelectorAll('[data-testid="stTable"] tr')) {
@@ -42,6 +48,14 @@ def test_compare_overlays_two_runs_and_marks_the_differing_setting(server, brows
         assert "eps=0.05" in legend and "eps=1.0" in legend
         page.locator(".js-plotly-plot").first.scroll_into_view_if_needed(timeout=30_000)
         page.screenshot(path=str(SHOTS / "compare_runs.png"))
+        # at 1280 px the three charts share a row; at 800 px each takes the width (three
+        # columns of 150 px cut their titles and legends)
+        assert len({top for top, _ in page.evaluate(CHART_BOXES)[:3]}) == 1, page.evaluate(CHART_BOXES)
+        page.set_viewport_size({"width": 800, "height": 900})
+        page.wait_for_function(f"({CHART_BOXES})().every(b => b[1] >= 400)", timeout=10_000)
+        page.wait_for_function(TITLES_FIT, timeout=10_000)  # (fails when a title runs past its chart)
+        page.screenshot(path=str(SHOTS / "compare_runs_800.png"))
+        page.set_viewport_size({"width": 1280, "height": 720})
         table = page.get_by_test_id("stTable").first
         table.scroll_into_view_if_needed(timeout=30_000)
         marked = page.evaluate(ROW_COLORS, "eps")

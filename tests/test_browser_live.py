@@ -189,10 +189,14 @@ def test_connect_draws_the_line_at_once_and_replays(server, context):
     _button(page, "Run").click()
     _status(page, r"^running · step", timeout=60_000)
     # the straight line needs no training: it is on the chart while the geodesic runs
-    page.wait_for_function(f"({TRACE_NAMES})('Loss and accuracy').includes('straight line: train loss')", timeout=30_000)
+    page.wait_for_function(f"({TRACE_NAMES})('Loss and accuracy').includes('straight line')", timeout=30_000)
     assert page.get_by_text(re.compile(r"^finished · step")).count() == 0
     page.screenshot(path=str(SHOTS / "live_connect_running.png"))
     _status(page, r"^finished · step 40 of 40", timeout=240_000)
+    # one legend entry per path: four rows at most (eight entries took eight rows, ~170 px)
+    legend = page.evaluate("""() => { for (const div of document.querySelectorAll('.js-plotly-plot'))
+        if (String(div.layout.title.text).includes('Loss and accuracy')) return div.querySelector('.legend').getBoundingClientRect().height; }""")
+    assert legend < 110, f"the legend is {legend:.0f} px high"
     run = _newest_run(server).name
 
     page.goto(f"{server.url}/runs?run={run}")
@@ -239,6 +243,14 @@ FIRST_ROW_BOTTOMS = """() => {
 }"""
 
 
+# JavaScript: the charts whose legend starts above the bottom of their x axis's tick labels or title
+LEGEND_OVER_AXIS = """() => [...document.querySelectorAll('.js-plotly-plot')].filter(d => {
+  const legend = d.querySelector('.legend'), axis = [...d.querySelectorAll('.xtitle, .xtick text')];
+  if (!legend || !axis.length) return false;
+  return legend.getBoundingClientRect().top < Math.max(...axis.map(e => e.getBoundingClientRect().bottom)) - 1;
+}).map(d => (d.querySelector('.gtitle') || {}).textContent)"""
+
+
 @pytest.mark.parametrize("width, height", [(800, 900), (1280, 720)])
 def test_narrow_and_projected_screens_cut_no_label(server, browser, width, height):
     context = browser.new_context(viewport={"width": width, "height": height})
@@ -252,6 +264,8 @@ def test_narrow_and_projected_screens_cut_no_label(server, browser, width, heigh
         page.screenshot(path=str(SHOTS / f"live_{width}x{height}.png"))
         cut = page.evaluate(TRUNCATED)
         assert cut == [], f"cut at {width}x{height}: {cut}"
+        over = page.evaluate(LEGEND_OVER_AXIS)  # (at 800 px the legend hid the accuracy chart's x axis)
+        assert over == [], f"legends over the x axis at {width}x{height}: {over}"
         overflow = page.evaluate("() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, f"the page scrolls sideways by {overflow} px"
         if (width, height) == (1280, 720):  # a projector: the first row of charts and its legends above the fold

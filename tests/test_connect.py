@@ -223,6 +223,9 @@ def test_figures_draw_from_the_run_record(digits_run):
     summary = json.loads((digits_run.writer.dir / "summary.json").read_text())
     profiles = plots_connect.profiles_figure(summary["profiles"])
     assert len(profiles.data) == 8  # loss and accuracy of four paths
+    shown = [t.name for t in profiles.data if t.showlegend is not False]  # one legend entry per path
+    assert shown == ["geodesic", "straight line", "Bezier curve", "Bezier curve, no labels"]
+    assert {t.legendgroup for t in profiles.data} == set(summary["profiles"])  # (each entry toggles both curves)
     contour = plots_connect.landscape_figure(saved, "train_loss")
     assert contour.data[0].type == "contour" and len(contour.data[0].x) == 4
     assert {t.name for t in contour.data[1:4]} == {"geodesic", "straight line", "Bezier curve"}

@@ -123,7 +123,7 @@ def overlay_figure(records, column: str, title: str, x: str = "step", labels: Se
         if column in table and x in table:
             shown = table[table[column].notna()]
             data.append(_line(shown, x, column, label, _PALETTE[i % len(_PALETTE)]))
-    return _figure(data, [], f"{title}: {len(data)} runs", X_AXES.get(x, x), title)
+    return _figure(data, [], f"{title}: {len(data)} run{'' if len(data) == 1 else 's'}", X_AXES.get(x, x), title)
 
 
 def _setting_labels(table: pd.DataFrame, settings: Sequence[str]) -> list[str]:
