@@ -3,6 +3,7 @@
     python bench/ablation.py                        # continual and connect, seeds 0 1 2
     python bench/ablation.py --apps sparsify --variants default,fisher,rho/10
     python bench/ablation.py --json ablation.json
+    python bench/ablation.py --apps continual --scenario permuted --dataset fashion-mnist
 
 Each variant changes one setting of the application's default solver (or its
 memory, for continual) and runs the path alone, no baselines; the table gives its
@@ -27,7 +28,7 @@ import torch  # noqa: E402
 from geoviz.applications import claims  # noqa: E402
 from geoviz.applications.connect import SOLVER_DEFAULTS as CONNECT_SOLVER  # noqa: E402
 from geoviz.applications.continual import DEFAULT_SOLVER as CONTINUAL_SOLVER  # noqa: E402
-from geoviz.applications.continual import load_continual  # noqa: E402
+from geoviz.applications.continual import SCENARIOS, load_continual  # noqa: E402
 from geoviz.core.engine import SolverConfig  # noqa: E402
 from geoviz.problem import SetupConfig, load_problem  # noqa: E402
 
@@ -80,12 +81,17 @@ def _solver(app: str, changes: dict) -> SolverConfig:
     return replace(base, **values)
 
 
-def _row(app: str, seed: int, name: str, budget: int | None, dataset: str = "digits") -> dict:
+def _row(app: str, seed: int, name: str, budget: int | None, dataset: str = "digits",
+         scenario: str = "class-incremental") -> dict:
     solver_changes, config_changes = VARIANTS[name]
     solver = _solver(app, solver_changes)
     setup = SetupConfig(dataset=dataset, seed=seed, device="cpu")
     if dataset == "fashion-mnist" and app == "continual":
         config_changes = {"steps": 100, **config_changes}  # as bench/claims.py on Fashion-MNIST
+    if dataset == "fashion-mnist" and app == "connect":
+        config_changes = {"eval_subset": 2000, **config_changes}  # as bench/claims.py on Fashion-MNIST
+    if app == "continual":
+        config_changes = {"scenario": scenario, **config_changes}
     penalty = solver.mode == "penalty"
     if app == "sparsify":
         config = replace(claims.SPARSIFY, **config_changes)
@@ -104,6 +110,7 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", default=None, help=f"comma-separated, of: {', '.join(VARIANTS)}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--dataset", default="digits", help="digits or fashion-mnist (mlp; sparsify there: mlp too)")
+    parser.add_argument("--scenario", default="class-incremental", choices=SCENARIOS, help="continual's task sequence")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -121,7 +128,7 @@ def main(argv=None) -> int:
             rows = []
             for seed in seeds:
                 # the penalty mode gets as many steps as the default geodesic used gradient evaluations
-                row = _row(app, seed, name, budgets.get(seed), args.dataset)
+                row = _row(app, seed, name, budgets.get(seed), args.dataset, args.scenario)
                 if name == "default":
                     budgets[seed] = row["gradient_evaluations"]
                 rows.append({name: row})
@@ -131,7 +138,8 @@ def main(argv=None) -> int:
             results[app] = {"seeds": seeds, "per_variant": per_variant, "table": table}
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
-        print("\n" + claims.markdown(f"ablation: {app}, {args.dataset}, seeds {seeds}", results[app]["table"], FIGURES[app]),
+        where = f"{app} ({args.scenario})" if app == "continual" else app
+        print("\n" + claims.markdown(f"ablation: {where}, {args.dataset}, seeds {seeds}", results[app]["table"], FIGURES[app]),
               flush=True)
     return 0
 

@@ -4,6 +4,7 @@
     python bench/claims.py --quick              # digits, small budgets (a smoke run, ~minutes)
     python bench/claims.py --datasets digits --apps sparsify,connect --seeds 0 1 2 3 4
     python bench/claims.py --json claims.json   # also every per-seed figure, as JSON
+    python bench/claims.py --datasets fashion-mnist --apps continual --scenario permuted
 
 Each cell is mean ± sd over the seeds (sample sd). Baselines get as many gradient
 evaluations as the exact geodesic used on that seed; the penalty mode runs its own
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from geoviz.applications import claims  # noqa: E402
+from geoviz.applications.continual import SCENARIOS  # noqa: E402
 from geoviz.problem import SetupConfig  # noqa: E402
 
 FIGURES = {
@@ -43,7 +45,7 @@ MODELS = {  # (dataset, application) -> model; the README's examples
 }
 
 
-def _runner(app: str, dataset: str, quick: bool):
+def _runner(app: str, dataset: str, quick: bool, scenario: str = "class-incremental"):
     """(rows_of(setup), seed map) for one application and dataset: the claims' defaults
     (the claim tests' settings), smaller budgets with --quick."""
     fashion = dataset == "fashion-mnist"
@@ -52,7 +54,8 @@ def _runner(app: str, dataset: str, quick: bool):
         return (lambda setup: claims.sparsify_rows(setup, config)), (lambda s: s)
     if app == "continual":
         # Fashion-MNIST: 100 steps, as tests/test_continual.py's Fashion test
-        config = replace(claims.CONTINUAL, steps=50 if quick else (100 if fashion else claims.CONTINUAL.steps))
+        config = replace(claims.CONTINUAL, scenario=scenario,
+                         steps=50 if quick else (100 if fashion else claims.CONTINUAL.steps))
         return (lambda setup: claims.continual_rows(setup, config)), (lambda s: s)
     config = replace(claims.CONNECT, eval_subset=2000 if fashion else claims.CONNECT.eval_subset,
                      steps=150 if quick else claims.CONNECT.steps)
@@ -67,6 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--json", default=None, help="write every per-seed figure here")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--scenario", default="class-incremental", choices=SCENARIOS,
+                        help="continual's task sequence (default class-incremental)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     datasets = (args.datasets or ("digits" if args.quick else "digits,fashion-mnist")).split(",")
@@ -79,7 +84,7 @@ def main(argv=None) -> int:
     results = {}
     for dataset in datasets:
         for app in apps:
-            rows_of, seed_of = _runner(app, dataset, args.quick)
+            rows_of, seed_of = _runner(app, dataset, args.quick, args.scenario)
             setup = SetupConfig(dataset=dataset, model=MODELS.get((dataset, app), "mlp"), device="cpu")
             t0 = time.perf_counter()
 
@@ -91,7 +96,8 @@ def main(argv=None) -> int:
             per_seed = claims.over_seeds(rows_of, setup, [seed_of(s) for s in args.seeds], progress)
             rows = claims.table(per_seed, FIGURES[app])
             seeds = [seed_of(s) for s in args.seeds]
-            title = f"{app}, {dataset} ({setup.model}), seeds {seeds}" + (", quick" if args.quick else "")
+            title = (f"{app}" + (f" ({args.scenario})" if app == "continual" else "")
+                     + f", {dataset} ({setup.model}), seeds {seeds}" + (", quick" if args.quick else ""))
             print("\n" + claims.markdown(f"{title}, {time.perf_counter() - t0:.0f} s", rows, FIGURES[app]), flush=True)
             results[f"{dataset}/{app}"] = {"seeds": seeds, "per_seed": per_seed, "table": rows}
             if args.json:

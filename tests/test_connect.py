@@ -283,16 +283,37 @@ def test_cli_connect_json_payload(tmp_path, capsys):
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FASHION.is_dir() and not os.environ.get("CI"), reason="Fashion-MNIST package not installed")
-def test_fashion_geodesic_beats_the_line(tmp_path):
-    problem = load_problem(SetupConfig(dataset="fashion-mnist", model="mlp", seed=0))
-    config = ConnectConfig(eval_subset=2000, eval_every=10)
-    runner = connect_runner(problem, config, SOLVER, str(tmp_path))
-    assert runner.run() == "finished", runner.message
-    s = runner.summary
-    assert s["line"]["barrier"] > 0.3
-    assert s["geodesic"]["barrier"] < 0.5 * s["line"]["barrier"]
-    assert s["geodesic"]["min_accuracy"] > s["line"]["min_accuracy"] + 0.03
+def test_fashion_claims_over_seeds():
+    """Pairs (0, 1), (2, 3), (4, 5) of 784-64-64-10 MLPs (tests/test_sparsify.py's Fashion seeds
+    reuse 0-2; three pairs of 128-128 MLPs cost three times this test's old single pair;
+    bench/claims.py gives that table), train loss judged on 2,000 training rows: the geodesic
+    bends around the line's barrier. Both Bezier curves, labels or not, are shown beside it.
+    Means ± sd printed (pytest -s)."""
+    from dataclasses import replace
+
+    from geoviz.applications import claims
+
+    figures = ["barrier", "min_accuracy", "length", "functional_length", "reached"]
+    config = replace(claims.CONNECT, eval_subset=2000)
+    setup = SetupConfig(dataset="fashion-mnist", hidden=(64, 64))
+    per_seed = claims.over_seeds(lambda s: claims.connect_rows(s, config, penalty=None), setup, [0, 2, 4])
+    table = {r["method"]: r for r in claims.table(per_seed, figures)}
+    print("\n" + claims.markdown("connect, Fashion-MNIST MLP 64-64, pairs (0,1) (2,3) (4,5)", list(table.values()), figures))
+    mean = {name: {f: r[f"{f}_mean"] for f in figures if f"{f}_mean" in r} for name, r in table.items()}
+    geo, line = mean["geodesic"], mean["line"]
+    assert all(r["n"] == 3 for r in table.values()) and all(rows["geodesic"]["reached"] for rows in per_seed)
+    # measured (OMP_NUM_THREADS=1): line barrier 0.983 ± 0.065, minimum accuracy 0.567 ± 0.009;
+    # geodesic 0.114 ± 0.004, 0.832 ± 0.002; Bezier with labels 0.014 ± 0.006, 0.868 ± 0.003;
+    # Bezier without labels 0.020 ± 0.003, 0.868 ± 0.002. The geodesic LOSES to both Bezier
+    # curves at the same budget (as on digits): it is a greedy walk that must land on w_B,
+    # where the curve trains its bend on the loss along the whole curve. Bounds leave a margin.
+    assert line["barrier"] > 0.5, mean
+    assert geo["barrier"] < 0.25 * line["barrier"], mean  # measured 0.12 of it
+    assert geo["min_accuracy"] > line["min_accuracy"] + 0.15, mean  # measured +0.265
+    assert geo["functional_length"] < line["functional_length"], mean  # measured 16.4 against 29.2
+    assert max(mean["bezier"]["barrier"], mean["bezier_inputs"]["barrier"]) < 0.25 * line["barrier"], mean
 
 
 def test_landscape_job_stops_when_its_tab_goes_away(digits_run):

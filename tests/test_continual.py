@@ -241,17 +241,37 @@ def test_other_scenarios_run_end_to_end(scenario, tmp_path):
     assert out["geodesic"]["task1"] > 0.8, out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not FASHION.exists() and not os.environ.get("CI"), reason="Debian package dataset-fashion-mnist not installed")
-def test_fashion_class_incremental_keeps_task1(tmp_path):
-    """A memory of 100 holds Fashion-MNIST's task 1 less well than digits' (the page
-    shows the trade-off along the path); 100 steps keep it well above fine-tuning."""
-    out = _payload(_cli("continual", "--dataset", "fashion-mnist", "--steps", "100", "--json", "--quiet",
-                        "--out", str(tmp_path), timeout=900))
-    geo, finetune = out["geodesic"], out["baselines"]["finetune"]
-    assert out["start"]["task1"] > 0.85 and finetune["task1"] < 0.3
-    assert geo["task1"] >= finetune["task1"] + 0.4, out
-    assert geo["task2"] >= 0.75, out
-    assert all(b["task1"] + b["task2"] > 0.5 for b in out["baselines"].values()), out  # none diverged
+def test_fashion_claims_over_seeds():
+    """Class-incremental Fashion-MNIST, memory 100, 100 steps, start seeds 0, 1, 2 (each its own
+    memory draw) on a 784-64-64-10 MLP (three seeds of the 128-128 one cost three times this test's
+    old single seed; bench/claims.py gives that table): the geodesic keeps task 1 well above
+    fine-tuning and EWC and learns task 2; replay reads the same memory with its labels.
+    Means ± sd printed (pytest -s)."""
+    from dataclasses import replace
+
+    from geoviz.applications import claims
+
+    figures = ["task1", "task2", "average"]
+    config = replace(claims.CONTINUAL, steps=100)
+    setup = SetupConfig(dataset="fashion-mnist", hidden=(64, 64))
+    per_seed = claims.over_seeds(lambda s: claims.continual_rows(s, config, penalty=None), setup, [0, 1, 2])
+    table = {r["method"]: r for r in claims.table(per_seed, figures)}
+    print("\n" + claims.markdown("continual, class-incremental Fashion-MNIST MLP 64-64, memory 100, 100 steps, "
+                                  "seeds 0 1 2", list(table.values()), figures))
+    mean = {name: {f: r[f"{f}_mean"] for f in figures} for name, r in table.items()}
+    geo, finetune, ewc, replay = (mean[k] for k in ("geodesic", "finetune", "ewc", "replay"))
+    assert all(r["n"] == 3 for r in table.values())
+    # measured (OMP_NUM_THREADS=1): start task 1 0.893 ± 0.005; geodesic 0.793 ± 0.024 / 0.783 ±
+    # 0.003, average 0.788 ± 0.011; replay 0.492 / 0.938, 0.715 ± 0.018; EWC 0.552 ± 0.001;
+    # fine-tune 0.030 / 0.946, 0.488 ± 0.009. Bounds a margin of about three sd below.
+    assert mean["start"]["task1"] > 0.85 and finetune["task1"] < 0.15, mean
+    assert geo["task1"] >= finetune["task1"] + 0.6, mean  # measured +0.76
+    assert geo["task2"] >= 0.74, mean  # measured 0.783
+    assert geo["average"] >= replay["average"] + 0.03, mean  # measured +0.073, over the label-using memory
+    assert geo["average"] >= max(finetune["average"], ewc["average"]) + 0.15, mean  # measured +0.236
+    assert all(r["task1"] + r["task2"] > 0.5 for rows in per_seed for r in rows.values() if "task2" in r), per_seed
 
 
 BAD = [  # (arguments, a phrase the one sentence must hold)

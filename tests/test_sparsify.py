@@ -170,14 +170,41 @@ def test_digits_claims_over_seeds():
     assert table["distill"]["data_used"] == table["geodesic"]["data_used"] == "inputs only"
 
 
+# Fashion-MNIST claims run on a 784-64-64-10 MLP: three seeds of the README's LeNet-300-100
+# (or of the 128-128 MLP) at the defaults cost about three times what one seed cost here
+# before (CPU seconds, OMP_NUM_THREADS=1: one LeNet-300-100 seed through the CLI 115 s; one
+# 128-128 MLP seed 67 s, 11 s of it training; one 64-64 seed about 30 s, path 6.8 s). The
+# three Fashion claim tests (sparsify, continual, connect) together cost 234 s of CPU over
+# three seeds each, as their single-seed versions did (233 s). The method's settings are the
+# defaults; only the network is smaller. Seeds 0, 1, 2 are start networks
+# tests/test_connect.py's Fashion pairs train too (one disk cache per session): they are
+# trained once. bench/claims.py gives the table at full size (LeNet-300-100).
+FASHION_SETUP = SetupConfig(dataset="fashion-mnist", hidden=(64, 64))
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(not FASHION.exists() and not os.environ.get("CI"), reason="Debian package dataset-fashion-mnist not installed")
-def test_fashion_lenet300_keeps_accuracy(tmp_path):
-    proc = _cli("sparsify", "--dataset", "fashion-mnist", "--model", "lenet300", "--json", "--quiet",
-                "--out", str(tmp_path), timeout=900)
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["accuracy"] >= out["dense_accuracy"] - 0.015, out
-    assert out["accuracy"] > out["baselines"]["one_shot"]["accuracy"], out
+def test_fashion_claims_over_seeds():
+    """Fashion-MNIST, 90%, seeds 0, 1, 2 at the defaults: the geodesic keeps most of the dense
+    accuracy where one-shot pruning loses it, beside distillation on the same inputs (label-free)
+    and fine-tuning (labels) at the same budget. Means ± sd printed (pytest -s)."""
+    from geoviz.applications import claims
+
+    per_seed = claims.over_seeds(lambda setup: claims.sparsify_rows(setup, penalty=None), FASHION_SETUP, [0, 1, 2])
+    table = {r["method"]: r for r in claims.table(per_seed, ["accuracy"])}
+    print("\n" + claims.markdown("sparsify, Fashion-MNIST MLP 64-64, 90%, seeds 0 1 2", list(table.values()), ["accuracy"]))
+    mean = {name: r["accuracy_mean"] for name, r in table.items()}
+    assert all(r["n"] == 3 for r in table.values())
+    assert all(rows["geodesic"]["reached"] for rows in per_seed)
+    # measured (OMP_NUM_THREADS=1): dense 0.871 ± 0.003, geodesic 0.855 ± 0.004, prune + distil
+    # 0.858 ± 0.002 (a tie with the label-free baseline), prune + fine-tune 0.875 ± 0.001 (the
+    # geodesic trails the label-using baseline by 2 points here), one-shot 0.552 ± 0.029.
+    # Each bound leaves a margin of about three sd of a mean below the measured figure.
+    assert mean["geodesic"] >= mean["dense"] - 0.03, mean  # measured -0.016
+    assert mean["geodesic"] >= mean["distill"] - 0.015, mean  # measured -0.003
+    assert mean["geodesic"] >= mean["one_shot"] + 0.2, mean  # measured +0.30
+    assert min(mean["finetune"], mean["distill"]) >= mean["one_shot"] + 0.2, mean
+    assert table["distill"]["data_used"] == table["geodesic"]["data_used"] == "inputs only"
 
 
 BAD = [  # (arguments, a phrase the one sentence must hold)
