@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from geoviz.plots import geodesic_sketch
+from geoviz.figures.plots import geodesic_sketch
 from pages import _live, _safe
 
 PAGES_DIR = Path(__file__).parent / "pages"

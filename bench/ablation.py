@@ -30,7 +30,7 @@ from geoviz.applications.connect import SOLVER_DEFAULTS as CONNECT_SOLVER  # noq
 from geoviz.applications.continual import DEFAULT_SOLVER as CONTINUAL_SOLVER  # noqa: E402
 from geoviz.applications.continual import SCENARIOS, load_continual  # noqa: E402
 from geoviz.core.engine import SolverConfig  # noqa: E402
-from geoviz.problem import SetupConfig, load_problem  # noqa: E402
+from geoviz.setups.problem import SetupConfig, load_problem  # noqa: E402
 
 FIGURES = {
     "sparsify": ("accuracy",),

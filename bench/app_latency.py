@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from appserver import FIRST_CHART_POINTS, AppServer, launch_chromium  # noqa: E402
 
-from geoviz.runs import list_runs, read_run  # noqa: E402
+from geoviz.record.runs import list_runs, read_run  # noqa: E402
 
 
 def _descendants(pid: int) -> list[int]:

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from geoviz.applications import claims  # noqa: E402
 from geoviz.applications.continual import SCENARIOS  # noqa: E402
-from geoviz.problem import SetupConfig  # noqa: E402
+from geoviz.setups.problem import SetupConfig  # noqa: E402
 
 FIGURES = {
     "sparsify": ("accuracy",),

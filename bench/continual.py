@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from geoviz.applications.continual import DEFAULT_SOLVER, BASELINES, ContinualConfig, ContinualTask, load_continual  # noqa: E402
-from geoviz.problem import SetupConfig  # noqa: E402
+from geoviz.setups.problem import SetupConfig  # noqa: E402
 
 
 def walk(task: ContinualTask) -> tuple[dict, int, float]:

@@ -27,8 +27,8 @@ import torch  # noqa: E402
 
 from geoviz.applications.connect import SOLVER_DEFAULTS, ConnectConfig, ConnectTask, path_summary  # noqa: E402
 from geoviz.core.engine import SolverConfig  # noqa: E402
-from geoviz.landscape import BatchedEvaluator, Landscape, Plane, grid_axes  # noqa: E402
-from geoviz.problem import SetupConfig, load_problem  # noqa: E402
+from geoviz.figures.landscape import BatchedEvaluator, Landscape, Plane, grid_axes  # noqa: E402
+from geoviz.setups.problem import SetupConfig, load_problem  # noqa: E402
 
 
 def grid_bench(task: ConnectTask, n: int, repeats: int) -> None:

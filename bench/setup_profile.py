@@ -25,9 +25,9 @@ import torch  # noqa: E402
 
 from geoviz.applications.sparsify import SparsifyConfig, sparsify_runner  # noqa: E402
 from geoviz.core.engine import SolverConfig  # noqa: E402
-from geoviz.data import load_dataset  # noqa: E402
-from geoviz.models import build_model  # noqa: E402
-from geoviz.problem import SetupConfig  # noqa: E402
+from geoviz.setups.data import load_dataset  # noqa: E402
+from geoviz.setups.models import build_model  # noqa: E402
+from geoviz.setups.problem import SetupConfig  # noqa: E402
 from geoviz.setups.own import problem_from_module  # noqa: E402
 
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from geoviz.core.engine import SolverConfig  # noqa: E402
-from geoviz.problem import SetupConfig, load_problem  # noqa: E402
+from geoviz.setups.problem import SetupConfig, load_problem  # noqa: E402
 from geoviz.applications.sparsify import SparsifyConfig, SparsifyTask  # noqa: E402
 
 

@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from geoviz.core.engine import Path as GeoPath  # noqa: E402
 from geoviz.core.engine import SolverConfig  # noqa: E402
 from geoviz.core.metric import FlatParams, make_metric_product, make_step_product  # noqa: E402
-from geoviz.models import build_model, prunable_names  # noqa: E402
+from geoviz.setups.models import build_model, prunable_names  # noqa: E402
 from geoviz.applications.objectives import SparsifyObjective, magnitude_mask  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def _case(name, model, x, y, device):
 
 
 def cases(device, vgg11=False, batch=256, resnet18=False):
-    from geoviz.data import load_dataset
+    from geoviz.setups.data import load_dataset
 
     out = []
     digits = load_dataset("digits")
@@ -148,7 +148,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="only the cases whose name contains this (e.g. vgg11)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from geoviz.training import resolve_device
+    from geoviz.setups.training import resolve_device
 
     device = resolve_device(args.device)
     k = SolverConfig().cg_iterations

@@ -49,12 +49,12 @@ def measure(case: str, batch: int, backend: str, steps: int) -> dict:
     from geoviz.core.engine import Path as GeoPath
     from geoviz.core.engine import SolverConfig
     from geoviz.core.metric import FlatParams
-    from geoviz.models import build_model, prunable_names
+    from geoviz.setups.models import build_model, prunable_names
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
     if case == "mlp":
-        from geoviz.data import load_dataset
+        from geoviz.setups.data import load_dataset
 
         x = load_dataset("digits").x_train[:batch].clone()
         model = build_model("mlp", (1, 8, 8), 10)

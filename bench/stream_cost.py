@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import geoviz  # noqa: E402
-from geoviz.data import load_dataset  # noqa: E402
+from geoviz.setups.data import load_dataset  # noqa: E402
 
 
 class Rows(Dataset):

@@ -35,7 +35,7 @@ from geoviz.applications.api import (
 )
 from geoviz.core.engine import Path, SolverConfig, StepRecord
 from geoviz.core.metric import metric_vector_product
-from geoviz.runs import read_run
+from geoviz.record.runs import read_run
 from geoviz.setups.weights import load_weights
 
 __all__ = [

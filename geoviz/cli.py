@@ -21,7 +21,7 @@ from geoviz.applications.sparsify import SparsifyConfig
 from geoviz.core.engine import EPS_SCHEDULES, MODES, SolverConfig, denormals_flushed
 from geoviz.errors import ConfigError, GeovizError
 from geoviz.core.metric import METRIC_KINDS
-from geoviz.problem import SetupConfig
+from geoviz.setups.problem import SetupConfig
 from geoviz.record.sketch import DEFAULT_BUDGET_MB, check_budget_mb
 from geoviz.validation import check_output_dir, check_runs_folder, check_value, check_writable_dir
 
@@ -42,8 +42,8 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 
 def _add_common(parser: argparse.ArgumentParser, default_steps: int) -> None:
-    from geoviz.data import DATASET_NAMES
-    from geoviz.models import MODEL_NAMES
+    from geoviz.setups.data import DATASET_NAMES
+    from geoviz.setups.models import MODEL_NAMES
 
     g = parser.add_argument_group("data and network")
     g.add_argument("--dataset", default="digits", help=f"one of {', '.join(DATASET_NAMES)}")
@@ -149,7 +149,7 @@ def setup_from(args) -> SetupConfig:
 
 def _output_first(args) -> None:
     """The output folder and the setup are checked before any loading or training."""
-    from geoviz.training import network_cache_dir
+    from geoviz.setups.training import network_cache_dir
 
     args.out = str(check_output_dir(args.out))
     check_writable_dir(network_cache_dir(), "the start-network cache (GEOVIZ_CACHE or ~/.cache/geoviz)")
@@ -223,12 +223,12 @@ def _load(args, config, training_progress: Callable[[float], None] | None = None
 
         problem, sequence = load_continual(setup_from(args), config, progress=training_progress)
         return {"problem": problem, "sequence": sequence}
-    from geoviz.problem import load_problem
+    from geoviz.setups.problem import load_problem
 
     problem = load_problem(setup_from(args), progress=training_progress)
     loaded = {"problem": problem, "model_b": None, "options": _options(config)}
     if args.command == "connect" and args.weights_b:  # else w_B is trained from --seed-b
-        from geoviz.problem import network_from_file
+        from geoviz.setups.problem import network_from_file
 
         loaded["model_b"], _, _, sha = network_from_file(problem.setup, problem.data, problem.device, args.weights_b)
         loaded["options"].update(weights_b=args.weights_b, weights_b_sha256=sha)
@@ -441,7 +441,7 @@ def _cmd_connect(args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    from geoviz.runs import list_runs
+    from geoviz.record.runs import list_runs
 
     root = check_runs_folder(args.out)
     for run in list_runs(root) if root is not None else []:

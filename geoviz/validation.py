@@ -212,7 +212,7 @@ def check_output_dir(out: str | os.PathLike | None, default: Path | None = None)
     if out is not None and str(out).strip() == "":
         raise ConfigError("The output folder is an empty string; give a folder name (or leave --out out for ./runs).")
     if out is None:
-        from geoviz.runs import default_runs_dir
+        from geoviz.record.runs import default_runs_dir
 
         root = default if default is not None else default_runs_dir()
         where = "the runs folder (GEOVIZ_RUNS or ./runs)"
@@ -240,7 +240,7 @@ def check_writable_dir(root: str | os.PathLike, where: str) -> Path:
 def check_runs_folder(out: str | os.PathLike | None) -> Path | None:
     """The folder to list runs from; None when the default one does not exist yet."""
     if out is None:
-        from geoviz.runs import default_runs_dir
+        from geoviz.record.runs import default_runs_dir
 
         root = default_runs_dir()
         if root.exists() and not root.is_dir():

@@ -1,7 +1,7 @@
 """The chart layout of each application, shared by its live page and the Runs page replay.
 
 Each function takes plain data (rows, reference figures, snapshots) so it draws a live
-path and a run read back from disk the same way. Figures come from geoviz.plots.
+path and a run read back from disk the same way. Figures come from geoviz.figures.plots.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from geoviz import plots
+from geoviz.figures import plots
 from pages import _present, _safe
 
 __all__ = ["sparsify_charts", "sparsify_curves", "sparsify_pictures", "sparsify_numbers", "sparsify_summary", "generic_charts", "continual_curves", "continual_pictures", "x_axis_ui"]

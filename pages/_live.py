@@ -3,7 +3,7 @@ that draws a path while it grows, the cached start network, and error sentences.
 
 A page describes its settings as :class:`Control`s, turns their values into config
 objects, and hands :func:`run_panel` two functions: one that builds a
-:class:`~geoviz.runner.PathRunner` (through ``geoviz.applications.api.prepare_<application>``,
+:class:`~geoviz.record.runner.PathRunner` (through ``geoviz.applications.api.prepare_<application>``,
 the function the CLI and the Python API use) and one that draws a runner's figures. Not a page
 itself (pages are listed by ``st.navigation`` in app.py).
 """
@@ -27,11 +27,11 @@ from pathlib import Path
 import streamlit as st
 
 from geoviz.errors import ConfigError, GeovizError
-from geoviz.data import load_dataset
-from geoviz.problem import Problem, SetupConfig, load_problem
-from geoviz.training import network_cache_dir, network_cached, network_key, resolve_device, train_network
+from geoviz.setups.data import load_dataset
+from geoviz.setups.problem import Problem, SetupConfig, load_problem
+from geoviz.setups.training import network_cache_dir, network_cached, network_key, resolve_device, train_network
 from geoviz.validation import check_value, cut
-from geoviz.runner import PathRunner
+from geoviz.record.runner import PathRunner
 from geoviz.applications.connect import LandscapeJob
 from geoviz.applications.cost import runner_cost
 from geoviz.record.sketch import DEFAULT_BUDGET_MB, MIN_BUDGET_MB, check_budget_mb
@@ -280,7 +280,7 @@ def _model_refusal(model: str | None, dataset: str | None) -> str | None:
     run asks): the network is built on the meta device, which allocates nothing."""
     import torch
 
-    from geoviz.models import build_model
+    from geoviz.setups.models import build_model
 
     shape = INPUT_SHAPES.get(dataset)
     if shape is None or not model:
@@ -361,7 +361,7 @@ def dataset_options() -> tuple[str, ...]:
     """The datasets this server can open without a download: digits always, Fashion-MNIST
     where its files are installed (Debian's dataset-fashion-mnist), and MNIST, CIFAR-10 and
     CIFAR-100 where their files are in the server's data folder ($GEOVIZ_DATA)."""
-    from geoviz.data import FASHION_SYSTEM_DIR
+    from geoviz.setups.data import FASHION_SYSTEM_DIR
     from geoviz.setups.folders import found_in
 
     fashion = FASHION_SYSTEM_DIR / "train-images-idx3-ubyte"

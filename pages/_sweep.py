@@ -11,7 +11,7 @@ from geoviz.errors import GeovizError
 from geoviz.figures import compare
 from geoviz.record.sweep import BASELINE_FIGURES, SweepProcess, SweepSpec, settings_of
 from geoviz.record.sweep_record import mean_sd_table, summarize
-from geoviz.runs import default_runs_dir
+from geoviz.record.runs import default_runs_dir
 
 _SWEEP_FLAGS = {"grid", "range", "seeds", "search", "samples", "objective", "scheduler", "grace", "workers", "address"}
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import streamlit as st
 
 from geoviz.figures import compare
-from geoviz.plots import X_AXES
+from geoviz.figures.plots import X_AXES
 from geoviz.record.sweep_record import list_sweeps, summarize
-from geoviz.runs import default_runs_dir, list_runs, read_run
+from geoviz.record.runs import default_runs_dir, list_runs, read_run
 from pages import _charts, _live
 
 

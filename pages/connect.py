@@ -9,14 +9,14 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from geoviz import plots_connect
+from geoviz.figures import plots_connect
 from geoviz.applications import api
 from geoviz.applications.connect import SOLVER_DEFAULTS, THIRD_POINTS, ConnectConfig, LandscapeJob
 from geoviz.applications.curves import arc_length_parameters, curve_points
 from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError, GeovizError
-from geoviz.problem import SetupConfig, network_from_file
-from geoviz.runs import default_runs_dir
+from geoviz.setups.problem import SetupConfig, network_from_file
+from geoviz.record.runs import default_runs_dir
 from pages import _charts, _live, _present, _safe, _sweep
 from pages._live import Control
 

@@ -10,10 +10,10 @@ from geoviz.applications import api
 from geoviz.applications.continual import DEFAULT_SOLVER, ContinualConfig, ContinualTask
 from geoviz.core.engine import MODES, SolverConfig
 from geoviz.core.metric import METRIC_KINDS
-from geoviz.models import MODEL_NAMES
-from geoviz.problem import SetupConfig
-from geoviz.runs import default_runs_dir
-from geoviz.tasks import DEFAULT_SPLIT, SCENARIOS, load_task_sequence
+from geoviz.setups.models import MODEL_NAMES
+from geoviz.setups.problem import SetupConfig
+from geoviz.record.runs import default_runs_dir
+from geoviz.setups.tasks import DEFAULT_SPLIT, SCENARIOS, load_task_sequence
 from pages import _charts, _live, _present, _sweep
 from pages._live import Control
 

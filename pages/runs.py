@@ -7,10 +7,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from geoviz import plots
+from geoviz.figures import plots
 from geoviz.errors import GeovizError
 from geoviz.record import disk
-from geoviz.runs import default_runs_dir, list_runs, zip_run
+from geoviz.record.runs import default_runs_dir, list_runs, zip_run
 from pages import _charts, _live, _safe
 
 

@@ -7,12 +7,12 @@ from dataclasses import asdict
 import streamlit as st
 import torch
 
-from geoviz import plots
+from geoviz.figures import plots
 from geoviz.core.engine import MODES, SolverConfig
 from geoviz.core.metric import METRIC_KINDS
-from geoviz.models import MODEL_NAMES
-from geoviz.problem import SetupConfig
-from geoviz.runs import default_runs_dir
+from geoviz.setups.models import MODEL_NAMES
+from geoviz.setups.problem import SetupConfig
+from geoviz.record.runs import default_runs_dir
 from geoviz.applications import api
 from geoviz.applications.sparsify import SparsifyConfig
 from pages import _charts, _live, _present, _sweep

@@ -10,9 +10,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import geoviz
 from geoviz.cli import main
-from geoviz.data import load_dataset
+from geoviz.setups.data import load_dataset
 from geoviz.errors import ConfigError
-from geoviz.problem import SetupConfig, load_problem
+from geoviz.setups.problem import SetupConfig, load_problem
 from geoviz.setups.own import as_tensors
 
 
@@ -120,7 +120,7 @@ def test_the_cli_and_the_python_call_walk_the_same_path(digits, runs_dir, capsys
 def test_own_loop_with_the_path_iterator(digits):
     """geoviz.Path yields one StepRecord per next(): the sparsify objective, walked by hand."""
     from geoviz.core.metric import FlatParams
-    from geoviz.models import prunable_names
+    from geoviz.setups.models import prunable_names
     from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
 
     model = _trained_mlp(digits)

@@ -311,7 +311,7 @@ def test_first_run_on_a_fresh_machine_trains_with_a_progress_bar(tmp_path, monke
 
 
 def test_variance_shares_in_axis_titles_never_read_100_and_0():
-    from geoviz.plots import variance_share
+    from geoviz.figures.plots import variance_share
 
     assert [variance_share(f) for f in (0.9997, 0.0003, 0.5, 0.99999, 0.00002)] == ["99.97%", "0.03%", "50.0%", "99.999%", "0.002%"]
     assert variance_share(1.0) == ">99.999%" and variance_share(0.0) == "<0.001%"

@@ -8,9 +8,9 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from geoviz.data import load_dataset
-from geoviz.models import build_model
-from geoviz.problem import SetupConfig
+from geoviz.setups.data import load_dataset
+from geoviz.setups.models import build_model
+from geoviz.setups.problem import SetupConfig
 from pages import sparsify as sparsify_page
 
 from test_app import APP, SHORT, _click, _finish, _set

@@ -81,7 +81,7 @@ def test_connect_page_says_what_is_wrong(runs_dir, monkeypatch):
 
 
 def _replay_script(folder):
-    from geoviz.runs import read_run
+    from geoviz.record.runs import read_run
     from pages.connect import replay_record
 
     replay_record(read_run(folder))
@@ -99,7 +99,7 @@ def test_a_connect_run_replays_from_its_folder(runs_dir):
     """What the Runs page can draw of a finished connect run, from disk only."""
     from geoviz.applications.connect import ConnectConfig, connect_runner, run_landscape
     from geoviz.core.engine import SolverConfig
-    from geoviz.problem import SetupConfig, load_problem
+    from geoviz.setups.problem import SetupConfig, load_problem
 
     problem = load_problem(SetupConfig(dataset="digits", model="mlp", seed=0))
     runner = connect_runner(problem, ConnectConfig(), SolverConfig(eps=0.3, damping=1e-3), str(runs_dir))
@@ -116,7 +116,7 @@ def test_runs_page_replays_a_connect_run(runs_dir, monkeypatch):
     """The Runs page sends a connect run to its own replay (profiles, PCA, table)."""
     from geoviz.applications.connect import ConnectConfig, connect_runner
     from geoviz.core.engine import SolverConfig
-    from geoviz.problem import SetupConfig, load_problem
+    from geoviz.setups.problem import SetupConfig, load_problem
 
     monkeypatch.setenv("GEOVIZ_RUNS", str(runs_dir))
     problem = load_problem(SetupConfig(dataset="digits", model="mlp", seed=0))
@@ -146,8 +146,8 @@ def _own_weights(monkeypatch, **files):
 def _saved_network(tmp_path, seed: int, model: str = "mlp"):
     from safetensors.torch import save_file
 
-    from geoviz.data import load_dataset
-    from geoviz.training import train_network
+    from geoviz.setups.data import load_dataset
+    from geoviz.setups.training import train_network
 
     net, _, _ = train_network(load_dataset("digits"), model, seed)
     path = tmp_path / f"{model}_{seed}.safetensors"
@@ -219,8 +219,8 @@ def test_an_empty_chart_says_one_thing_in_its_middle():
     # the PCA's own note and the generic "no step yet" were drawn at one place, over each other
     import torch
 
-    from geoviz.plots import _figure
-    from geoviz.plots_connect import connect_pca_figure
+    from geoviz.figures.plots import _figure
+    from geoviz.figures.plots_connect import connect_pca_figure
 
     assert [a.text for a in connect_pca_figure(torch.zeros(1, 10), {}).layout.annotations] == [
         "the trajectory appears after the first steps"]

@@ -100,7 +100,7 @@ def test_continual_page_says_what_is_wrong(runs_dir, monkeypatch):
 def test_runs_page_replays_a_continual_run(runs_dir, monkeypatch):
     from geoviz.applications.continual import ContinualConfig, continual_runner, load_continual
     from geoviz.core.engine import SolverConfig
-    from geoviz.problem import SetupConfig
+    from geoviz.setups.problem import SetupConfig
 
     config = ContinualConfig(steps=12, eval_every=4, memory=40)
     problem, sequence = load_continual(SetupConfig(), config)

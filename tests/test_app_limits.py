@@ -134,7 +134,7 @@ def test_the_server_data_folder_offers_what_it_holds(tmp_path, monkeypatch):
     # the page's run reads the files from there
     import numpy as np
 
-    from geoviz.data import write_idx
+    from geoviz.setups.data import write_idx
 
     monkeypatch.delenv("GEOVIZ_DATA", raising=False)
     options = _app({}).selectbox(key="sparsify:dataset").options

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from appserver import CHROMIUM, FIRST_CHART_POINTS, AppServer, launch_chromium
-from geoviz.runs import list_runs
+from geoviz.record.runs import list_runs
 
 SHOTS = Path(__file__).parent / "screenshots"
 TRACES = "() => document.querySelectorAll('.js-plotly-plot .trace').length"

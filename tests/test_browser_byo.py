@@ -8,8 +8,8 @@ import pickle
 import torch
 from safetensors.torch import save_file
 
-from geoviz.data import load_dataset
-from geoviz.models import build_model
+from geoviz.setups.data import load_dataset
+from geoviz.setups.models import build_model
 from test_browser import CUT_TEXTS, SHOTS, _button, _status, browser, page, server  # noqa: F401
 from payloads import Payload
 

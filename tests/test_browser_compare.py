@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from geoviz.runs import list_runs
+from geoviz.record.runs import list_runs
 from test_browser import SHOTS, TRACES, browser, server  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]

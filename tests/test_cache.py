@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from geoviz import training
-from geoviz.data import load_dataset
+from geoviz.setups import training
+from geoviz.setups.data import load_dataset
 from geoviz.errors import ConfigError
-from geoviz.training import TrainConfig, network_key, train_network
+from geoviz.setups.training import TrainConfig, network_key, train_network
 
 QUICK = TrainConfig(epochs=1, lr=1e-3, batch_size=64)
 

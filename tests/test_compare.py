@@ -18,7 +18,7 @@ from geoviz.cli import main
 from geoviz.figures import compare
 from geoviz.record.sweep import SweepSpec, final_figures
 from geoviz.record.sweep_record import SweepBook, read_sweep, summarize, sweeps_dir
-from geoviz.runs import list_runs
+from geoviz.record.runs import list_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")

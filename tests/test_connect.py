@@ -11,9 +11,9 @@ from geoviz.applications.connect import ConnectConfig, ConnectTask, connect_runn
 from geoviz.applications.curves import BezierCurve, LineCurve, PolylineCurve, arc_length_parameters, weight_matching
 from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError
-from geoviz.landscape import BatchedEvaluator, Landscape, Plane
-from geoviz.models import MLP
-from geoviz.problem import SetupConfig, load_problem
+from geoviz.figures.landscape import BatchedEvaluator, Landscape, Plane
+from geoviz.setups.models import MLP
+from geoviz.setups.problem import SetupConfig, load_problem
 
 torch.set_num_threads(1)
 
@@ -216,7 +216,7 @@ def test_plane_through_the_geodesic_midpoint(digits_run):
 
 
 def test_figures_draw_from_the_run_record(digits_run):
-    from geoviz import plots_connect
+    from geoviz.figures import plots_connect
 
     run_landscape(digits_run, 4)
     saved = load_landscape(digits_run.writer.dir)

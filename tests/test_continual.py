@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from geoviz.applications.continual import ContinualConfig, ContinualTask, continual_runner, load_continual
-from geoviz.data import load_dataset
+from geoviz.setups.data import load_dataset
 from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError
-from geoviz.problem import SetupConfig
-from geoviz.tasks import SCENARIOS, load_task_sequence, make_task_sequence, parse_split
+from geoviz.setups.problem import SetupConfig
+from geoviz.setups.tasks import SCENARIOS, load_task_sequence, make_task_sequence, parse_split
 
 ROOT = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -134,7 +134,7 @@ def test_digits_class_incremental_cli_payload_and_record(tmp_path):
     start, geo = out["start"], out["geodesic"]
     assert start["task1"] > 0.95 and start["task2"] == 0.0  # a shared head trained on 0-4 only
     assert geo["task2"] > start["task2"]
-    from geoviz.runs import read_run
+    from geoviz.record.runs import read_run
 
     run = read_run(out["run_dir"])
     assert run.state == "finished" and len(run.table) == out["steps"]
@@ -217,7 +217,7 @@ def test_memory_seed_draws_the_memory_alone(tmp_path):
                 "--json", "--quiet", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    from geoviz.runs import read_run
+    from geoviz.record.runs import read_run
 
     assert read_run(out["run_dir"]).config["continual"]["memory_seed"] == 7
 

@@ -5,7 +5,7 @@ import torch
 
 import geoviz
 from geoviz.applications.cost import BIG_ON_CPU, estimate_cost, size_warning
-from geoviz.problem import SetupConfig, load_problem
+from geoviz.setups.problem import SetupConfig, load_problem
 
 
 def test_estimate_counts_the_first_step_and_the_evaluations_apart():

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geoviz import data, training
-from geoviz.data import (
+from geoviz.setups import data, training
+from geoviz.setups.data import (
     DATASET_NAMES,
     load_dataset,
     read_idx,
@@ -23,8 +23,8 @@ from geoviz.data import (
     write_idx,
 )
 from geoviz.errors import ConfigError, DatasetNotFoundError
-from geoviz.models import build_model, has_batchnorm, prunable_names
-from geoviz.training import (
+from geoviz.setups.models import build_model, has_batchnorm, prunable_names
+from geoviz.setups.training import (
     TrainConfig,
     default_train_config,
     evaluate,
@@ -61,11 +61,11 @@ def test_digits_split_cache_equals_scikit_learn_and_spares_its_import(tmp_path, 
         assert made[key].dtype == array.dtype and np.array_equal(made[key], array), key
     # a fresh process reads the file: the same arrays, and scikit-learn's datasets never imported
     code = (
-        "import sys, numpy as np; from geoviz import data; s = data._cached_digits_split(); "
+        "import sys, numpy as np; from geoviz.setups import data; s = data._cached_digits_split(); "
         "np.savez(sys.argv[1], **s); print('sklearn.datasets' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "read.npz")], capture_output=True, text=True,
-                         env={**os.environ, "GEOVIZ_CACHE": str(tmp_path)}, cwd=str(Path(data.__file__).parents[1]))
+                         env={**os.environ, "GEOVIZ_CACHE": str(tmp_path)}, cwd=str(Path(__file__).resolve().parents[1]))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
     with np.load(tmp_path / "read.npz") as read:

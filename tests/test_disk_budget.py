@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from geoviz.errors import ConfigError
 from geoviz.record import disk
-from geoviz.runs import RunWriter, list_runs, read_run
+from geoviz.record.runs import RunWriter, list_runs, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = 25_000  # float32 weights: 100 kB a snapshot

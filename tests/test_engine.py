@@ -78,7 +78,7 @@ def test_penalty_path_is_adam_on_distance_plus_weighted_objective(kind):
 
 def test_app_path_thread_flushes_subnormals():
     """The app's path thread treats subnormal floats as zero (they made late sparsify steps 6x slower)."""
-    from geoviz.runner import PathRunner
+    from geoviz.record.runner import PathRunner
 
     seen = []
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from geoviz.data import _CHANNEL_STATS, load_dataset, write_idx
+from geoviz.setups.data import _CHANNEL_STATS, load_dataset, write_idx
 from geoviz.errors import ConfigError
 from geoviz.setups import folders
 from payloads import Payload

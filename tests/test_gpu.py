@@ -9,8 +9,8 @@ import torch
 
 from geoviz.applications.connect import ConnectConfig, ConnectTask
 from geoviz.core.engine import SolverConfig
-from geoviz.landscape import Landscape, Plane
-from geoviz.problem import SetupConfig, load_problem
+from geoviz.figures.landscape import Landscape, Plane
+from geoviz.setups.problem import SetupConfig, load_problem
 from geoviz.applications.sparsify import SparsifyConfig, SparsifyTask, sparsify_runner
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
@@ -83,7 +83,7 @@ def test_cuda_streamed_dataset_walks_the_tensor_path(tmp_path):
     from torch.utils.data import DataLoader, TensorDataset
 
     import geoviz
-    from geoviz.data import load_dataset
+    from geoviz.setups.data import load_dataset
     from geoviz.setups.stream import Stream
 
     d = load_dataset("digits")

@@ -12,8 +12,10 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from geoviz import cli, plots
-from geoviz.runs import RunWriter, list_runs, read_run, zip_run
+from geoviz import cli
+
+from geoviz.figures import plots
+from geoviz.record.runs import RunWriter, list_runs, read_run, zip_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from torch.func import functional_call, jvp
 from geoviz.lessons import lesson, lessons, prepare
 from geoviz.lessons import tiny
 from geoviz.lessons.directions import directions_experiment
-from geoviz.problem import SetupConfig, load_problem
+from geoviz.setups.problem import SetupConfig, load_problem
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def digits():
 
 def test_the_geodesic_has_no_barrier_where_the_line_has_one(digits):
     from geoviz.lessons.connect import connect_experiment
-    from geoviz.problem import start_network
+    from geoviz.setups.problem import start_network
 
     r = connect_experiment()
     line, geo = r.summaries["line"], r.summaries["geodesic"]
@@ -118,7 +118,7 @@ def test_the_geodesic_has_no_barrier_where_the_line_has_one(digits):
 
 def test_the_geodesic_prunes_without_labels_far_better_than_one_shot(digits):
     from geoviz.lessons.sparsify import sparsify_experiment
-    from geoviz.models import prunable_names
+    from geoviz.setups.models import prunable_names
 
     r = sparsify_experiment()
     a = r.accuracy

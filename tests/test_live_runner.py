@@ -14,8 +14,8 @@ import torch
 from geoviz.applications.connect import SOLVER_DEFAULTS, ConnectConfig, connect_runner
 from geoviz.applications.continual import ContinualConfig, continual_runner, load_continual
 from geoviz.core.engine import SolverConfig
-from geoviz.problem import SetupConfig, load_problem
-from geoviz.runner import PathRunner
+from geoviz.setups.problem import SetupConfig, load_problem
+from geoviz.record.runner import PathRunner
 from geoviz.applications.sparsify import SparsifyConfig, sparsify_runner
 
 

@@ -258,7 +258,7 @@ def test_no_row_space_for_a_small_classifier_on_a_big_body():
 def test_trajectory_pca_matches_sklearn():
     from sklearn.decomposition import PCA
 
-    from geoviz.landscape import trajectory_pca
+    from geoviz.figures.landscape import trajectory_pca
 
     gen = torch.Generator().manual_seed(0)
     snaps = torch.randn(12, 40, generator=gen, dtype=torch.float64).cumsum(0)
@@ -315,13 +315,13 @@ class _Residual(nn.Module):
 
 
 def _small_vgg():
-    from geoviz.models import VGG
+    from geoviz.setups.models import VGG
 
     return VGG((4, "M", 8, "M"), num_classes=3, in_channels=2, image_size=8)
 
 
 def _lenet_like():
-    from geoviz.models import MLP
+    from geoviz.setups.models import MLP
 
     return MLP((1, 4, 4), hidden=(7, 5), num_classes=3)
 
@@ -478,7 +478,7 @@ def test_the_backend_that_ran_is_in_the_run_record(tmp_path, factory, backend, u
     into the run's summary (config.json keeps the one asked for)."""
     from geoviz.core.engine import Path, SolverConfig
     from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
-    from geoviz.runner import PathRunner
+    from geoviz.record.runner import PathRunner
 
     model, inputs = _setup(factory, (16, 6))
     w0 = torch.nn.utils.parameters_to_vector(model.parameters()).detach()

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 import geoviz
-from geoviz.data import load_dataset
+from geoviz.setups.data import load_dataset
 from geoviz.core.metric import FlatParams
 
 

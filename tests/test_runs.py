@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from geoviz.runs import RunWriter, SnapshotBudget, list_runs, read_run, zip_run
+from geoviz.record.runs import RunWriter, SnapshotBudget, list_runs, read_run, zip_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,7 +110,7 @@ def test_sigterm_cli_run_says_interrupted(runs_dir):
 
 
 def test_runs_table_shows_each_applications_key_figure(runs_dir):
-    from geoviz.plots import runs_table
+    from geoviz.figures.plots import runs_table
 
     summaries = {
         "sparsify": {"accuracy": 0.96, "sparsity": 0.9},
@@ -130,7 +130,7 @@ def test_runs_table_shows_each_applications_key_figure(runs_dir):
 
 def test_snapshots_read_back_as_named_parameters(runs_dir):
     from geoviz.core.metric import FlatParams
-    from geoviz.models import build_model
+    from geoviz.setups.models import build_model
 
     torch.manual_seed(0)
     model = build_model("mlp", (1, 8, 8), 10)

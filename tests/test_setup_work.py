@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from geoviz.applications.objectives import kth_smallest, magnitude_mask
-from geoviz.data import load_dataset
-from geoviz.problem import SetupConfig
+from geoviz.setups.data import load_dataset
+from geoviz.setups.problem import SetupConfig
 from geoviz.setups.own import problem_from_module
 from test_own_modules import SmallResNet18
 
@@ -45,7 +45,7 @@ def test_magnitude_mask_prunes_exactly_the_smallest(ties):
 
 
 def test_batchnorm_statistics_are_recomputed_once_per_point(monkeypatch):
-    import geoviz.problem as problem_module
+    import geoviz.setups.problem as problem_module
 
     data = load_dataset("digits")
     torch.manual_seed(0)

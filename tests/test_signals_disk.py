@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from geoviz import runs
-from geoviz.runs import RunWriter, read_run
+from geoviz.record import runs
+from geoviz.record.runs import RunWriter, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,7 +6,7 @@ import torch
 
 from geoviz.applications.curves import BezierCurve, curve_points
 from geoviz.errors import ConfigError
-from geoviz.landscape import trajectory_pca
+from geoviz.figures.landscape import trajectory_pca
 from geoviz.record import sketch as sketch_module
 from geoviz.record.sketch import SparseSignSketch, check_budget_mb, sketch_for_budget
 from test_app_connect import replayed
@@ -69,7 +69,7 @@ def test_full_snapshots_while_32_fit_then_projections_within_the_budget():
 def _digits_run(runs_dir, budget_mb: float):
     from geoviz.applications.sparsify import SparsifyConfig, sparsify_runner
     from geoviz.core.engine import SolverConfig
-    from geoviz.problem import SetupConfig, load_problem
+    from geoviz.setups.problem import SetupConfig, load_problem
 
     problem = load_problem(SetupConfig(dataset="digits", model="mlp", seed=0))
     runner = sparsify_runner(problem, SparsifyConfig(sparsity=0.5, steps=60, eval_every=30), SolverConfig(eps=0.05),
@@ -82,7 +82,7 @@ def test_a_real_run_on_a_tight_budget_keeps_every_step_projected(runs_dir):
     """Digits MLP (25,482 weights, 100 KB a snapshot) with a 1 MB budget: 5 full snapshots would
     fit the live half; instead all 61 steps are kept as projections, and their PCA draws what the
     full snapshots of the same (seeded) run draw."""
-    from geoviz.runs import read_run
+    from geoviz.record.runs import read_run
 
     tight, full = _digits_run(runs_dir, 1.0), _digits_run(runs_dir, 64.0)
     assert full.sketch is None and tight.sketch is not None
@@ -111,7 +111,7 @@ def test_connect_on_a_tight_budget_draws_its_paths_in_the_projected_frame(runs_d
 
     from geoviz.applications.connect import ConnectConfig, connect_runner, run_landscape
     from geoviz.core.engine import SolverConfig
-    from geoviz.problem import SetupConfig, load_problem
+    from geoviz.setups.problem import SetupConfig, load_problem
 
     problem = load_problem(SetupConfig(dataset="digits", model="mlp", seed=0))
     runner = connect_runner(problem, ConnectConfig(), SolverConfig(eps=0.3, damping=1e-3), str(runs_dir), snapshot_budget_mb=1.0)
@@ -141,7 +141,7 @@ def test_sparsify_page_draws_a_projected_trajectory(runs_dir, monkeypatch):
     (the page then adds the current point, projected as the others)."""
     import functools
 
-    import geoviz.runner as runner_module
+    import geoviz.record.runner as runner_module
     from test_app import SHORT, _app, _click, _figures, _finish, _points, _set
 
     monkeypatch.setenv("GEOVIZ_RUNS", str(runs_dir))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from geoviz.core.engine import SolverConfig
-from geoviz.problem import SetupConfig, load_problem
+from geoviz.setups.problem import SetupConfig, load_problem
 from geoviz.applications.sparsify import SparsifyConfig, SparsifyTask, sparsify_runner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +35,7 @@ def test_digits_cli_payload_and_record(tmp_path):
         "one_shot": "none", "finetune": "inputs + labels", "distill": "inputs only"}
     assert all(0.0 <= v["accuracy"] <= 1.0 for v in out["baselines"].values())
     # the record agrees with what was printed, down to the final weights
-    from geoviz.runs import read_run
+    from geoviz.record.runs import read_run
 
     run = read_run(out["run_dir"])
     assert run.state == "finished" and len(run.table) == out["steps"]
@@ -137,7 +137,7 @@ def test_cli_mask_every_reaches_the_path(tmp_path):
     proc = _cli("sparsify", "--mask-every", "5", "--eps-schedule", "cosine", "--steps", "12", "--no-baselines",
                 "--json", "--quiet", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    from geoviz.runs import read_run
+    from geoviz.record.runs import read_run
 
     run = read_run(json.loads(proc.stdout.strip().splitlines()[-1])["run_dir"])
     assert run.config["sparsify"]["mask_every"] == 5 and run.config["solver"]["eps_schedule"] == "cosine"
@@ -250,7 +250,7 @@ def test_diverging_path_stops_and_keeps_its_steps(tmp_path):
     proc = _cli("sparsify", "--eps", "1e15", "--out", str(tmp_path), "--quiet", "--json")
     assert proc.returncode == 3, proc.stderr
     assert "diverged at step" in proc.stderr
-    from geoviz.runs import read_run
+    from geoviz.record.runs import read_run
 
     (run_dir,) = list(tmp_path.iterdir())
     run = read_run(run_dir)

@@ -11,10 +11,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SubsetRandomSampler, TensorDataset
 
 import geoviz
-from geoviz.data import load_dataset
+from geoviz.setups.data import load_dataset
 from geoviz.errors import ConfigError
 from geoviz.setups.stream import Stream, stream_data
-from geoviz.training import evaluate, recompute_batchnorm
+from geoviz.setups.training import evaluate, recompute_batchnorm
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,7 @@ def test_the_path_draws_the_same_batches_from_a_stream(digits, mode, resample):
     """geoviz.Path itself: a Stream pool (penalty mode's reference outputs chunked) walks the tensor pool's path."""
     from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
     from geoviz.core.metric import FlatParams
-    from geoviz.models import prunable_names
+    from geoviz.setups.models import prunable_names
 
     model = _trained(digits, steps=20)
     layout = FlatParams.of(model)

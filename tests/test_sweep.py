@@ -19,7 +19,7 @@ import pytest
 from geoviz.cli import main
 from geoviz.record.sweep import SweepSpec, check_address, run_sweep
 from geoviz.record.sweep_record import read_sweep, summarize
-from geoviz.runs import list_runs, read_run
+from geoviz.record.runs import list_runs, read_run
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--steps", "20", "--eval-every", "5"]  # a short path: about a second of stepping

@@ -60,9 +60,9 @@ def test_python_api_configs_share_the_ranges():
     from geoviz.applications.connect import ConnectConfig
     from geoviz.applications.continual import ContinualConfig
     from geoviz.core.engine import SolverConfig
-    from geoviz.problem import SetupConfig
+    from geoviz.setups.problem import SetupConfig
     from geoviz.applications.sparsify import SparsifyConfig
-    from geoviz.training import TrainConfig
+    from geoviz.setups.training import TrainConfig
 
     bad = [
         SolverConfig(penalty_lr=math.inf), SolverConfig(metric_batch=10**14), SolverConfig(eps=math.nan),

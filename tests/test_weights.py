@@ -11,9 +11,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from geoviz.cli import main
-from geoviz.data import load_dataset
+from geoviz.setups.data import load_dataset
 from geoviz.errors import ConfigError
-from geoviz.models import build_model
+from geoviz.setups.models import build_model
 from geoviz.setups.weights import load_weights
 from payloads import Payload
 

@@ -7,8 +7,8 @@ from torch import nn
 from geoviz.cli import main
 from geoviz.errors import ConfigError
 from geoviz.core.metric import FlatParams
-from geoviz.models import MODEL_NAMES, build_model, has_batchnorm, prunable_names
-from geoviz.problem import SetupConfig
+from geoviz.setups.models import MODEL_NAMES, build_model, has_batchnorm, prunable_names
+from geoviz.setups.problem import SetupConfig
 from geoviz.setups.own import problem_from_module
 
 

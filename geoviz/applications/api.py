@@ -6,7 +6,7 @@ their data, walks the path, writes the run folder the CLI writes, and returns a
 
 Each is two steps, both public: ``prepare_<application>`` checks every setting (the
 config, the solver, the snapshot budget, the second network's shapes), says the
-big-network warning, and returns the :class:`~geoviz.runner.PathRunner`, not yet
+big-network warning, and returns the :class:`~geoviz.record.runner.PathRunner`, not yet
 started; :func:`walk` runs it to its end in the calling thread. The CLI and the
 sweeps' trials call these same functions; the live pages call ``prepare_<application>``
 and drive the runner in a background thread (Pause, Step, Stop).
@@ -39,10 +39,10 @@ from torch import nn
 from geoviz.applications.cost import Cost, runner_cost, size_warning
 from geoviz.core.engine import SolverConfig
 from geoviz.errors import ConfigError
-from geoviz.problem import Problem, SetupConfig
+from geoviz.setups.problem import Problem, SetupConfig
 from geoviz.record.sketch import DEFAULT_BUDGET_MB, check_budget_mb
-from geoviz.runner import PathRunner
-from geoviz.runs import RunRecord, read_run
+from geoviz.record.runner import PathRunner
+from geoviz.record.runs import RunRecord, read_run
 from geoviz.setups.own import labelled, module_weights, problem_from_module, task_from
 
 __all__ = ["Run", "sparsify", "continual", "connect", "prepare_sparsify", "prepare_continual", "prepare_connect", "walk"]
@@ -57,7 +57,7 @@ class Run:
         state: ``finished``, ``stopped``, ``diverged``, ``failed`` or ``interrupted``.
         message: why it ended.
         record: the run folder read back (config, status, table, summary).
-        runner: the :class:`~geoviz.runner.PathRunner` (its ``task``, ``path``, trajectory).
+        runner: the :class:`~geoviz.record.runner.PathRunner` (its ``task``, ``path``, trajectory).
         cost: the estimate made on the first steps (None if it ended before).
         backend: the G v backend asked for (``record.config`` has the solver).
     """
@@ -103,7 +103,7 @@ class Run:
 
 
 def _figures(application: str, table: pd.DataFrame, summary: dict, record: RunRecord | None) -> dict:
-    from geoviz import plots
+    from geoviz.figures import plots
 
     if table.empty:
         return {}
@@ -125,7 +125,7 @@ def _figures(application: str, table: pd.DataFrame, summary: dict, record: RunRe
         if summary.get("baselines"):
             figures["comparison"] = plots.continual_bars_figure(summary)
         return figures
-    from geoviz import plots_connect
+    from geoviz.figures import plots_connect
 
     return {"profiles": plots_connect.profiles_figure(summary["profiles"])} if summary.get("profiles") else {}
 
@@ -189,7 +189,7 @@ def walk(runner, application: str | None = None, budget: int | None = None, prog
     """Run a runner to its end in this thread, with a progress bar and a cost estimate.
 
     Args:
-        runner: a :class:`~geoviz.runner.PathRunner` from ``prepare_<application>``.
+        runner: a :class:`~geoviz.record.runner.PathRunner` from ``prepare_<application>``.
         application: its name (default: its run record's).
         budget: its step budget, the bar's length (default: its path's).
         progress: ``True`` (tqdm.auto if installed), ``False``, or an object called
@@ -275,7 +275,7 @@ def prepare_sparsify(
     The arguments are :func:`sparsify`'s, less ``progress``, plus:
 
     Args:
-        model: as for :func:`sparsify`, or a prepared :class:`~geoviz.problem.Problem`
+        model: as for :func:`sparsify`, or a prepared :class:`~geoviz.setups.problem.Problem`
             (a registry network, as the CLI and the pages load it; ``train``, ``test``,
             ``seed`` and ``device`` are then unused).
         abandon_after: seconds without a ``runner.touch()`` after which a background run
@@ -284,7 +284,7 @@ def prepare_sparsify(
             warning); the runner keeps them in ``runner.warnings``.
 
     Returns:
-        The :class:`~geoviz.runner.PathRunner`: ``walk(runner)`` (this thread) or
+        The :class:`~geoviz.record.runner.PathRunner`: ``walk(runner)`` (this thread) or
         ``runner.start()`` (a background thread, with ``pause``/``step``/``stop``).
     """
     from geoviz.applications.sparsify import SparsifyConfig, sparsify_runner
@@ -375,10 +375,10 @@ def prepare_continual(
 
     The arguments are :func:`continual`'s, less ``progress``, plus ``abandon_after`` and
     ``warn`` as for :func:`prepare_sparsify`; ``model`` may be a prepared
-    :class:`~geoviz.problem.Problem` (with :class:`~geoviz.tasks.Task` s as the tasks).
+    :class:`~geoviz.setups.problem.Problem` (with :class:`~geoviz.setups.tasks.Task` s as the tasks).
     """
     from geoviz.applications.continual import BASELINES, DEFAULT_SOLVER, ContinualConfig, continual_runner
-    from geoviz.tasks import Task, TaskSequence
+    from geoviz.setups.tasks import Task, TaskSequence
 
     config = ContinualConfig(memory=memory, **options)
     config.validate()
@@ -436,7 +436,7 @@ def continual(
             :func:`sparsify` (a Dataset or DataLoader is streamed; the memory's
             ``memory`` inputs are fetched once and kept); train may be inputs
             only (the memory is inputs; the replay baseline needs labels and is
-            skipped without them); test needs labels. Or a :class:`~geoviz.tasks.Task`.
+            skipped without them); test needs labels. Or a :class:`~geoviz.setups.tasks.Task`.
         task2: the same for the task to learn (its train data need labels).
         memory: task-1 training inputs kept: the metric batch of every step.
         solver: the step's settings (default: ``geoviz.applications.continual.DEFAULT_SOLVER``).
@@ -487,7 +487,7 @@ def prepare_connect(
 
     The arguments are :func:`connect`'s, less ``progress``, plus ``abandon_after`` and
     ``warn`` as for :func:`prepare_sparsify`; ``model_a`` may be a prepared
-    :class:`~geoviz.problem.Problem`, and then ``model_b`` None trains w_B from ``seed_b``.
+    :class:`~geoviz.setups.problem.Problem`, and then ``model_b`` None trains w_B from ``seed_b``.
     """
     from geoviz.applications.connect import SOLVER_DEFAULTS, ConnectConfig, connect_runner
 

@@ -29,7 +29,7 @@ from geoviz.applications.connect import ConnectConfig, ConnectTask, connect_runn
 from geoviz.applications.continual import DEFAULT_SOLVER as CONTINUAL_SOLVER
 from geoviz.applications.continual import BASELINES, ContinualConfig, ContinualTask, continual_runner, load_continual
 from geoviz.core.engine import SolverConfig
-from geoviz.problem import SetupConfig, load_problem
+from geoviz.setups.problem import SetupConfig, load_problem
 from geoviz.applications.sparsify import DATA_USED as SPARSIFY_DATA_USED
 from geoviz.applications.sparsify import SparsifyConfig, SparsifyTask, sparsify_runner
 

@@ -31,10 +31,10 @@ from geoviz.applications.curves import BezierCurve, LineCurve, PolylineCurve, ar
 from geoviz.core.engine import Path, SolverConfig
 from geoviz.errors import ConfigError
 from geoviz.validation import check_fields
-from geoviz.landscape import BatchedEvaluator, EvalData, Landscape, Plane, grid_axes, grid_cost
+from geoviz.figures.landscape import BatchedEvaluator, EvalData, Landscape, Plane, grid_axes, grid_cost
 from geoviz.core.metric import functional_distance
 from geoviz.applications.objectives import TowardPointObjective
-from geoviz.problem import Problem, start_network
+from geoviz.setups.problem import Problem, start_network
 from geoviz.setups.stream import subset
 
 __all__ = ["DATA_USED", "THIRD_POINTS", "SOLVER_DEFAULTS", "ConnectConfig", "ConnectTask", "path_summary", "connect_runner", "run_landscape", "save_landscape", "load_landscape", "LandscapeJob"]
@@ -376,7 +376,7 @@ def connect_runner(
     w_b: torch.Tensor | None = None,
     baselines: bool = True,
 ):
-    """A :class:`~geoviz.runner.PathRunner` for the geodesic from w_A to w_B, with its record.
+    """A :class:`~geoviz.record.runner.PathRunner` for the geodesic from w_A to w_B, with its record.
 
     ``w_b``: the second network's flat weights (default: trained from ``config.seed_b``).
     ``baselines=False`` skips training the Bezier curves (the line is still judged).
@@ -387,8 +387,8 @@ def connect_runner(
     The runner gets ``task`` and, after the end, ``curves`` (line, bezier, geodesic
     polyline) for the landscape.
     """
-    from geoviz.runner import PathRunner
-    from geoviz.runs import RunWriter, default_runs_dir
+    from geoviz.record.runner import PathRunner
+    from geoviz.record.runs import RunWriter, default_runs_dir
 
     task = ConnectTask(problem, config, solver, w_b)
     reference = {

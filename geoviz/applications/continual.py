@@ -31,8 +31,8 @@ from geoviz.errors import ConfigError
 from geoviz.validation import check_fields
 from geoviz.core.metric import functional_distance
 from geoviz.applications.objectives import TaskLossObjective
-from geoviz.problem import Problem, SetupConfig, load_problem
-from geoviz.tasks import DEFAULT_SPLIT, SCENARIOS, Task, TaskSequence, load_task_sequence
+from geoviz.setups.problem import Problem, SetupConfig, load_problem
+from geoviz.setups.tasks import DEFAULT_SPLIT, SCENARIOS, Task, TaskSequence, load_task_sequence
 
 __all__ = [
     "BASELINES",
@@ -336,15 +336,15 @@ def continual_runner(
     snapshot_budget_mb: float = 64.0,
     baselines: tuple[str, ...] = BASELINES,
 ):
-    """A :class:`~geoviz.runner.PathRunner` for a continual-learning path, with its run record.
+    """A :class:`~geoviz.record.runner.PathRunner` for a continual-learning path, with its run record.
 
     The summary written at the end holds the scenario, the memory size M, the start,
     the geodesic's and every baseline's per-task test accuracies (baselines trained
     with as many gradient evaluations as the path used); baseline end weights are
     saved beside the path's under ``weights/``.
     """
-    from geoviz.runner import PathRunner
-    from geoviz.runs import RunWriter, default_runs_dir
+    from geoviz.record.runner import PathRunner
+    from geoviz.record.runs import RunWriter, default_runs_dir
 
     task = ContinualTask(problem, sequence, config, solver)
     start = ContinualTask.scores(task.start)

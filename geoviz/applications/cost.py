@@ -111,7 +111,7 @@ def estimate_cost(
 
 
 def runner_cost(runner, rows: Sequence[Mapping] | None = None) -> Cost | None:
-    """:func:`estimate_cost` of a :class:`~geoviz.runner.PathRunner`'s path (CLI, Python and pages alike)."""
+    """:func:`estimate_cost` of a :class:`~geoviz.record.runner.PathRunner`'s path (CLI, Python and pages alike)."""
     path = runner.path
     parameters = path.w.numel()
     rows = runner.rows()[:MEASURED_STEPS] if rows is None else rows

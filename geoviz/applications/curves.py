@@ -139,7 +139,7 @@ def arc_length_parameters(curve, n: int, samples: int = 2001) -> tuple[torch.Ten
 
 def _linear_layers(model: nn.Module) -> list[str]:
     """Prefixes of the Linear layers of a plain Linear/ReLU stack, in order."""
-    from geoviz.models import MLP
+    from geoviz.setups.models import MLP
 
     if not isinstance(model, MLP):
         raise ConfigError(

@@ -10,9 +10,9 @@ from geoviz.core.engine import Path, SolverConfig
 from geoviz.errors import ConfigError
 from geoviz.validation import check_fields
 from geoviz.core.metric import functional_distance
-from geoviz.models import prunable_names
+from geoviz.setups.models import prunable_names
 from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
-from geoviz.problem import Problem
+from geoviz.setups.problem import Problem
 
 __all__ = ["DATA_USED", "SparsifyConfig", "SparsifyTask", "finetune_pruned", "distill_pruned"]
 
@@ -198,7 +198,7 @@ def sparsify_runner(
     snapshot_budget_mb: float = 64.0,
     baselines: bool = True,
 ):
-    """A :class:`~geoviz.runner.PathRunner` for a sparsification path, with its run record.
+    """A :class:`~geoviz.record.runner.PathRunner` for a sparsification path, with its run record.
 
     The summary written at the end holds the dense, one-shot, prune+fine-tune (labels)
     and prune+distil (inputs only) accuracies (the last two get as many gradient
@@ -207,8 +207,8 @@ def sparsify_runner(
     """
     from dataclasses import asdict
 
-    from geoviz.runner import PathRunner
-    from geoviz.runs import RunWriter, default_runs_dir
+    from geoviz.record.runner import PathRunner
+    from geoviz.record.runs import RunWriter, default_runs_dir
 
     task = SparsifyTask(problem, config, solver)
     reference = {

@@ -1,2 +1,3 @@
-"""Figures drawn from run and sweep records (plotly; no Streamlit). The older figure
-modules (geoviz/plots.py, plots_connect.py, landscape.py) move here when next changed."""
+"""Figures drawn from run and sweep records (plotly; no Streamlit): the applications' charts
+(plots.py, plots_connect.py), the loss landscape between optima (landscape.py), and the
+Compare page's figures (compare.py)."""

@@ -1,6 +1,6 @@
 """Comparing runs and sweeps: overlaid curves, settings side by side, mean ± sd over seeds.
 
-Every function takes run records (``geoviz.runs.RunRecord``) or a sweep's results
+Every function takes run records (``geoviz.record.runs.RunRecord``) or a sweep's results
 table and returns a plotly figure or a pandas table; the /compare page only places them.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from geoviz.plots import X_AXES, _figure, _line
+from geoviz.figures.plots import X_AXES, _figure, _line
 from geoviz.record.sweep_spec import final_figures
 
 __all__ = [

@@ -60,7 +60,7 @@ def stored(name: str, make: Callable[[], T], kind: type[T], use_disk: bool = Tru
     disk cache beside the cached networks, or made by ``make()`` and written there.
 
     ``name`` names the file, so it must hold every setting the numbers depend on."""
-    from geoviz.training import network_cache_dir
+    from geoviz.setups.training import network_cache_dir
 
     file = network_cache_dir().parent / "lessons" / f"{name}.json"
     if use_disk and file.is_file():

@@ -22,7 +22,7 @@ from geoviz.applications.connect import SOLVER_DEFAULTS, ConnectConfig, ConnectT
 from geoviz.applications.curves import PolylineCurve
 from geoviz.core.engine import SolverConfig
 from geoviz.lessons import settings_digest, stored
-from geoviz.problem import SetupConfig, load_problem
+from geoviz.setups.problem import SetupConfig, load_problem
 
 __all__ = ["ConnectResult", "connect_experiment"]
 

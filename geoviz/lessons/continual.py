@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from geoviz.applications.continual import DEFAULT_SOLVER, ContinualConfig, ContinualTask, load_continual
 from geoviz.lessons import settings_digest, stored
-from geoviz.problem import SetupConfig
+from geoviz.setups.problem import SetupConfig
 
 __all__ = ["ContinualResult", "continual_experiment", "METHODS"]
 

@@ -21,8 +21,8 @@ from torch.func import functional_call
 
 from geoviz.core.engine import conjugate_gradient
 from geoviz.core.metric import make_metric_product, top_eigenvalue
-from geoviz.problem import Problem, SetupConfig, load_problem
-from geoviz.training import network_cache_dir
+from geoviz.setups.problem import Problem, SetupConfig, load_problem
+from geoviz.setups.training import network_cache_dir
 
 __all__ = ["DirectionsResult", "directions_experiment"]
 

@@ -21,7 +21,7 @@ import torch
 from geoviz.applications.sparsify import SparsifyConfig, SparsifyTask
 from geoviz.core.engine import SolverConfig
 from geoviz.lessons import settings_digest, stored
-from geoviz.problem import SetupConfig, load_problem
+from geoviz.setups.problem import SetupConfig, load_problem
 
 __all__ = ["SparsifyResult", "sparsify_experiment"]
 

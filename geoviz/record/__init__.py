@@ -1,2 +1,2 @@
-"""The record layer: sweeps of runs (run records and the runner stay in geoviz.runs and
-geoviz.runner until they are moved here)."""
+"""The record layer: the run record and its folders (runs.py, disk.py, sketch.py), the
+runner that walks a path with Pause/Step/Stop (runner.py), and sweeps of runs (sweep*.py)."""

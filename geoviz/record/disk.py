@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geoviz.errors import ConfigError
-from geoviz.runs import FINAL_STATUSES, list_runs
+from geoviz.record.runs import FINAL_STATUSES, list_runs
 
 __all__ = ["DEFAULT_BUDGET_MB", "budget_bytes", "folder_bytes", "usage", "enforce_budget", "delete_run", "Usage"]
 
@@ -65,7 +65,7 @@ class Usage:
 
 
 def usage(runs, budget: int | None = None) -> Usage:
-    """Space used by ``runs`` (RunRecords, e.g. :func:`~geoviz.runs.list_runs`)."""
+    """Space used by ``runs`` (RunRecords, e.g. :func:`~geoviz.record.runs.list_runs`)."""
     per_run = {r.name: folder_bytes(r.path) for r in runs}
     return Usage(sum(per_run.values()), budget_bytes() if budget is None else budget, per_run)
 

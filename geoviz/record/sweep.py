@@ -49,7 +49,7 @@ from geoviz.record.sweep_spec import (  # noqa: F401 (the public names of sweeps
     settings_of,
     typed_settings,
 )
-from geoviz.runs import _atomic_write_text, default_runs_dir
+from geoviz.record.runs import _atomic_write_text, default_runs_dir
 
 __all__ = [
     "APPLICATIONS",

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geoviz.runs import _atomic_write_text, default_runs_dir, read_folders, writer_gone
+from geoviz.record.runs import _atomic_write_text, default_runs_dir, read_folders, writer_gone
 
 __all__ = ["SweepBook", "SweepRecord", "read_sweep", "list_sweeps", "summarize", "mean_sd_table", "sweeps_dir", "UNFINISHED"]
 
@@ -143,7 +143,7 @@ class SweepRecord:
 
     def trial_runs(self) -> list[tuple[dict, object]]:
         """(table row, its run record) of every trial whose run folder is there to read."""
-        from geoviz.runs import read_run
+        from geoviz.record.runs import read_run
 
         found = []
         for row in self.table.to_dict("records"):

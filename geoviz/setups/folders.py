@@ -111,7 +111,7 @@ def read_mnist(root: str | os.PathLike) -> dict[str, np.ndarray]:
         DatasetNotFoundError: the files are not there.
         ConfigError: a file too large or inconsistent (shapes, counts).
     """
-    from geoviz.data import read_idx
+    from geoviz.setups.data import read_idx
 
     base = Path(root).expanduser()
     found = _mnist_files(base)

@@ -1,4 +1,4 @@
-"""A user's own network and data as a :class:`~geoviz.problem.Problem`.
+"""A user's own network and data as a :class:`~geoviz.setups.problem.Problem`.
 
 Data come as tensors, ``(inputs, labels)`` pairs, a ``torch.utils.data.Dataset``
 or a ``DataLoader``. Tensors are moved to the device whole (the fastest path);
@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from geoviz.data import Dataset
+from geoviz.setups.data import Dataset
 from geoviz.errors import ConfigError
 from geoviz.core.metric import FlatParams
-from geoviz.models import has_batchnorm
-from geoviz.problem import Problem, SetupConfig
+from geoviz.setups.models import has_batchnorm
+from geoviz.setups.problem import Problem, SetupConfig
 from geoviz.setups.stream import Stream, accepted_stream, rows_of, stream_data
-from geoviz.training import resolve_device
+from geoviz.setups.training import resolve_device
 
 __all__ = ["UNLABELLED", "as_tensors", "on_device", "own_setup", "problem_from_module", "module_weights", "labelled", "task_from"]
 
@@ -237,8 +237,8 @@ def labelled(y: torch.Tensor) -> bool:
 
 
 def task_from(name: str, train, test, num_outputs: int, device: torch.device, dtype: torch.dtype, labels: bool = True):
-    """A :class:`~geoviz.tasks.Task` from a user's data, read from the whole head (datasets streamed, see :func:`on_device`)."""
-    from geoviz.tasks import Task
+    """A :class:`~geoviz.setups.tasks.Task` from a user's data, read from the whole head (datasets streamed, see :func:`on_device`)."""
+    from geoviz.setups.tasks import Task
 
     x_train, y_train = on_device(train, f"{name} train", device, dtype, labels=labels)
     x_test, y_test = on_device(test, f"{name} test", device, dtype, labels=True)

@@ -12,8 +12,8 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from geoviz.landscape import trajectory_pca
-from geoviz.plots import _figure, variance_share
+from geoviz.figures.landscape import trajectory_pca
+from geoviz.figures.plots import _figure, variance_share
 
 __all__ = ["PATH_COLORS", "profiles_figure", "landscape_figure", "connect_pca_figure", "summary_rows"]
 

@@ -149,7 +149,7 @@ def _mlp_layers(model) -> list[str] | None:
     """Linear layer prefixes when ``model`` is our plain Linear/ReLU MLP; else None."""
     from torch import nn
 
-    from geoviz.models import MLP
+    from geoviz.setups.models import MLP
 
     if not isinstance(model, MLP):
         return None
@@ -192,7 +192,7 @@ class BatchedEvaluator:
     128 networks over all rows at once.
 
     Args:
-        problem: a :class:`~geoviz.problem.Problem` (model, layout, buffers).
+        problem: a :class:`~geoviz.setups.problem.Problem` (model, layout, buffers).
         data: the rows to evaluate on.
         chunk: networks per batched call (None: 8 on the CPU, 128 on a GPU).
         block_rows: rows per block (None: sized to ~1 MB of activations per layer

@@ -17,7 +17,7 @@ import torch
 from geoviz.core.engine import Path, flush_denormals
 from geoviz.errors import DivergedError, GeovizError
 from geoviz.record.sketch import sketch_for_budget
-from geoviz.runs import RunWriter, SnapshotBudget
+from geoviz.record.runs import RunWriter, SnapshotBudget
 
 __all__ = ["PathRunner", "BaselineStopped"]
 

@@ -9,11 +9,11 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from geoviz.data import Dataset, load_dataset
+from geoviz.setups.data import Dataset, load_dataset
 from geoviz.validation import check_network_size, check_value
 from geoviz.core.metric import FlatParams
-from geoviz.models import has_batchnorm
-from geoviz.training import evaluate, recompute_batchnorm, resolve_device, train_network
+from geoviz.setups.models import has_batchnorm
+from geoviz.setups.training import evaluate, recompute_batchnorm, resolve_device, train_network
 
 __all__ = ["SetupConfig", "Problem", "load_problem", "start_network", "network_from_file"]
 
@@ -121,7 +121,7 @@ def network_from_file(
     setup: SetupConfig, data: Dataset, device: torch.device, path: str
 ) -> tuple[nn.Module, dict, torch.Tensor, str]:
     """The setup's architecture with a weights file's tensors: (model, buffers, flat weights, sha256)."""
-    from geoviz.models import build_model
+    from geoviz.setups.models import build_model
     from geoviz.setups.weights import load_weights
 
     model = build_model(setup.model, data.input_shape, data.num_classes, hidden=setup.hidden, dataset=data.name)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from geoviz.data import Dataset, load_dataset
+from geoviz.setups.data import Dataset, load_dataset
 from geoviz.errors import ConfigError
 
 __all__ = [

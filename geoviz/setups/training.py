@@ -31,10 +31,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
 
-from geoviz.data import Dataset
+from geoviz.setups.data import Dataset
 from geoviz.errors import ConfigError
 from geoviz.validation import check_fields, check_writable_dir
-from geoviz.models import build_model, has_batchnorm
+from geoviz.setups.models import build_model, has_batchnorm
 from geoviz.setups.stream import subset
 
 __all__ = [
@@ -538,7 +538,7 @@ def train_network(
 
     Args:
         dataset: The data.
-        model_name: One of ``geoviz.models.MODEL_NAMES``.
+        model_name: One of ``geoviz.setups.models.MODEL_NAMES``.
         seed: Seed of the initialisation and the shuffling.
         config: Training settings; ``default_train_config(dataset.name)`` if None.
         hidden: Hidden widths of ``"mlp"``.

@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import torch
 
-from geoviz.landscape import trajectory_pca
+from geoviz.figures.landscape import trajectory_pca
 
 __all__ = [
     "X_AXES",
