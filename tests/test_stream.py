@@ -165,6 +165,7 @@ def test_sparsify_streamed_walks_the_tensor_path_and_never_gathers(digits, runs_
     # the largest fetch is a metric batch or a chunk (256), never the 1437 training rows
     assert 0 < train.largest <= 256 < len(train) and 0 < test.largest <= 256 < len(test)
     assert train.fetched > 2 * len(train)  # streamed many times over, not read once and kept
+    assert (tensors.config["data"], streamed.config["data"]) == ("in memory", "streamed")  # the record says so
 
 
 def test_continual_streamed_equals_the_tensor_run(digits, runs_dir):
@@ -184,6 +185,7 @@ def test_continual_streamed_equals_the_tensor_run(digits, runs_dir):
     _same_tables(tensors.table, streamed.table)
     assert _numbers(streamed.summary) == pytest.approx(_numbers(tensors.summary), rel=1e-6)
     assert set(streamed.summary["baselines"]) == {"finetune", "ewc"}  # replay needs task-1 labels
+    assert (tensors.config["data"], streamed.config["data"]) == ("in memory", "streamed")
     assert 0 < rows.largest <= 128 < len(rows)  # a task-2 minibatch (batch_size 128) or a chunk (64)
 
 
@@ -199,6 +201,7 @@ def test_connect_streamed_equals_the_tensor_run(digits, runs_dir):
     # (the barrier is a difference of losses: float32 chunk sums agree to ~1e-8 absolute)
     assert _numbers(streamed.summary) == pytest.approx(_numbers(tensors.summary), rel=1e-6, abs=1e-7)
     assert 0 < rows.largest <= 300 < len(rows)
+    assert (tensors.config["data"], streamed.config["data"]) == ("in memory", "streamed")
 
 
 @pytest.mark.parametrize("mode", ["exact", "penalty"])

@@ -35,7 +35,7 @@ from geoviz.figures.landscape import BatchedEvaluator, EvalData, Landscape, Plan
 from geoviz.core.metric import functional_distance
 from geoviz.applications.objectives import TowardPointObjective
 from geoviz.setups.problem import Problem, start_network
-from geoviz.setups.stream import subset
+from geoviz.setups.stream import held, subset
 
 __all__ = ["DATA_USED", "THIRD_POINTS", "SOLVER_DEFAULTS", "ConnectConfig", "ConnectTask", "path_summary", "connect_runner", "run_landscape", "save_landscape", "load_landscape", "LandscapeJob"]
 
@@ -404,6 +404,7 @@ def connect_runner(
         "connect",
         {
             "setup": asdict(problem.setup),
+            "data": held(problem.x_train, problem.x_test),
             "connect": asdict(config),
             "solver": asdict(solver),
             "device": str(problem.device),

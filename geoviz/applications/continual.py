@@ -33,6 +33,7 @@ from geoviz.core.metric import functional_distance
 from geoviz.applications.objectives import TaskLossObjective
 from geoviz.setups.problem import Problem, SetupConfig, load_problem
 from geoviz.setups.tasks import DEFAULT_SPLIT, SCENARIOS, Task, TaskSequence, load_task_sequence
+from geoviz.setups.stream import held
 
 __all__ = [
     "BASELINES",
@@ -353,6 +354,7 @@ def continual_runner(
         "continual",
         {
             "setup": asdict(problem.setup),
+            "data": held(problem.x_train, problem.x_test, *(x for t in sequence.tasks for x in (t.x_train, t.x_test))),
             "continual": asdict(config),
             "solver": asdict(task.solver),
             "task_sequence": sequence.name,

@@ -13,6 +13,7 @@ from geoviz.core.metric import functional_distance
 from geoviz.setups.models import prunable_names
 from geoviz.applications.objectives import SparsifyObjective, magnitude_mask
 from geoviz.setups.problem import Problem
+from geoviz.setups.stream import held
 
 __all__ = ["DATA_USED", "SparsifyConfig", "SparsifyTask", "finetune_pruned", "distill_pruned"]
 
@@ -222,6 +223,7 @@ def sparsify_runner(
         "sparsify",
         {
             "setup": asdict(problem.setup),
+            "data": held(problem.x_train, problem.x_test),
             "sparsify": asdict(config),
             "solver": asdict(solver),
             "device": str(problem.device),

@@ -41,7 +41,7 @@ import torch
 
 from geoviz.errors import ConfigError
 
-__all__ = ["Stream", "stream_data", "subset", "rows_of", "accepted_stream"]
+__all__ = ["Stream", "stream_data", "subset", "rows_of", "accepted_stream", "held"]
 
 # rows read at a time when the labels are gathered (a DataLoader's batch size when it has one)
 LABEL_PASS_BATCH = 512
@@ -327,3 +327,9 @@ def rows_of(x: Stream | torch.Tensor, index: Sequence[int] | torch.Tensor) -> to
         return x.take(index)
     index = torch.as_tensor(index, dtype=torch.long)
     return x[index.to(x.device)]
+
+
+def held(*inputs) -> str:
+    """How a run's inputs came, for its record (config.json ``data``): ``streamed`` when any
+    of them is a :class:`Stream` (fetched a batch or a chunk at a time), else ``in memory``."""
+    return "streamed" if any(isinstance(x, Stream) for x in inputs) else "in memory"
