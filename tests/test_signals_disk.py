@@ -68,12 +68,12 @@ def test_signal_during_the_baselines_ends_stopped_with_a_message(tmp_path, sig):
 
 
 def test_sigterm_while_training_the_start_network_says_so_and_leaves_no_temp_file(tmp_path):
-    code, err = _signal_in_phase(tmp_path, "training", "_fit",
+    code, err = _signal_in_phase(tmp_path, "setups.training", "_fit",
                                  ["sparsify", "--steps", "3", "--quiet", "--out", str(tmp_path / "runs")])
     assert code == 130 and "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "stopped by a signal" in lines[0] and "start network" in lines[0]
-    leftovers = [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+    leftovers = [p.name for p in (tmp_path / "cache" / "networks").rglob("*") if p.is_file() and not p.name.endswith(".lock")]  # (datasets/ holds the digits split, made whole)
     assert leftovers == []
     assert not list((tmp_path / "runs").iterdir())
 
