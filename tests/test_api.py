@@ -21,9 +21,11 @@ def digits():
     return load_dataset("digits")
 
 
-def _trained_mlp(data, seed=0, steps=150):
+def _trained_mlp(data, seed=0, steps=150, batchnorm=False):
+    """A 64-32-10 MLP (BatchNorm after its hidden layer if asked) fitted on the whole train set."""
     torch.manual_seed(seed)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    norm = [nn.BatchNorm1d(32)] if batchnorm else []
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), *norm, nn.ReLU(), nn.Linear(32, 10))
     opt = torch.optim.Adam(model.parameters(), 1e-2)
     for _ in range(steps):
         loss = nn.functional.cross_entropy(model(data.x_train), data.y_train)

@@ -7,7 +7,6 @@ batch or an evaluation chunk may be fetched at once.
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, IterableDataset, SubsetRandomSampler, TensorDataset
 
 import geoviz
@@ -15,6 +14,7 @@ from geoviz.setups.data import load_dataset
 from geoviz.errors import ConfigError
 from geoviz.setups.stream import Stream, stream_data
 from geoviz.setups.training import evaluate, recompute_batchnorm
+from test_api import _trained_mlp
 
 
 @pytest.fixture(scope="module")
@@ -62,16 +62,7 @@ class Endless(IterableDataset):
 
 
 def _trained(data, seed=0, batchnorm=False, steps=60):
-    torch.manual_seed(seed)
-    norm = [nn.BatchNorm1d(32)] if batchnorm else []
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), *norm, nn.ReLU(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(data.x_train), data.y_train)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return _trained_mlp(data, seed=seed, steps=steps, batchnorm=batchnorm).eval()
 
 
 def _same_tables(a, b):
