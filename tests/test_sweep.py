@@ -343,3 +343,24 @@ def test_stopping_a_sweep_keeps_finished_trials_and_marks_the_rest_stopped(runs_
     for row in record.table.to_dict("records"):
         if row["status"] == "stopped" and isinstance(row["run_dir"], str):
             assert read_run(row["run_dir"]).state == "stopped"
+
+
+def test_a_sweep_folder_read_before_its_table_is_written_has_the_columns(tmp_path, monkeypatch):
+    # CI: the Sweep panel found the driver's folder (by the pid in status.json) a moment before
+    # results.parquet existed, and the table read as a frame with no columns at all
+    from geoviz.record import sweep_record
+    from geoviz.record.sweep_record import SweepBook
+
+    order = []
+    real_status, real_table = SweepBook.write_status, SweepBook.write_table
+    monkeypatch.setattr(SweepBook, "write_status", lambda self, *a, **k: (order.append("status"), real_status(self, *a, **k)))
+    monkeypatch.setattr(SweepBook, "write_table", lambda self: (order.append("table"), real_table(self)))
+    plan = {"spec": {"application": "sparsify", "objective": "accuracy", "mode": "max"}, "setting_names": ["damping"],
+            "trials": [{"trial": 0, "values": {"damping": 1e-4}, "seed": 0}]}
+    book = SweepBook(tmp_path / "s", plan)
+    assert order[:2] == ["table", "status"]
+    assert list(read_sweep(book.dir).table["status"]) == ["pending"]
+    (book.dir / "results.parquet").unlink()
+    table = read_sweep(book.dir).table
+    assert table.empty and set(sweep_record.BASE_ROW) <= set(table.columns)
+    assert not (table["status"] == "finished").any()

@@ -26,6 +26,10 @@ __all__ = ["SweepBook", "SweepRecord", "read_sweep", "list_sweeps", "summarize",
 
 UNFINISHED = ("pending", "running")
 FAILED = ("failed", "diverged")
+# every row's columns besides its settings and figures (a table not yet written reads as these, empty)
+BASE_ROW = {"trial": 0, "seed": 0, "status": "pending", "message": "", "run_dir": None, "last_step": 0, "steps_taken": 0,
+            "gradient_evaluations": 0, "wall_seconds": float("nan"), "setup_seconds": float("nan"),
+            "report_seconds": float("nan")}
 
 
 def sweeps_dir(runs_root: str | os.PathLike | None = None) -> Path:
@@ -51,13 +55,14 @@ class SweepBook:
         self.rows: dict[int, dict] = {}
         for trial in plan["trials"]:
             self.rows[trial["trial"]] = self._row(trial["trial"], trial["values"], trial["seed"])
-        self.write_status("running")
+        # the table before the status: a reader finds the folder by the pid in status.json, and
+        # must then find a table too (the other order left a moment with none, seen in CI)
         self.write_table()
+        self.write_status("running")
 
     def _row(self, index: int, settings: dict, seed: int) -> dict:
         return {"trial": index, **settings, "seed": seed, "status": "pending", "message": "", "run_dir": None,
-                "last_step": 0, "steps_taken": 0, "gradient_evaluations": 0, "wall_seconds": float("nan"),
-                "setup_seconds": float("nan"), "report_seconds": float("nan")}
+                **{name: value for name, value in BASE_ROW.items() if name not in ("trial", "seed", "status", "message", "run_dir")}}
 
     def add(self, settings: dict, seed: int) -> int:
         """A trial not planned up front (Optuna): its index."""
@@ -161,7 +166,7 @@ def _read_table(parquet: Path) -> pd.DataFrame:
         with open(parquet, "rb") as fh:
             return pd.read_parquet(io.BytesIO(fh.read()))
     except FileNotFoundError:
-        return pd.DataFrame()
+        return pd.DataFrame(columns=list(BASE_ROW))
 
 
 def read_sweep(path: str | os.PathLike) -> SweepRecord:
