@@ -193,6 +193,10 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
     reported in one sentence and replaced by the default.
     """
     through_app()
+    # the sentences about the settings go in a box that is always drawn, even empty: the
+    # buttons below then keep their place in the page when a sentence comes or goes (a
+    # shift left the old, disabled Run beside the new one until the script ended; seen in CI)
+    notes = st.session_state[f"{page}:notes"] = st.container()
     shown, owner = _attach(page)
     # while a run is live its settings are the sidebar's, locked (the sidebar never
     # contradicts the charts); once it has ended they are free again
@@ -213,13 +217,14 @@ def controls_ui(page: str, controls: Sequence[Control]) -> dict:
             try:
                 value = control.parse(params[control.name])
             except ConfigError as err:
-                _safe.error(err)  # the sentence holds the URL's text: shown as text
+                with notes:
+                    _safe.error(err)  # the sentence holds the URL's text: shown as text
                 value = control.default
         st.session_state[key] = value
     values = {c.name: _widget(c, f"{page}:{c.name}", disabled=locked) for c in controls}
     refused = [sentence for c in controls if (sentence := _out_of_range(c, values[c.name])) is not None]
     for sentence in refused:  # caught before Run, which stays disabled until it is fixed
-        st.error(sentence)
+        notes.error(sentence)
     st.session_state[f"{page}:refused"] = bool(refused)
     if locked:
         st.sidebar.caption("The settings are those of the run shown, locked while it is live: Stop it to change them.")
@@ -247,7 +252,8 @@ def checked_configs(page: str, configs: Callable[[dict], tuple], values: dict) -
         check_model_suits(values)
         return configs(values)
     except GeovizError as err:
-        _safe.error(err)
+        with st.session_state.get(f"{page}:notes") or st.container():  # in controls_ui's box
+            _safe.error(err)
         return None
 
 

@@ -150,10 +150,25 @@ def test_loss_against_path_length():
 )
 def test_bad_value_is_one_error_sentence(values, sentence):
     at = _app("pages/sparsify.py")
+    where = _path_to(at.main, "sparsify:Run")
     _set(at, values)
     assert not at.exception
     assert len(at.error) == 1 and sentence in at.error[0].value
     assert at.button(key="sparsify:Run").disabled
+    # the sentence takes no place of the buttons': a shifted Run left the old, disabled one
+    # beside the new one in the browser until the script ended (seen in CI)
+    assert _path_to(at.main, "sparsify:Run") == where
+
+
+def _path_to(block, key: str, path: tuple = ()) -> tuple | None:
+    """The indices from ``block`` down to the widget with ``key`` (the browser's place for it)."""
+    for index, child in getattr(block, "children", {}).items():
+        if getattr(child, "key", None) == key:
+            return (*path, index)
+        found = _path_to(child, key, (*path, index))
+        if found is not None:
+            return found
+    return None
 
 
 def test_url_restores_and_records_the_settings():
