@@ -344,6 +344,8 @@ def _cmd_sparsify(args) -> int:
         lines = [
             f"dense accuracy           {s['dense_accuracy']:.4f}",
             f"geodesic ({solver.mode:7s})       {s['accuracy']:.4f}  at sparsity {s['sparsity']:.3f}",
+            *([f"  pruned to the target    {s['pruned_accuracy']:.4f}  at sparsity {config.sparsity:.3f} (the path ended short of it)"]
+              if s["sparsity"] < config.sparsity - 1e-6 else []),
             f"one-shot pruning         {s['baselines']['one_shot']:.4f}",
             f"prune + fine-tune        {s['baselines']['finetune']:.4f}  ({s['gradient_evaluations']} gradient evaluations, uses labels)"
             if s["baselines"].get("finetune") is not None else "prune + fine-tune        not run (--no-baselines)",
@@ -355,6 +357,7 @@ def _cmd_sparsify(args) -> int:
             "dense_accuracy": s["dense_accuracy"],
             "accuracy": s["accuracy"],
             "sparsity": s["sparsity"],
+            "pruned_accuracy": s["pruned_accuracy"],
             "baselines": {k: {"accuracy": v, "data_used": s["data_used"][k]} for k, v in s["baselines"].items()},
         }
         return lines, payload

@@ -138,7 +138,9 @@ def test_compare_page_shows_a_sweep(runs_env, tmp_path):
     assert at.radio(key="compare:source").value == "A sweep"
     assert at.query_params["sweep"] == folder.name
     titles = set(_figures(at))
-    assert {"accuracy: mean ± sd over seeds, per setting", "Settings → accuracy (3 finished trials)", "accuracy against cost"} <= titles
+    # a sparsify sweep ranks by the accuracy hard-pruned to the target (its default objective)
+    assert {"pruned_accuracy: mean ± sd over seeds, per setting", "Settings → pruned_accuracy (3 finished trials)",
+            "pruned_accuracy against cost"} <= titles
     assert "Test accuracy: 3 runs" in titles  # the trials' own curves
     summary = at.dataframe[0].value
     assert sorted(zip(summary["damping"], summary["n"], summary["trials"])) == [(1e-4, 2, 2), (1e-2, 1, 2)]

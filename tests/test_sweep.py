@@ -52,6 +52,7 @@ def _assert_row_is_its_run(row: dict) -> None:
     assert run.state == "finished" and run.config["setup"]["seed"] == row["seed"]
     assert len(run.table) == row["steps_taken"] == s["steps"]
     assert row["accuracy"] == s["accuracy"] and row["reached_sparsity"] == s["sparsity"]
+    assert row["pruned_accuracy"] == s["pruned_accuracy"]
     assert row["finetune"] == s["baselines"]["finetune"] and row["one_shot"] == s["baselines"]["one_shot"]
     assert row["gradient_evaluations"] == s["gradient_evaluations"]
 
@@ -72,8 +73,10 @@ def test_four_trial_sweep_records_every_trial(local_ray, runs_dir, capsys):
         assert json.loads((Path(row["run_dir"]) / "sweep.json").read_text())["sweep_dir"] == payload["sweep_dir"]
     # /runs lists the four trials (and not the sweep folder)
     assert sorted(r.name for r in list_runs(runs_dir)) == sorted(Path(r["run_dir"]).name for r in table)
-    # best: the mean and sample sd over the two seeds, computed here from the rows
-    by_damping = {d: [r["accuracy"] for r in table if r["damping"] == d] for d in (1e-4, 1e-2)}
+    # best: the mean and sample sd over the two seeds, computed here from the rows, of the
+    # accuracy hard-pruned to the target (20 steps end short of it: as is, the network is not sparse)
+    assert all(r["reached_sparsity"] < 0.9 for r in table)
+    by_damping = {d: [r["pruned_accuracy"] for r in table if r["damping"] == d] for d in (1e-4, 1e-2)}
     best = max(by_damping, key=lambda d: np.mean(by_damping[d]))
     assert payload["best"]["settings"] == {"damping": best}
     assert payload["best"]["mean"] == pytest.approx(np.mean(by_damping[best]))
@@ -108,7 +111,7 @@ def test_asha_stops_a_hopeless_setting_early(local_ray, runs_dir):
     # (20 steps: at eps 2 even damping 1e-4 collapses by step 40, test accuracy 0.39, which
     # the engine now calls a divergence)
     spec = SweepSpec("sparsify", ("--steps", "20", "--eval-every", "5", "--eps", "2"),
-                     grid={"damping": ["1e-4", "100"]}, scheduler="asha", grace=10, workers=1)
+                     grid={"damping": ["1e-4", "100"]}, objective="accuracy", scheduler="asha", grace=10, workers=1)
     record, _ = run_sweep(spec, runs_dir)
     rows = {r["damping"]: r for r in record.table.to_dict("records")}
     assert rows[1e-4]["status"] == "finished" and rows[1e-4]["steps_taken"] == 20
@@ -257,6 +260,7 @@ def test_sweep_panel_on_the_sparsify_page_fills_in_as_trials_finish(runs_dir, mo
         table = next(d.value for d in at.dataframe if "damping" in d.value)
         assert sorted(table["damping"]) == [1e-4, 1e-2]
         runs = {r["damping"]: r for r in sweep.record().table.to_dict("records")}
+        assert table.set_index("damping").loc[1e-4, "pruned_accuracy"] == f"{runs[1e-4]['pruned_accuracy']:.4f} (1)"
         assert table.set_index("damping").loc[1e-4, "accuracy"] == f"{runs[1e-4]['accuracy']:.4f} (1)"
         assert any("mean ± sd over seeds" in m.value or "trials done" in m.value for m in at.markdown)
         assert seen and min(seen) < 2, seen  # the page showed the sweep before its end
@@ -313,7 +317,7 @@ def test_optuna_search_runs_its_draws_over_seeds(local_ray, runs_dir, capsys):
         for row in rows:
             assert read_run(row["run_dir"]).config["solver"]["damping"] == pytest.approx(d)
             assert row["finetune"] is None, "--no-baselines: no fine-tune figure is made up (null in JSON)"
-    means = {d: np.mean([r["accuracy"] for r in table if r["damping"] == d]) for d in dampings}
+    means = {d: np.mean([r["pruned_accuracy"] for r in table if r["damping"] == d]) for d in dampings}
     assert payload["best"]["mean"] == pytest.approx(max(means.values()))
 
 

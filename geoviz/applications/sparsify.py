@@ -248,6 +248,10 @@ def sparsify_runner(
             "dense_accuracy": task.dense_accuracy,
             "accuracy": problem.evaluate(path.w, problem.x_test, problem.y_test)[1],
             "sparsity": task.sparsity_of(path.w),
+            # the end hard-pruned to the target with the path's mask: the network every baseline
+            # is judged as (equal to "accuracy" when the path reached its end; a path that ran
+            # out of steps, or was stopped, is otherwise judged as a network that is not sparse)
+            "pruned_accuracy": problem.evaluate(path.w * task.path_mask, problem.x_test, problem.y_test)[1],
             "layer_sparsity": task.layer_sparsity(path.w),
             "baselines": {"one_shot": task.one_shot_accuracy, "finetune": finetune, "distill": distill},
             "data_used": DATA_USED,
