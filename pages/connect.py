@@ -215,7 +215,7 @@ def page() -> None:
         "outputs on training inputs barely change (no labels); compare with the straight line, and with a "
         "quadratic Bezier curve whose bend is trained with labels for as many gradient evaluations."
     )
-    values = {**_live.controls_ui("connect", CONTROLS), "weights": _live.weights_ui("connect"),
+    values = {**_live.controls_ui("connect", CONTROLS), "weights": _live.weights_ui("connect", what="weights of w_A"),
               "weights_b": _live.weights_ui("connect", "weights_b", "weights of w_B")}
     built = _live.checked_configs("connect", configs, values)  # None: what is wrong is said on the page
     make_runner = None

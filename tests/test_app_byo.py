@@ -30,7 +30,9 @@ def test_each_page_offers_a_weights_upload(page):
     at.run()
     assert not at.exception
     labels = [u.proto.label for u in at.get("file_uploader")]
-    assert labels == ["Your own start weights"] + (["Your own weights of w_B"] if page == "pages/connect.py" else [])
+    # connect's first network is w_A (its path's start): named as the page names it
+    expected = ["Your own weights of w_A", "Your own weights of w_B"] if page == "pages/connect.py" else ["Your own start weights"]
+    assert labels == expected
 
 
 def test_a_page_run_shows_its_cost_and_starts_from_uploaded_weights(tmp_path, runs_dir, monkeypatch):
