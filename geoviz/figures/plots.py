@@ -440,7 +440,7 @@ def task_loss_figure(rows, x: str = "step", marker: float | None = None) -> go.F
         _continual_line(all_rows, x, "objective", "L2: task-2 training minibatch", "#bbbbbb", dash="dot"),
         _continual_line(table, x, "memory_output_change", "output change on memory (right)", "#2ca02c", dash="dash", yaxis="y2"),
     ]
-    y2 = {"overlaying": "y", "side": "right", "showgrid": False, "title": {"text": "mean |f(w) − f(w0)|² on the memory"}, "rangemode": "tozero"}
+    y2 = {"overlaying": "y", "side": "right", "showgrid": False, "title": {"text": "output change |Δf|²"}, "rangemode": "tozero"}
     layout = _continual_layout("Loss per task", X_AXES[x], "cross-entropy", shapes=_vertical(marker), yaxis2=y2)
     layout["yaxis"]["rangemode"] = "tozero"
     return go.Figure({"data": data, "layout": layout})
