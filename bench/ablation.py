@@ -68,11 +68,17 @@ VARIANTS = {
     "penalty weight 10": ({"mode": "penalty", "penalty_weight": 10.0}, {}),
     "penalty fisher": ({"mode": "penalty", "metric": "fisher"}, {}),
     "penalty cosine": ({"mode": "penalty", "eps_schedule": "cosine"}, {}),  # Adam's rate on the schedule
+    # about the default's gradient evaluations (each exact step: cg_iterations + ~2), spent on
+    # cheaper, more numerous steps; "steps" multiplies the step budget the application would use
+    "cg 5 steps*2": ({"cg_iterations": 5}, {"steps": 2}),
+    "cg 3 steps*3": ({"cg_iterations": 3}, {"steps": 3}),
+    "eps*2 cg 5 steps*2": ({"eps": 2.0, "cg_iterations": 5}, {"steps": 2}),
 }
 # variants that only mean something for some applications
 ONLY = {"memory 50": "continual", "memory 200": "continual", "mask every 10": "sparsify", "mask every 50": "sparsify",
         "fisher mask every 10": "sparsify"}
 MULTIPLIERS = ("damping", "eps")
+CONFIG_MULTIPLIERS = ("steps",)  # application-config changes that multiply the value in use
 
 
 def _solver(app: str, changes: dict) -> SolverConfig:
@@ -83,15 +89,19 @@ def _solver(app: str, changes: dict) -> SolverConfig:
 
 def _row(app: str, seed: int, name: str, budget: int | None, dataset: str = "digits",
          scenario: str = "class-incremental") -> dict:
-    solver_changes, config_changes = VARIANTS[name]
+    solver_changes, variant_changes = VARIANTS[name]
     solver = _solver(app, solver_changes)
     setup = SetupConfig(dataset=dataset, seed=seed, device="cpu")
+    config_changes = {}
     if dataset == "fashion-mnist" and app == "continual":
-        config_changes = {"steps": 100, **config_changes}  # as bench/claims.py on Fashion-MNIST
+        config_changes["steps"] = 100  # as bench/claims.py on Fashion-MNIST
     if dataset == "fashion-mnist" and app == "connect":
-        config_changes = {"eval_subset": 2000, **config_changes}  # as bench/claims.py on Fashion-MNIST
+        config_changes["eval_subset"] = 2000  # as bench/claims.py on Fashion-MNIST
     if app == "continual":
-        config_changes = {"scenario": scenario, **config_changes}
+        config_changes["scenario"] = scenario
+    base = {"sparsify": claims.SPARSIFY, "continual": claims.CONTINUAL, "connect": claims.CONNECT}[app]
+    for k, v in variant_changes.items():
+        config_changes[k] = config_changes.get(k, getattr(base, k)) * v if k in CONFIG_MULTIPLIERS else v
     penalty = solver.mode == "penalty"
     if app == "sparsify":
         config = replace(claims.SPARSIFY, **config_changes)
