@@ -8,7 +8,8 @@
 Each variant changes one setting of the application's default solver (or its
 memory, for continual) and runs the path alone, no baselines; the table gives its
 figures as mean ± sd over the seeds and its gradient evaluations (the budget the
-baselines would get). The baselines at the defaults are in bench/claims.py.
+baselines would get); a path that diverges is left out of the figures and listed
+below the table. The baselines at the defaults are in bench/claims.py.
 Connect uses the pairs (seed, seed + 1) for seeds 0, 2, 4.
 """
 
@@ -30,6 +31,7 @@ from geoviz.applications.connect import SOLVER_DEFAULTS as CONNECT_SOLVER  # noq
 from geoviz.applications.continual import DEFAULT_SOLVER as CONTINUAL_SOLVER  # noqa: E402
 from geoviz.applications.continual import SCENARIOS, load_continual  # noqa: E402
 from geoviz.core.engine import SolverConfig  # noqa: E402
+from geoviz.errors import DivergedError  # noqa: E402
 from geoviz.setups.problem import SetupConfig, load_problem  # noqa: E402
 
 FIGURES = {
@@ -136,25 +138,33 @@ def main(argv=None) -> int:
             print(f"error: unknown variant or application {bad or app!r}.", file=sys.stderr)
             return 2
         seeds = [2 * s if app == "connect" else s for s in args.seeds]
-        per_variant, budgets = {}, {}
+        per_variant, budgets, diverged = {}, {}, []
         for name in names:
             t0 = time.perf_counter()
             rows = []
             for seed in seeds:
                 # the penalty mode gets as many steps as the default geodesic used gradient evaluations
-                row = _row(app, seed, name, budgets.get(seed), args.dataset, args.scenario)
+                try:
+                    row = _row(app, seed, name, budgets.get(seed), args.dataset, args.scenario)
+                except DivergedError as e:  # kept out of the table's figures, and said below it
+                    diverged.append(f"{name}, seed {seed}: {e}")
+                    print(f"  {app} {name} seed {seed}: {e}", file=sys.stderr, flush=True)
+                    rows.append({})
+                    continue
                 if name == "default":
                     budgets[seed] = row["gradient_evaluations"]
                 rows.append({name: row})
             per_variant[name] = rows
             print(f"  {app} {name}: {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
             table = [r for rows_ in per_variant.values() for r in claims.table(rows_, FIGURES[app])]
-            results[app] = {"seeds": seeds, "per_variant": per_variant, "table": table}
+            results[app] = {"seeds": seeds, "per_variant": per_variant, "table": table, "diverged": diverged}
             if args.json:
                 Path(args.json).write_text(json.dumps(results, indent=1))
         where = f"{app} ({args.scenario})" if app == "continual" else app
         print("\n" + claims.markdown(f"ablation: {where}, {args.dataset}, seeds {seeds}", results[app]["table"], FIGURES[app]),
               flush=True)
+        if diverged:
+            print("\ndiverged (not in the figures above):\n" + "\n".join(f"- {d}" for d in diverged), flush=True)
     return 0
 
 
