@@ -19,9 +19,12 @@ from geoviz.record.runs import RunWriter, read_run
 ROOT = Path(__file__).resolve().parents[1]
 
 # a CLI run in which one phase is slowed down, so that a signal surely lands in it;
-# the phase writes a marker file when it begins
+# the phase writes a marker file when it begins. SIGINT gets Python's own handler, as at a
+# terminal: a suite started in the background (`cmd &` in a script) ignores SIGINT, and
+# so would this child, which then slept on to the test's timeout
 DRIVER = """
-import sys, time, pathlib
+import signal, sys, time, pathlib
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import geoviz.{module} as m
 marker = pathlib.Path(sys.argv[1])
 original = m.{name}
