@@ -48,6 +48,10 @@ VARIANTS = {
     "fisher": ({"metric": "fisher"}, {}),
     "rho*10": ({"damping": 10.0}, {}),  # multipliers of the default
     "rho/10": ({"damping": 0.1}, {}),
+    "rho/3": ({"damping": 1 / 3}, {}),
+    "rho/10 eps*2": ({"damping": 0.1, "eps": 2.0}, {}),
+    "rho/3 eps*2": ({"damping": 1 / 3, "eps": 2.0}, {}),
+    "rho*0.3 eps*2": ({"damping": 0.3, "eps": 2.0}, {}),
     "cg 5": ({"cg_iterations": 5}, {}),
     "cg 20": ({"cg_iterations": 20}, {}),
     "eps*2": ({"eps": 2.0}, {}),

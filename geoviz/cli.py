@@ -117,7 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--eval-every", type=int, default=10)
     co = sub.add_parser("connect", help="connect two optima: geodesic vs straight line vs Bezier curve")
     _add_common(co, default_steps=3000)
-    co.set_defaults(eps=0.1, damping=1e-3)  # geoviz.applications.connect.SOLVER_DEFAULTS, calibrated on digits
+    from geoviz.applications.connect import SOLVER_DEFAULTS as connect_solver
+
+    co.set_defaults(**connect_solver)  # chosen from bench/ablation.py (see there)
     co.add_argument("--seed-b", type=int, default=None, help="seed of the second network (default --seed + 1)")
     co.add_argument("--weights-b", default=None, metavar="FILE", help="the second network's weights (as --weights) instead of training it")
     co.add_argument("--align", action="store_true", help="permute w_B's hidden units to match w_A first (weight matching; mlp, lenet300)")
