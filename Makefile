@@ -24,8 +24,10 @@ install-test: install system-packages
 app: install
 	$(PYTHON) -m streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true
 
+# two pytest workers (pytest-xdist); tests/conftest.py keeps each file on one worker and the
+# browser and Ray tests one after another
 test: install-test
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests
 
 bench:
 	$(PYTHON) bench/step_cost.py
