@@ -144,7 +144,9 @@ LIMITS = {
     "sparsity": (0.01, None), "eps": (1e-4, None), "grid": (2, 201), "memory": (1, 60_000), "ewc_lambda": (0.0, None),
 }  # (sparsity's upper end and the others' are the config's own checks)
 # damping moves by factors: a log scale of 1-2-5 steps (one click = about x2)
-DAMPING_STEPS = tuple(v for e in range(-7, 1) for m in (1, 2, 5) if (v := float(f"{m}e{e}")) <= 1.0)
+# 1, 2, 3, 5 a decade: every application's default is on it (connect's 3e-4 would be
+# snapped to 2e-4 on a 1-2-5 scale, and the page would walk another path than the CLI)
+DAMPING_STEPS = tuple(v for e in range(-7, 1) for m in (1, 2, 3, 5) if (v := float(f"{m}e{e}")) <= 1.0)
 LOG_SCALE = {"damping": DAMPING_STEPS}
 
 

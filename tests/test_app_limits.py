@@ -56,6 +56,27 @@ def test_a_url_number_out_of_range_is_one_sentence_and_the_default(name, text):
     assert widget(key=f"sparsify:{name}").value == default
 
 
+@pytest.mark.parametrize("page", ["sparsify", "continual", "connect"])
+def test_a_fresh_page_starts_at_the_applications_defaults(page):
+    """Every setting's widget starts at its declared default, and the step's settings are
+    the CLI's (and so the API's): connect's damping 3e-4, off a 1-2-5 slider scale, was once
+    snapped to 2e-4, so the page walked another path than the CLI."""
+    import importlib
+
+    from geoviz.cli import build_parser
+
+    at = _app({}, f"pages/{page}.py")
+    cli = build_parser().parse_args([page])
+    controls = importlib.import_module(f"pages.{page}").CONTROLS
+    for control in controls:
+        key = f"{page}:{control.name}"
+        widget = (at.selectbox if control.options else at.select_slider if control.name == "damping" else at.number_input)
+        shown = widget(key=key).value
+        assert shown == control.default, (control.name, shown, control.default)
+        if control.name in ("eps", "damping"):
+            assert shown == getattr(cli, control.name), (control.name, shown, getattr(cli, control.name))
+
+
 def _run(at: AppTest, page: str = "sparsify") -> None:
     at.button(key=f"{page}:Run").click()
     at.run()
