@@ -234,7 +234,9 @@ def test_figures_draw_from_the_run_record(digits_run):
     assert {t.name for t in contour.data[1:4]} == {"geodesic", "straight line", "Bezier curve"}
     _, snapshots = digits_run.trajectory()
     pca = plots_connect.connect_pca_figure(snapshots, {"line": digits_run.curves["line"].weights(torch.linspace(0, 1, 5))})
-    assert [t.name for t in pca.data] == ["geodesic", "straight line", "w_A", "w_B"]  # both ends labelled
+    assert [t.name for t in pca.data] == ["geodesic", "straight line", "w_A", "w_B"]  # both ends marked
+    # and labelled above every trace, on a pale box (a path looping around w_B crossed a trace's text)
+    assert [(a.text, a.bgcolor) for a in pca.layout.annotations] == [("w_A", "rgba(255,255,255,0.85)"), ("w_B", "rgba(255,255,255,0.85)")]
     replay = plots_connect.connect_pca_figure(snapshots, {"line": digits_run.curves["line"].weights(torch.linspace(0, 1, 5))},
                                               current=3)
     assert replay.data[-1].name == "replay" and list(replay.data[0].x) == list(pca.data[0].x)  # the same PCA, a marker

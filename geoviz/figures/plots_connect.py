@@ -142,15 +142,20 @@ def connect_pca_figure(
     ends = [("w_A", xy[0])]
     if others and "line" in others:  # the line ends exactly on w_B
         ends.append(("w_B", pca.project(others["line"][-1:].detach().float().cpu()).numpy()[0]))
+    labels = []
     for name, point in ends:  # the label beside its marker, not on it
-        data.append({"type": "scatter", "x": [point[0]], "y": [point[1]], "mode": "markers+text", "text": [name],
-                     "textposition": "bottom center", "textfont": {"size": 14}, "cliponaxis": False, "name": name,
-                     "showlegend": False, "marker": {"size": 12, "color": "black"}})
+        data.append({"type": "scatter", "x": [point[0]], "y": [point[1]], "mode": "markers", "cliponaxis": False,
+                     "name": name, "showlegend": False, "marker": {"size": 12, "color": "black"}})
+        # an annotation on a pale box, above every trace: a path that loops around w_B before
+        # landing (a small damping) drew over a trace's text label
+        labels.append({"text": name, "x": float(point[0]), "y": float(point[1]), "xref": "x", "yref": "y",
+                       "yshift": -18, "showarrow": False, "font": {"size": 14}, "bgcolor": "rgba(255,255,255,0.85)"})
     if current is not None:
         at = pca.project(snapshots[current : current + 1].detach().float().cpu()).numpy()[0]
         data.append({"type": "scatter", "x": [at[0]], "y": [at[1]], "mode": "markers", "name": "replay",
                      "marker": {"size": 18, "color": "#d62728", "symbol": "star", "line": {"width": 1, "color": "black"}}})
-    return _figure(data, [], title, f"PC1 ({variance_share(ev[0])} of variance)", f"PC2 ({variance_share(ev[1])} of variance)")
+    return _figure(data, [], title, f"PC1 ({variance_share(ev[0])} of variance)", f"PC2 ({variance_share(ev[1])} of variance)",
+                   annotations=labels)
 
 
 def summary_rows(summary: Mapping) -> list[dict]:
