@@ -611,7 +611,10 @@ def run_panel(
         try:
             runner = _safe.admitted(page, total_steps, make_runner)  # the server's caps, then the runner
         except GeovizError as err:
-            _safe.error(err)
+            # in the settings' box above the buttons, which is always drawn: the page's elements
+            # below keep their places when the sentence goes (a refused file, then a good one)
+            with st.session_state.get(f"{page}:notes") or st.container():
+                _safe.error(err)
         else:
             built = time.perf_counter()
             _freeze_for_run()  # only once there is a run to end it: a failed build keeps nothing frozen
