@@ -24,10 +24,18 @@ install-test: install system-packages
 app: install
 	$(PYTHON) -m streamlit run app.py --server.address $(ADDRESS) --server.port $(PORT) --server.headless true
 
-# two pytest workers (pytest-xdist); tests/conftest.py keeps each file on one worker and the
-# browser and Ray tests one after another
+# In two parts: every test but the browser and Ray ones on two pytest-xdist workers (a file's
+# tests on one worker, its module fixtures built once; the tests hold torch to one thread, so
+# one process leaves a core idle), then the browser and Ray tests in one process on an
+# otherwise idle machine (next to a busy worker, a slow rerun left elements it had moved at
+# their old places long enough for Playwright's strict locators to find two). Both parts run;
+# either failing fails the target.
+SERIAL_TESTS = tests/test_browser*.py tests/test_sweep.py
 test: install-test
-	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests
+	@rc=0; \
+	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(addprefix --ignore=,$(wildcard $(SERIAL_TESTS))) tests || rc=$$?; \
+	$(PYTHON) -m pytest -q -p no:cacheprovider $(wildcard $(SERIAL_TESTS)) || rc=$$?; \
+	exit $$rc
 
 bench:
 	$(PYTHON) bench/step_cost.py

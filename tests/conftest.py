@@ -26,18 +26,3 @@ def runs_dir(tmp_path):
     path.mkdir()
     return path
 
-
-# With pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs it), a file's tests stay on
-# one worker (its module fixtures are built once), and the files that drive a real server
-# in Chromium or start Ray form one group that runs one after another: a page's timings
-# then compete with at most one other test, and no two Ray clusters start at once.
-_SERIAL_FILES = ("test_browser", "test_sweep")
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    if not getattr(config.option, "loadgroup", False):  # set on xdist's workers under --dist loadgroup
-        return
-    for item in items:
-        name = item.path.stem
-        item.add_marker(pytest.mark.xdist_group("serial" if name.startswith(_SERIAL_FILES) else name))
