@@ -30,11 +30,11 @@ app: install
 # otherwise idle machine (next to a busy worker, a slow rerun left elements it had moved at
 # their old places long enough for Playwright's strict locators to find two). Both parts run;
 # either failing fails the target.
-SERIAL_TESTS = tests/test_browser*.py tests/test_sweep.py
+SERIAL_TESTS = $(wildcard tests/test_browser*.py) tests/test_sweep.py
 test: install-test
 	@rc=0; \
-	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(addprefix --ignore=,$(wildcard $(SERIAL_TESTS))) tests || rc=$$?; \
-	$(PYTHON) -m pytest -q -p no:cacheprovider $(wildcard $(SERIAL_TESTS)) || rc=$$?; \
+	$(PYTHON) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(addprefix --ignore=,$(SERIAL_TESTS)) tests || rc=$$?; \
+	$(PYTHON) -m pytest -q -p no:cacheprovider $(SERIAL_TESTS) || rc=$$?; \
 	exit $$rc
 
 bench:

@@ -143,9 +143,9 @@ LIMITS = {
     "steps": (1, _safe.MAX_STEPS), "eval_every": (1, 100_000), "seed": (0, 2**31 - 1), "seed_b": (0, 2**31 - 1),
     "sparsity": (0.01, None), "eps": (1e-4, None), "grid": (2, 201), "memory": (1, 60_000), "ewc_lambda": (0.0, None),
 }  # (sparsity's upper end and the others' are the config's own checks)
-# damping moves by factors: a log scale of 1-2-5 steps (one click = about x2)
-# 1, 2, 3, 5 a decade: every application's default is on it (connect's 3e-4 would be
-# snapped to 2e-4 on a 1-2-5 scale, and the page would walk another path than the CLI)
+# damping moves by factors: a log scale of 1, 2, 3, 5 a decade (one click = x1.5 to x2), on
+# which every application's default lies (on a 1-2-5 scale connect's 3e-4 was snapped to
+# 2e-4, and the page walked another path than the CLI)
 DAMPING_STEPS = tuple(v for e in range(-7, 1) for m in (1, 2, 3, 5) if (v := float(f"{m}e{e}")) <= 1.0)
 LOG_SCALE = {"damping": DAMPING_STEPS}
 
@@ -254,9 +254,15 @@ def checked_configs(page: str, configs: Callable[[dict], tuple], values: dict) -
         check_model_suits(values)
         return configs(values)
     except GeovizError as err:
-        with st.session_state.get(f"{page}:notes") or st.container():  # in controls_ui's box
+        with _notes(page):
             _safe.error(err)
         return None
+
+
+def _notes(page: str):
+    """controls_ui's box for sentences about the settings, above the buttons and always drawn
+    (a new container if this run has none)."""
+    return st.session_state.get(f"{page}:notes") or st.container()
 
 
 def shown_on_page(text: str) -> None:
@@ -611,9 +617,9 @@ def run_panel(
         try:
             runner = _safe.admitted(page, total_steps, make_runner)  # the server's caps, then the runner
         except GeovizError as err:
-            # in the settings' box above the buttons, which is always drawn: the page's elements
-            # below keep their places when the sentence goes (a refused file, then a good one)
-            with st.session_state.get(f"{page}:notes") or st.container():
+            # in the settings' box: the page's elements below keep their places when the
+            # sentence goes (a refused file, then a good one)
+            with _notes(page):
                 _safe.error(err)
         else:
             built = time.perf_counter()

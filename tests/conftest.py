@@ -25,4 +25,3 @@ def runs_dir(tmp_path):
     path = tmp_path / "runs"
     path.mkdir()
     return path
-
